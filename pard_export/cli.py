@@ -1,0 +1,123 @@
+"""`pard-export`: each subcommand calls one public function; flags are named like its parameters.
+
+Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 internal failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import PardExportError
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's usage block is not one line
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except PardExportError as e:
+        print(f"pard-export {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pard-export", description="PARD speculative decoding: export, run, serve.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    build = commands.add_parser("build", help="export draft + target to an engine directory")
+    build.add_argument("--target", required=True, help="preset, Hugging Face id, local directory or .gguf file")
+    build.add_argument("--k", type=int, default=8, help="drafts per step: fixed mask slots in the draft graph (1..32)")
+    build.add_argument("--draft", help="the PARD draft (default: the preset's)")
+    build.add_argument("--out", help="engine directory (default engines/<target>-k<K>-<backend>)")
+    build.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) or tensorrt")
+    build.add_argument("--dtype", default="float32", help="float32 (default), float16 or bfloat16")
+    build.add_argument("--max-seq-len", type=int, help="longest prompt + generation the engine serves")
+    build.add_argument("--mask-token-id", type=int, help="override the draft config's pard_token")
+    build.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.set_defaults(run=_run_build)
+
+    generate = commands.add_parser("generate", help="generate with an engine directory")
+    generate.add_argument("--engine", required=True, help="engine directory from pard-export build")
+    prompt = generate.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="prompt text")
+    prompt.add_argument("--prompt-ids", type=_token_ids, help="prompt token ids, comma-separated")
+    generate.add_argument("--max-new-tokens", type=int, default=128)
+    generate.add_argument("--mode", default="pard", help="pard (default) or ar (target only)")
+    generate.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    generate.add_argument("--json", action="store_true", help="print one JSON object: token_ids, text, stats")
+    generate.add_argument("--verify", action="store_true", help="check every file's sha256 against the manifest")
+    generate.set_defaults(run=_run_generate)
+
+    demo = commands.add_parser("demo", help="offline SmolLM2 demo: build if missing, then generate")
+    demo.add_argument("--engines", default="engines", help="where the demo engine lives (default engines/)")
+    demo.add_argument("--max-new-tokens", type=int, default=64)
+    demo.set_defaults(run=_run_demo)
+    return parser
+
+
+def _token_ids(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _run_build(args) -> int:
+    from .export import build
+
+    out = build(
+        args.target,
+        args.k,
+        draft=args.draft,
+        out=args.out,
+        backend=args.backend,
+        dtype=args.dtype,
+        max_seq_len=args.max_seq_len,
+        mask_token_id=args.mask_token_id,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    print(out)
+    return 0
+
+
+def _run_generate(args) -> int:
+    from .runtime import Session
+
+    with Session(args.engine, verify=args.verify) as session:
+        prompt = args.prompt if args.prompt is not None else args.prompt_ids
+        result = session.generate(prompt, max_new_tokens=args.max_new_tokens, mode=args.mode, chat=args.chat)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(result.text)
+        s = result.stats
+        print(
+            f"[{s.mode}] {s.new_tokens} tokens, {s.tokens_per_second:.1f} tok/s, {s.mean_accepted_tokens:.2f} tokens per "
+            f"target forward, ttft {s.ttft_ms:.0f} ms, finish: {s.finish_reason}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _run_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.engines, max_new_tokens=args.max_new_tokens)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

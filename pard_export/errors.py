@@ -1,0 +1,21 @@
+"""The project's exceptions: the CLI turns any PardExportError into one line and exit code 2."""
+
+
+class PardExportError(Exception):
+    """Bad input or an unusable artifact; the message says what was expected, what was found and the fix."""
+
+
+class SourceError(PardExportError):
+    """A model source (preset, hub id, directory, GGUF file) cannot be resolved or loaded."""
+
+
+class CompatibilityError(PardExportError):
+    """Draft and target cannot be paired (tokenizer, vocabulary, mask id, architecture)."""
+
+
+class EngineError(PardExportError):
+    """An engine directory is missing, corrupted or does not match its manifest."""
+
+
+class GenerationError(PardExportError, ValueError):
+    """A generation request is invalid (prompt, lengths, sampling settings)."""

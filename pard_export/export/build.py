@@ -1,0 +1,237 @@
+"""`pard-export build`: check the pair, export both graphs, compile, and write an engine directory atomically."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__
+from ..contract import DRAFT, TARGET, GraphSpec
+from ..errors import PardExportError
+from ..manifest import TOKENIZER_DIR, Manifest, ModelEntry, hash_files, write_manifest
+from . import checks
+from .arch import ArchSpec
+from .sources import ModelSource, resolve_pair
+
+BACKENDS = ("onnxruntime", "tensorrt")
+DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_MAX_SEQ_LEN = 8192
+_TOOLS = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime")
+_STAGES = ("check", "load", "export target", "export draft", "compile", "manifest")
+
+
+def build(
+    target: str,
+    k: int = 8,
+    *,
+    draft: str | None = None,
+    out: str | Path | None = None,
+    backend: str = "onnxruntime",
+    dtype: str = "float32",
+    max_seq_len: int | None = None,
+    mask_token_id: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Export target.onnx and draft.onnx (k fixed mask slots) into an engine directory; returns its path."""
+    checks.check_k(k)
+    _check_choice("backend", backend, BACKENDS)
+    _check_choice("dtype", dtype, DTYPES)
+    if backend == "tensorrt":
+        raise PardExportError(
+            "the tensorrt backend is not part of this release yet; build with --backend onnxruntime "
+            "(its engines also run on ONNX Runtime's CUDA and TensorRT execution providers)"
+        )
+    out = Path(out) if out else Path("engines") / f"{_short_name(target)}-k{k}-{backend}"
+    if out.exists() and any(out.iterdir()) and not force:
+        raise PardExportError(f"{out} exists and is not empty; pass --force to replace it or choose another --out")
+    with _stages(progress) as stage:
+        stage("check")
+        pair = _checked_pair(target, draft, k, mask_token_id, max_seq_len)
+        with _staging_dir(out, force) as staging:
+            specs = _export_pair(pair, staging, stage, k, dtype)
+            stage("compile")
+            _compile_onnxruntime(staging)
+            stage("manifest")
+            pair.target_tokenizer.save_pretrained(staging / TOKENIZER_DIR)
+            if not (staging / TOKENIZER_DIR / "tokenizer.json").is_file():
+                raise PardExportError("the target's tokenizer has no fast (tokenizer.json) form, which the runtime needs")
+            write_manifest(staging, _manifest(pair, specs, staging, k, dtype, backend))
+    return out
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """A checked target/draft pair: sources, architectures, tokenizer and the settings derived from them."""
+
+    target: ModelSource
+    draft: ModelSource
+    target_arch: ArchSpec
+    draft_arch: ArchSpec
+    target_tokenizer: object
+    vocab: int
+    mask_id: int
+    eos_ids: tuple[int, ...]
+    max_seq_len: int
+
+
+def _checked_pair(target: str, draft: str | None, k: int, mask_override: int | None, max_seq_len: int | None) -> _Pair:
+    target_src, draft_src, preset_mask, _ = resolve_pair(target, draft)
+    target_cfg = target_src.load_config()
+    draft_cfg = target_cfg if draft_src == target_src else draft_src.load_config()
+    target_arch = ArchSpec.from_hf_config(target_cfg, "target")
+    draft_arch = ArchSpec.from_hf_config(draft_cfg, "draft")
+    target_tok = target_src.load_tokenizer()
+    draft_tok = target_tok if draft_src == target_src else draft_src.load_tokenizer()
+    vocab = checks.shared_vocab(target_tok, draft_tok)
+    checks.check_rows("target", target_arch.vocab_rows, vocab)
+    checks.check_rows("draft", draft_arch.vocab_rows, vocab)
+    eos_ids = _eos_ids(target_src, target_tok)
+    mask_id = checks.resolve_mask_id(draft_cfg, mask_override, preset_mask)
+    specials = [("end-of-sequence", e) for e in eos_ids]
+    specials += [("beginning-of-sequence", target_tok.bos_token_id), ("padding", target_tok.pad_token_id)]
+    checks.check_mask_id(mask_id, draft_arch.vocab_rows, specials)
+    limit = getattr(target_cfg, "max_position_embeddings", None) or DEFAULT_MAX_SEQ_LEN
+    max_seq_len = max_seq_len or min(limit, DEFAULT_MAX_SEQ_LEN)
+    checks.check_max_seq_len(max_seq_len, k)
+    if max_seq_len > limit:
+        raise PardExportError(f"--max-seq-len {max_seq_len} exceeds the target's max_position_embeddings {limit}")
+    return _Pair(target_src, draft_src, target_arch, draft_arch, target_tok, vocab, mask_id, eos_ids, max_seq_len)
+
+
+def _export_pair(pair: _Pair, staging: Path, stage, k: int, dtype: str) -> dict[str, GraphSpec]:
+    import torch
+
+    from .graphs import export_draft, export_target
+
+    torch_dtype = getattr(torch, dtype)
+    stage("load")
+    target_model = pair.target.load_model(torch_dtype)
+    draft_model = target_model if pair.draft == pair.target else pair.draft.load_model(torch_dtype)
+    stage("export target")
+    target_io = export_target(target_model, pair.target_arch, staging / f"{TARGET}.onnx")
+    stage("export draft")
+    draft_io = export_draft(draft_model, pair.draft_arch, staging / f"{DRAFT}.onnx", k=k, vocab=pair.vocab, mask_id=pair.mask_id)
+    return {TARGET: target_io, DRAFT: draft_io}
+
+
+def _compile_onnxruntime(staging: Path) -> None:
+    """Load each graph once with full optimisation, so a graph ONNX Runtime rejects fails the build, not the user."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    for role in (TARGET, DRAFT):
+        try:
+            ort.InferenceSession(str(staging / f"{role}.onnx"), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types without a common base
+            raise PardExportError(f"ONNX Runtime cannot load the exported {role} graph: {str(e).splitlines()[0]}") from e
+
+
+def _manifest(pair: _Pair, specs: dict[str, GraphSpec], staging: Path, k: int, dtype: str, backend: str) -> Manifest:
+    tokenizer = pair.target_tokenizer
+    models = {
+        TARGET: _model_entry(pair.target, pair.target_arch, specs[TARGET]),
+        DRAFT: _model_entry(pair.draft, pair.draft_arch, specs[DRAFT]),
+    }
+    return Manifest(
+        k=k,
+        mask_token_id=pair.mask_id,
+        vocab_size=pair.vocab,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_ids=pair.eos_ids,
+        max_seq_len=pair.max_seq_len,
+        dtype=dtype,
+        backend=backend,
+        models=models,
+        files=hash_files(staging),
+        tools=_tool_versions(),
+    )
+
+
+def _model_entry(source: ModelSource, arch: ArchSpec, io: GraphSpec) -> ModelEntry:
+    return ModelEntry(
+        source=source.spec,
+        revision=source.revision,
+        file=f"{io.role}.onnx",
+        architecture=arch.model_type,
+        layers=arch.layers,
+        kv_heads=arch.kv_heads,
+        head_dim=arch.head_dim,
+        vocab_rows=arch.vocab_rows,
+        io=io,
+    )
+
+
+def _eos_ids(source: ModelSource, tokenizer) -> tuple[int, ...]:
+    ids = set()
+    generation = source.load_generation_config()
+    if generation is not None and generation.eos_token_id is not None:
+        eos = generation.eos_token_id
+        ids.update(eos if isinstance(eos, list) else [eos])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return tuple(sorted(ids))
+
+
+def _tool_versions() -> dict[str, str]:
+    versions = {"pard-export": __version__, "python": sys.version.split()[0]}
+    for tool in _TOOLS:
+        try:
+            versions[tool] = importlib.metadata.version(tool)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _short_name(target: str) -> str:
+    name = target.rstrip("/").split("/")[-1].removesuffix(".gguf").split("@")[0]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).lower() or "model"
+
+
+def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise PardExportError(f"--{flag} {value!r} is not one of {', '.join(choices)}")
+
+
+@contextmanager
+def _staging_dir(out: Path, force: bool):
+    """A temporary folder beside `out`, renamed to `out` only when everything inside succeeded."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield staging
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            staging.rename(out)
+            shutil.rmtree(old)
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def _stages(enabled: bool):
+    from tqdm import tqdm
+
+    with tqdm(total=len(_STAGES), desc="build", unit="stage", disable=not enabled, file=sys.stderr) as bar:
+        started = []
+
+        def stage(name: str) -> None:
+            if started:
+                bar.update(1)
+            started.append(name)
+            bar.set_postfix_str(name)
+
+        yield stage
+        bar.update(1)

