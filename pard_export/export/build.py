@@ -43,6 +43,11 @@ def build(
     checks.check_k(k)
     _check_choice("backend", backend, BACKENDS)
     _check_choice("dtype", dtype, DTYPES)
+    if dtype == "bfloat16" and backend == "onnxruntime":
+        raise PardExportError(
+            "bfloat16 engines need the tensorrt backend: the onnxruntime runtime keeps its KV cache in numpy, which has "
+            "no bfloat16; use --dtype float16 or float32"
+        )
     if backend == "tensorrt":
         raise PardExportError(
             "the tensorrt backend is not part of this release yet; build with --backend onnxruntime "
@@ -224,7 +229,9 @@ def _staging_dir(out: Path, force: bool):
 def _stages(enabled: bool):
     from tqdm import tqdm
 
-    with tqdm(total=len(_STAGES), desc="build", unit="stage", disable=not enabled, file=sys.stderr) as bar:
+    # disable=None: no bar unless stderr is a terminal; leave=False: an error ends up alone on its line
+    bar_off = None if enabled else True
+    with tqdm(total=len(_STAGES), desc="build", unit="stage", disable=bar_off, leave=False, file=sys.stderr) as bar:
         started = []
 
         def stage(name: str) -> None:

@@ -85,9 +85,10 @@ def resolve_pair(target: str, draft: str | None) -> tuple[ModelSource, ModelSour
     preset = PRESETS.get(target)
     if preset:
         return resolve(preset.target), resolve(draft or preset.draft), preset.mask_token_id, preset.note
+    target_source = resolve(target)
     if draft is None:
         raise SourceError(f"--draft is required when the target {target!r} is not a preset ({', '.join(PRESETS)})")
-    return resolve(target), resolve(draft), None, ""
+    return target_source, resolve(draft), None, ""
 
 
 def _looks_like_path(spec: str) -> bool:

