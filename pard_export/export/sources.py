@@ -50,6 +50,9 @@ class ModelSource:
 
     def load_model(self, dtype):
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the build shows its own stages
 
         return _loading(
             self,
