@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from .errors import PardExportError
 
@@ -48,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--max-seq-len", type=int, help="longest prompt + generation the engine serves")
     build.add_argument("--mask-token-id", type=int, help="override the draft config's pard_token")
     build.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    build.add_argument("--with-ar-draft", action="store_true", help="also export the draft as a plain AR graph (ar-draft baseline)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(run=_run_build)
 
@@ -57,11 +59,27 @@ def _parser() -> argparse.ArgumentParser:
     prompt.add_argument("--prompt", help="prompt text")
     prompt.add_argument("--prompt-ids", type=_token_ids, help="prompt token ids, comma-separated")
     generate.add_argument("--max-new-tokens", type=int, default=128)
-    generate.add_argument("--mode", default="pard", help="pard (default) or ar (target only)")
+    generate.add_argument("--temperature", type=float, default=0.0, help="0 (default) = greedy")
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--top-k", type=int, default=0, help="0 = no limit")
+    generate.add_argument("--seed", type=int, help="makes sampling reproducible")
+    generate.add_argument("--draft-sampling", action="store_true", help="sample drafts instead of taking the draft's argmax")
+    generate.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not part of the output")
+    generate.add_argument("--mode", default="pard", help="pard (default), ar (target only) or ar-draft (AR speculative)")
     generate.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
-    generate.add_argument("--json", action="store_true", help="print one JSON object: token_ids, text, stats")
+    generate.add_argument("--json", action="store_true", help="print one JSON object when done: token_ids, text, stats")
     generate.add_argument("--verify", action="store_true", help="check every file's sha256 against the manifest")
     generate.set_defaults(run=_run_generate)
+
+    bench = commands.add_parser("bench", help="measure ar, pard and ar-draft side by side")
+    bench.add_argument("--engine", required=True)
+    bench.add_argument("--prompts", help="JSON lines with \"prompt\" or \"prompt_ids\" (default benchmarks/prompts.jsonl)")
+    bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument("--modes", type=lambda text: [m for m in text.split(",") if m], help="e.g. ar,pard,ar-draft")
+    bench.add_argument("--json", dest="json_out", help="write the report here")
+    bench.add_argument("--plot", help="write a PNG: tokens/s per mode, per-position acceptance")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.set_defaults(run=_run_bench)
 
     demo = commands.add_parser("demo", help="offline SmolLM2 demo: build if missing, then generate")
     demo.add_argument("--engines", default="engines", help="where the demo engine lives (default engines/)")
@@ -90,6 +108,7 @@ def _run_build(args) -> int:
         max_seq_len=args.max_seq_len,
         mask_token_id=args.mask_token_id,
         force=args.force,
+        with_ar_draft=args.with_ar_draft,
         progress=not args.quiet,
     )
     print(out)
@@ -99,19 +118,31 @@ def _run_build(args) -> int:
 def _run_generate(args) -> int:
     from .runtime import Session
 
+    prompt = args.prompt if args.prompt is not None else args.prompt_ids
+    settings = dict(max_new_tokens=args.max_new_tokens, mode=args.mode, chat=args.chat, temperature=args.temperature,
+                    top_p=args.top_p, top_k=args.top_k, seed=args.seed, draft_sampling=args.draft_sampling, stop=args.stop)
     with Session(args.engine, verify=args.verify) as session:
-        prompt = args.prompt if args.prompt is not None else args.prompt_ids
-        result = session.generate(prompt, max_new_tokens=args.max_new_tokens, mode=args.mode, chat=args.chat)
-    if args.json:
-        print(json.dumps(result.to_dict()))
-    else:
-        print(result.text)
-        s = result.stats
-        print(
-            f"[{s.mode}] {s.new_tokens} tokens, {s.tokens_per_second:.1f} tok/s, {s.mean_accepted_tokens:.2f} tokens per "
-            f"target forward, ttft {s.ttft_ms:.0f} ms, finish: {s.finish_reason}",
-            file=sys.stderr,
-        )
+        if args.json:
+            print(json.dumps(session.generate(prompt, **settings).to_dict()))
+            return 0
+        started = time.perf_counter()
+        pieces = 0
+        for piece in session.stream(prompt, **settings):
+            print(piece, end="", flush=True)
+            pieces += 1
+    print()
+    print(f"[{args.mode}] {pieces} pieces streamed in {time.perf_counter() - started:.2f} s", file=sys.stderr)
+    return 0
+
+
+def _run_bench(args) -> int:
+    from .bench import bench, format_report
+
+    if args.max_new_tokens <= 0:
+        raise PardExportError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    report = bench(args.engine, prompts=args.prompts, max_new_tokens=args.max_new_tokens, modes=args.modes,
+                   json_out=args.json_out, plot=args.plot, progress=not args.quiet)
+    print(format_report(report))
     return 0
 
 

@@ -21,7 +21,8 @@ BATCH, SEQUENCE, PAST, TOTAL = "batch", "sequence", "past_sequence", "total_sequ
 # Graph roles; each is stored as "<role>.onnx" in an engine directory.
 TARGET = "target"
 DRAFT = "draft"
-ROLES = (TARGET, DRAFT)
+DRAFT_AR = "draft_ar"  # optional: the draft as a plain AR model (target IO), for the ar-draft baseline
+ROLES = (TARGET, DRAFT, DRAFT_AR)
 
 MAX_K = 32
 
@@ -78,12 +79,12 @@ def _common_inputs(layers: int, kv_heads: int, head_dim: int) -> tuple[TensorSpe
     ) + _kv(past_name, layers, kv_heads, head_dim, PAST)
 
 
-def target_spec(layers: int, kv_heads: int, head_dim: int, vocab_rows: int) -> GraphSpec:
-    """Prefill (S = prompt), decode (S = 1) and verify (S = K + 1) in one graph."""
+def target_spec(layers: int, kv_heads: int, head_dim: int, vocab_rows: int, role: str = TARGET) -> GraphSpec:
+    """Prefill (S = prompt), decode (S = 1) and verify (S = K + 1) in one graph (also the AR draft's IO)."""
     outputs = (TensorSpec(LOGITS, "float32", (BATCH, SEQUENCE, vocab_rows)),) + _kv(
         present_name, layers, kv_heads, head_dim, TOTAL
     )
-    return GraphSpec(TARGET, _common_inputs(layers, kv_heads, head_dim), outputs)
+    return GraphSpec(role, _common_inputs(layers, kv_heads, head_dim), outputs)
 
 
 def draft_spec(layers: int, kv_heads: int, head_dim: int, vocab: int, k: int) -> GraphSpec:

@@ -38,3 +38,21 @@ def engine(tmp_path_factory):
         return built[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def references(tiny_pair):
+    """references(arch) -> [(prompt_ids, the tiny target's own greedy continuation)] for tiny_models.PROMPTS."""
+    from transformers import AutoTokenizer
+
+    cache = {}
+
+    def get(arch):
+        if arch not in cache:
+            target, _ = tiny_pair(arch)
+            tokenizer = AutoTokenizer.from_pretrained(target)
+            prompts = [tokenizer(p).input_ids for p in tiny_models.PROMPTS]
+            cache[arch] = [(ids, tiny_models.reference_greedy(target, ids, tiny_models.NEW_TOKENS)) for ids in prompts]
+        return cache[arch]
+
+    return get

@@ -146,3 +146,28 @@ def test_entry_point_in_a_subprocess(tmp_path):
                           text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "presets" in done.stderr
+
+
+def test_generate_streams_by_default(capsys, engine_copy):
+    assert main(["generate", "--engine", str(engine_copy), "--prompt", "The quick", "--max-new-tokens", "12"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() and "[pard]" in captured.err
+
+
+def test_generate_sampling_flags(capsys, engine_copy):
+    argv = ["generate", "--engine", str(engine_copy), "--prompt", "The quick", "--max-new-tokens", "8", "--json",
+            "--temperature", "0.8", "--top-p", "0.9", "--top-k", "20", "--seed", "4", "--draft-sampling"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["token_ids"] == first["token_ids"]
+
+
+@pytest.mark.parametrize(
+    "flags,match",
+    [(["--temperature", "-1"], "temperature"), (["--top-p", "0"], "top_p"), (["--top-k", "-2"], "top_k"),
+     (["--mode", "beam"], "unknown mode"), (["--mode", "ar-draft"], "--with-ar-draft"), (["--prompt", ""], "empty")],
+)
+def test_generate_bad_settings(capsys, engine_copy, flags, match):
+    argv = ["generate", "--engine", str(engine_copy), "--prompt", "hi", *flags]
+    _fails_cleanly(capsys, argv, match)

@@ -35,6 +35,7 @@ CORPUS = [
     "Numbers: 0 1 2 3 4 5 6 7 8 9 10 11 12, and some punctuation: ; : ! ? ( ) [ ] { }",
 ]
 PROMPTS = ["The quick brown fox", "def square(x):", "Speculative decoding keeps"]
+NEW_TOKENS = 48  # greedy continuations compared token for token
 
 ARCHITECTURES = {
     "llama": (LlamaConfig, LlamaForCausalLM),
@@ -53,6 +54,17 @@ def make_tokenizer(vocab: int = VOCAB, corpus=CORPUS) -> PreTrainedTokenizerFast
         vocab_size=vocab, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=SPECIALS[EOS], bos_token=SPECIALS[BOS], pad_token=SPECIALS[PAD],
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def make_word_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer with `vocab` ids ("w4" ... ) for tests that need a small vocabulary."""
+    words = {token: i for i, token in enumerate(SPECIALS)} | {f"w{i}": i for i in range(len(SPECIALS), vocab)}
+    tok = Tokenizer(models.WordLevel(words, unk_token=SPECIALS[PAD]))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=SPECIALS[EOS], bos_token=SPECIALS[BOS], pad_token=SPECIALS[PAD],
         chat_template=CHAT_TEMPLATE,

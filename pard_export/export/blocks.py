@@ -49,10 +49,14 @@ class Prologue(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         cos = (emb.cos() * self.rope_scale).to(self.dtype)[:, None]  # [B, 1, S, D]
         sin = (emb.sin() * self.rope_scale).to(self.dtype)[:, None]
-        # Query i sits at cache position T - S + i (bottom-right aligned) and sees real tokens up to it.
+        # Query i sits at cache position T - S + i (bottom-right aligned) and sees real tokens up to it. A padding
+        # query also sees itself, so no row is fully masked (such rows turn to NaN in float16 and would poison
+        # the cache through that slot's K/V).
         key_pos = torch.arange(T, device=input_ids.device)
         query_pos = torch.arange(S, device=input_ids.device) + (T - S)
-        visible = (key_pos[None, :] <= query_pos[:, None])[None] & attention_mask.bool()[:, None, :]  # [B, S, T]
+        causal = key_pos[None, :] <= query_pos[:, None]  # [S, T]
+        itself = key_pos[None, :] == query_pos[:, None]
+        visible = causal[None] & (attention_mask.bool()[:, None, :] | itself[None])  # [B, S, T]
         bias = torch.where(visible, 0.0, torch.finfo(self.dtype).min).to(self.dtype)[:, None]  # [B, 1, S, T]
         return hidden, bias, cos, sin
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
-from ..contract import DRAFT, TARGET, GraphSpec
+from ..contract import DRAFT, DRAFT_AR, TARGET, GraphSpec
 from ..errors import PardExportError
 from ..manifest import TOKENIZER_DIR, Manifest, ModelEntry, hash_files, write_manifest
 from . import checks
@@ -37,9 +37,11 @@ def build(
     max_seq_len: int | None = None,
     mask_token_id: int | None = None,
     force: bool = False,
+    with_ar_draft: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Export target.onnx and draft.onnx (k fixed mask slots) into an engine directory; returns its path."""
+    """Export target.onnx and draft.onnx (k fixed mask slots) into an engine directory; returns its path.
+    with_ar_draft adds draft_ar.onnx, the draft as a plain AR model, for the ar-draft baseline."""
     checks.check_k(k)
     _check_choice("backend", backend, BACKENDS)
     _check_choice("dtype", dtype, DTYPES)
@@ -60,9 +62,9 @@ def build(
         stage("check")
         pair = _checked_pair(target, draft, k, mask_token_id, max_seq_len)
         with _staging_dir(out, force) as staging:
-            specs = _export_pair(pair, staging, stage, k, dtype)
+            specs = _export_pair(pair, staging, stage, k, dtype, with_ar_draft)
             stage("compile")
-            _compile_onnxruntime(staging)
+            _compile_onnxruntime(staging, specs)
             stage("manifest")
             pair.target_tokenizer.save_pretrained(staging / TOKENIZER_DIR)
             if not (staging / TOKENIZER_DIR / "tokenizer.json").is_file():
@@ -110,7 +112,7 @@ def _checked_pair(target: str, draft: str | None, k: int, mask_override: int | N
     return _Pair(target_src, draft_src, target_arch, draft_arch, target_tok, vocab, mask_id, eos_ids, max_seq_len)
 
 
-def _export_pair(pair: _Pair, staging: Path, stage, k: int, dtype: str) -> dict[str, GraphSpec]:
+def _export_pair(pair: _Pair, staging: Path, stage, k: int, dtype: str, with_ar_draft: bool) -> dict[str, GraphSpec]:
     import torch
 
     from .graphs import export_draft, export_target
@@ -122,17 +124,20 @@ def _export_pair(pair: _Pair, staging: Path, stage, k: int, dtype: str) -> dict[
     stage("export target")
     target_io = export_target(target_model, pair.target_arch, staging / f"{TARGET}.onnx")
     stage("export draft")
-    draft_io = export_draft(draft_model, pair.draft_arch, staging / f"{DRAFT}.onnx", k=k, vocab=pair.vocab, mask_id=pair.mask_id)
-    return {TARGET: target_io, DRAFT: draft_io}
+    specs = {TARGET: target_io}
+    specs[DRAFT] = export_draft(draft_model, pair.draft_arch, staging / f"{DRAFT}.onnx", k=k, vocab=pair.vocab, mask_id=pair.mask_id)
+    if with_ar_draft:
+        specs[DRAFT_AR] = export_target(draft_model, pair.draft_arch, staging / f"{DRAFT_AR}.onnx", role=DRAFT_AR)
+    return specs
 
 
-def _compile_onnxruntime(staging: Path) -> None:
+def _compile_onnxruntime(staging: Path, specs: dict[str, GraphSpec]) -> None:
     """Load each graph once with full optimisation, so a graph ONNX Runtime rejects fails the build, not the user."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    for role in (TARGET, DRAFT):
+    for role in specs:
         try:
             ort.InferenceSession(str(staging / f"{role}.onnx"), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types without a common base
@@ -141,10 +146,8 @@ def _compile_onnxruntime(staging: Path) -> None:
 
 def _manifest(pair: _Pair, specs: dict[str, GraphSpec], staging: Path, k: int, dtype: str, backend: str) -> Manifest:
     tokenizer = pair.target_tokenizer
-    models = {
-        TARGET: _model_entry(pair.target, pair.target_arch, specs[TARGET]),
-        DRAFT: _model_entry(pair.draft, pair.draft_arch, specs[DRAFT]),
-    }
+    sources = {TARGET: (pair.target, pair.target_arch), DRAFT: (pair.draft, pair.draft_arch), DRAFT_AR: (pair.draft, pair.draft_arch)}
+    models = {role: _model_entry(*sources[role], spec) for role, spec in specs.items()}
     return Manifest(
         k=k,
         mask_token_id=pair.mask_id,

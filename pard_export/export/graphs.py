@@ -14,7 +14,21 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from ..contract import ATTENTION_MASK, DRAFT_IDS, DRAFT_LOGITS, INPUT_IDS, LOGITS, POSITION_IDS, GraphSpec, TensorSpec, draft_spec, past_name, present_name, target_spec
+from ..contract import (
+    ATTENTION_MASK,
+    DRAFT_IDS,
+    DRAFT_LOGITS,
+    INPUT_IDS,
+    LOGITS,
+    POSITION_IDS,
+    TARGET,
+    GraphSpec,
+    TensorSpec,
+    draft_spec,
+    past_name,
+    present_name,
+    target_spec,
+)
 from .arch import ArchSpec
 from .blocks import DecoderLayer, DraftHead, Prologue, TargetHead
 from .onnx_file import ONNX_DTYPES, save_with_weights
@@ -34,8 +48,9 @@ class _Flavour:
     head_outputs: tuple[str, ...]
 
 
-def export_target(model, arch: ArchSpec, path: Path) -> GraphSpec:
-    spec = target_spec(arch.layers, arch.kv_heads, arch.head_dim, arch.vocab_rows)
+def export_target(model, arch: ArchSpec, path: Path, role: str = TARGET) -> GraphSpec:
+    """The plain AR graph (prefill / decode / verify); also the draft's AR graph with role=DRAFT_AR."""
+    spec = target_spec(arch.layers, arch.kv_heads, arch.head_dim, arch.vocab_rows, role)
     return _export(model, arch, path, _Flavour(spec, 0, 0, TargetHead(arch.rms_eps), (LOGITS,)))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,9 +37,13 @@ class OrtGraph:
         if past.type not in _NUMPY_DTYPES:
             raise EngineError(f"{path}: KV cache type {past.type} is not supported by the onnxruntime runtime on this host")
         self.kv_dtype = _NUMPY_DTYPES[past.type]
+        self.busy_s = 0.0  # time inside onnxruntime, for measuring the runtime's own overhead
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        start = time.perf_counter()
+        outputs = self.session.run(self.output_names, feeds)
+        self.busy_s += time.perf_counter() - start
+        return dict(zip(self.output_names, outputs))
 
 
 def _check_io(path: Path, session: ort.InferenceSession, spec: GraphSpec) -> None:

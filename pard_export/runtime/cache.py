@@ -1,4 +1,12 @@
-"""A graph together with its KV cache: callers pass new tokens, the cache grows, rollback moves a length."""
+"""A graph and its KV cache for B rows of different lengths.
+
+The cache is the graph's last `present` output, fed back untouched as `past` (contiguous arrays: onnxruntime
+binds them without a copy). Rows differ in length and acceptance, so some cache columns are holes
+(attention_mask 0): the left padding of shorter prompts and drafts the target rejected. Rejecting a draft
+only clears mask bits; no KV moves. When a row's holes pass max(64 columns, a quarter of the cache), or
+rows leave the batch, `compact` gathers each row's real tokens once, right-aligned: the copy is amortised
+over many steps, and the attention over at most that many masked columns costs little.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +15,61 @@ import numpy as np
 from ..contract import ATTENTION_MASK, INPUT_IDS, POSITION_IDS, GraphSpec
 from .backend_ort import OrtGraph
 
+_MAX_HOLE_FRACTION = 0.25
+_MIN_HOLE_SLACK = 64
 
-class CachedGraph:
-    """One sequence (batch 1) running through one graph; the KV cache holds `length` tokens."""
 
-    def __init__(self, graph: OrtGraph, spec: GraphSpec, kv_heads: int, head_dim: int, max_tokens: int):
+class BatchCache:
+    def __init__(self, graph: OrtGraph, spec: GraphSpec, kv_heads: int, head_dim: int):
         self.graph = graph
         self.past_names, self.present_names = spec.past_names, spec.present_names
-        self.empty = np.zeros((1, kv_heads, 0, head_dim), dtype=graph.kv_dtype)
-        self.ones = np.ones((1, max_tokens), dtype=np.int64)  # attention_mask views: no padding at batch 1
-        self.positions = np.arange(max_tokens, dtype=np.int64)[None]
-        self.reset()
+        self.kv_heads, self.head_dim = kv_heads, head_dim
+        self.start(1)
 
-    def reset(self) -> None:
-        self.length = 0
-        self.kv = [self.empty] * len(self.past_names)
+    def start(self, batch: int) -> None:
+        empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.graph.kv_dtype)
+        self.kv = [empty] * len(self.past_names)  # each [B, Hkv, T, D]
+        self.mask = np.zeros((batch, 0), dtype=np.int64)  # [B, T]: 1 = a real token
+        self.lengths = np.zeros(batch, dtype=np.int64)  # real tokens per row = the next position
 
-    def forward(self, tokens: list[int]) -> dict[str, np.ndarray]:
-        n = len(tokens)
-        feeds = {
-            INPUT_IDS: np.asarray(tokens, dtype=np.int64)[None],
-            POSITION_IDS: self.positions[:, self.length : self.length + n],
-            ATTENTION_MASK: self.ones[:, : self.length + n],
-            **dict(zip(self.past_names, self.kv)),
-        }
+    def forward(self, tokens: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+        """Run tokens [B, S] (valid [B, S] marks real ones; padding is on the left of each row)."""
+        positions = self.lengths[:, None] + np.maximum(np.cumsum(valid, axis=1) - 1, 0)
+        mask = np.concatenate([self.mask, valid.astype(np.int64)], axis=1)
+        feeds = {INPUT_IDS: tokens, POSITION_IDS: positions, ATTENTION_MASK: mask, **dict(zip(self.past_names, self.kv))}
         outputs = self.graph.run(feeds)
         self.kv = [outputs[name] for name in self.present_names]
-        self.length = self.kv[0].shape[2]
+        self.mask = mask
+        self.lengths = self.lengths + valid.sum(axis=1)
         return outputs
 
-    def rollback(self, length: int) -> None:
-        """Forget everything after the first `length` tokens (rejected drafts): a view, no copy."""
-        assert length <= self.length
-        self.kv = [t[:, :, :length] for t in self.kv]
-        self.length = length
+    def forget_last(self, counts: np.ndarray) -> None:
+        """Turn the last counts[b] columns of row b into holes (rejected drafts): mask bits only."""
+        total = self.mask.shape[1]
+        for row, count in enumerate(counts):
+            if count:
+                self.mask[row, total - count :] = 0
+        self.lengths = self.lengths - counts
+
+    def compact_if_needed(self, keep_rows: np.ndarray | None = None) -> None:
+        batch, width = self.mask.shape
+        rows_leave = keep_rows is not None and len(keep_rows) < batch
+        holes_per_row = width - self.mask.sum() / max(batch, 1)
+        if rows_leave or holes_per_row > max(_MIN_HOLE_SLACK, _MAX_HOLE_FRACTION * width):
+            self.compact(np.arange(self.mask.shape[0]) if keep_rows is None else keep_rows)
+
+    def compact(self, rows: np.ndarray) -> None:
+        """Keep `rows`, each with its real tokens right-aligned (left padding only)."""
+        mask = self.mask[rows]
+        width = int(mask.sum(axis=1).max()) if len(rows) else 0
+        # For each kept row, the source column of each target column; padding reuses column 0 (masked).
+        source = np.zeros((len(rows), width), dtype=np.int64)
+        new_mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(mask):
+            real = np.flatnonzero(row)
+            source[i, width - len(real) :] = real
+            new_mask[i, width - len(real) :] = 1
+        index = (rows[:, None, None, None], np.arange(self.kv_heads)[None, :, None, None], source[:, None, :, None],
+                 np.arange(self.head_dim)[None, None, None, :])  # one gather per tensor -> [B', Hkv, T', D]
+        self.kv = [t[index] for t in self.kv]
+        self.mask, self.lengths = new_mask, self.lengths[rows]

@@ -1,46 +1,111 @@
-"""The decoding steps (pard-method.md §2-3) over CachedGraphs, and the statistics they produce.
+"""The decoding steps over a batch (pard-method.md §2-4), and the statistics they produce.
 
-A PARD step: the draft sees the tokens it has not seen plus K-1 masks and proposes K tokens in one forward;
-the target verifies [pending, d_1..d_n] in one forward; the longest agreeing prefix d_1..d_a is kept with the
-target's own token t_a. The target-only baseline is the same step with no drafts.
+pard     : the PARD draft sees the tokens it has not seen plus K-1 masks and proposes n <= K tokens in ONE forward.
+ar-draft : the same draft run autoregressively, n sequential forwards (ordinary speculative decoding).
+ar       : the target alone.
+The target then verifies [pending, d_1..d_n] in one forward and keeps the longest accepted prefix plus one
+token of its own; rejected drafts become holes in the caches (BatchCache.forget_last).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..contract import DRAFT_IDS, LOGITS
-from .cache import CachedGraph
+from ..contract import DRAFT_IDS, DRAFT_LOGITS, LOGITS
+from .cache import BatchCache
+from .sampling import SamplingParams, propose, sample, verify_greedy, verify_sampled, warp
+
+PAD_ID = 0  # any id: padding columns are masked out
 
 
 @dataclass(frozen=True)
-class Step:
-    emitted: list[int]  # tokens this step adds to the output: accepted drafts, then the target's token
-    drafted: int  # drafts verified this step
-    accepted: int  # drafts the target agreed with
+class RowStep:
+    emitted: list[int]  # accepted drafts, then the target's own token
+    drafted: int
+    accepted: int
+    draft_unseen: list[int]  # tokens the draft has not consumed yet, after this step
 
 
-def accepted_prefix(drafts: np.ndarray, target_tokens: np.ndarray) -> int:
-    """Largest a with drafts[:a] == target_tokens[:a] (target_tokens has one more entry than drafts)."""
-    mismatches = np.flatnonzero(drafts != target_tokens[: len(drafts)])
-    return int(mismatches[0]) if len(mismatches) else len(drafts)
+@dataclass(frozen=True)
+class StepResult:
+    rows: list[RowStep]
+    draft_s: float
+    verify_s: float
 
 
-def pard_step(target: CachedGraph, draft: CachedGraph, target_new: list[int], draft_new: list[int], n_drafts: int) -> Step:
-    drafts = draft.forward(draft_new)[DRAFT_IDS][0, :n_drafts]  # [n]
-    verified_from = target.length + len(target_new) - 1  # cache position of the pending token
-    logits = target.forward(target_new + drafts.tolist())[LOGITS][0, -(n_drafts + 1) :]  # [n+1, V]
-    target_tokens = logits.argmax(-1)
-    a = accepted_prefix(drafts, target_tokens)
-    target.rollback(verified_from + 1 + a)  # keep pending + d_1..d_a; t_a becomes the next pending token
-    return Step(drafts[:a].tolist() + [int(target_tokens[a])], n_drafts, a)
+def left_pad(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """tokens [B, S] and valid [B, S] with each row right-aligned."""
+    width = max(len(r) for r in rows)
+    tokens = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+    valid = np.zeros((len(rows), width), dtype=bool)
+    for i, row in enumerate(rows):
+        tokens[i, width - len(row) :] = row
+        valid[i, width - len(row) :] = True
+    return tokens, valid
 
 
-def ar_step(target: CachedGraph, target_new: list[int]) -> Step:
-    logits = target.forward(target_new)[LOGITS][0, -1]
-    return Step([int(logits.argmax())], 0, 0)
+def ar_step(target: BatchCache, target_new, draft_new, params: SamplingParams, rngs) -> StepResult:
+    start = time.perf_counter()
+    logits = target.forward(*left_pad(target_new))[LOGITS][:, -1]  # [B, V]
+    chosen = [int(row.argmax()) if params.greedy else sample(warp(row, params), rng) for row, rng in zip(logits, rngs)]
+    rows = [RowStep([t], 0, 0, list(unseen) + [t]) for t, unseen in zip(chosen, draft_new)]
+    return StepResult(rows, 0.0, time.perf_counter() - start)
+
+
+def pard_step(target: BatchCache, draft: BatchCache, target_new, draft_new, n: int, params: SamplingParams,
+              rngs) -> StepResult:
+    start = time.perf_counter()
+    out = draft.forward(*left_pad(draft_new))
+    proposals = [
+        propose(logits[:n], ids[:n], params, rng) for logits, ids, rng in zip(out[DRAFT_LOGITS], out[DRAFT_IDS], rngs)
+    ]
+    drafted = time.perf_counter()
+    verdicts = _verify(target, target_new, proposals, params, rngs)
+    rows = [RowStep(d[:a].tolist() + [t], n, a, d[:a].tolist() + [t]) for (d, _), (a, t) in zip(proposals, verdicts)]
+    return StepResult(rows, drafted - start, time.perf_counter() - drafted)
+
+
+def ar_draft_step(target: BatchCache, draft: BatchCache, target_new, draft_new, n: int, params: SamplingParams,
+                  rngs, vocab: int) -> StepResult:
+    start = time.perf_counter()
+    batch = len(draft_new)
+    drafts = np.zeros((batch, n), dtype=np.int64)
+    qs = [[] for _ in range(batch)]
+    logits = draft.forward(*left_pad(draft_new))[LOGITS][:, -1, :vocab]  # [B, V]
+    for j in range(n):
+        for b, rng in enumerate(rngs):
+            ids, q = propose(logits[b][None], logits[b].argmax()[None], params, rng)
+            drafts[b, j] = ids[0]
+            qs[b].append(q)
+        if j < n - 1:
+            logits = draft.forward(drafts[:, j : j + 1], np.ones((batch, 1), dtype=bool))[LOGITS][:, -1, :vocab]
+    drafted = time.perf_counter()
+    proposals = [(drafts[b], None if qs[b][0] is None else np.concatenate(qs[b])) for b in range(batch)]
+    verdicts = _verify(target, target_new, proposals, params, rngs)
+    # The draft consumed d_1..d_{n-1}; those the target rejected become holes in its cache too.
+    seen = [min(a, n - 1) for a, _ in verdicts]
+    draft.forget_last(np.array([n - 1 - s for s in seen]))
+    rows = []
+    for (d, _), (a, t), s in zip(proposals, verdicts, seen):
+        emitted = d[:a].tolist() + [t]
+        rows.append(RowStep(emitted, n, a, emitted[s:]))
+    return StepResult(rows, drafted - start, time.perf_counter() - drafted)
+
+
+def _verify(target: BatchCache, target_new, proposals, params: SamplingParams, rngs) -> list[tuple[int, int]]:
+    """Run [pending.., d_1..d_n] through the target; (accepted, next token) per row; forget rejected drafts."""
+    n = len(proposals[0][0])
+    logits = target.forward(*left_pad([list(new) + d.tolist() for new, (d, _) in zip(target_new, proposals)]))[LOGITS]
+    logits = logits[:, -(n + 1) :]  # [B, n+1, V]
+    verdicts = [
+        verify_greedy(d, row) if params.greedy else verify_sampled(d, q, row, params, rng)
+        for (d, q), row, rng in zip(proposals, logits, rngs)
+    ]
+    target.forget_last(np.array([n - a for a, _ in verdicts]))
+    return verdicts
 
 
 @dataclass
@@ -55,9 +120,13 @@ class GenerationStats:
     mean_accepted_tokens: float = 0.0  # tokens per target forward, bonus included (tau)
     acceptance_rate: float = 0.0  # accepted / drafted
     per_position_acceptance: list[float] = field(default_factory=list)  # P(draft i accepted), i = 1..k
+    per_position_accepted: list[int] = field(default_factory=list)  # the counts behind it
+    per_position_drafted: list[int] = field(default_factory=list)
     ttft_ms: float = 0.0
     total_ms: float = 0.0
     tokens_per_second: float = 0.0  # after the first step (prefill excluded)
+    draft_step_ms: float = 0.0  # mean per step, over steps after the first
+    verify_step_ms: float = 0.0
     finish_reason: str = ""
 
     def to_dict(self) -> dict:
@@ -65,31 +134,45 @@ class GenerationStats:
 
 
 class StatsRecorder:
-    def __init__(self, mode: str, k: int, uses_draft: bool):
-        self.stats = GenerationStats(mode=mode, k=k)
-        self.uses_draft = uses_draft
-        self.position_hits = np.zeros(k, dtype=np.int64)
-        self.position_tries = np.zeros(k, dtype=np.int64)
+    """Statistics of one row."""
 
-    def record(self, step: Step, emitted: int) -> None:
+    def __init__(self, mode: str, k: int, draft_forwards_per_step):
+        self.stats = GenerationStats(mode=mode, k=k)
+        self.draft_forwards_per_step = draft_forwards_per_step  # n -> forwards the draft made for n drafts
+        self.hits = np.zeros(k, dtype=np.int64)
+        self.tries = np.zeros(k, dtype=np.int64)
+        self.draft_s = self.verify_s = 0.0
+        self.timed_steps = 0
+        self.first_step_tokens = 0
+
+    def record(self, step: RowStep, emitted: int, result: StepResult, first: bool) -> None:
         s = self.stats
         s.target_forwards += 1
-        s.draft_forwards += int(self.uses_draft)
+        s.draft_forwards += self.draft_forwards_per_step(step.drafted)
         s.new_tokens += emitted
         s.drafted_tokens += step.drafted
         s.accepted_drafts += step.accepted
-        self.position_tries[: step.drafted] += 1
-        self.position_hits[: step.accepted] += 1
+        self.tries[: step.drafted] += 1
+        self.hits[: step.accepted] += 1
+        if first:
+            self.first_step_tokens = emitted
+        else:
+            self.draft_s += result.draft_s
+            self.verify_s += result.verify_s
+            self.timed_steps += 1
 
-    def finish(self, reason: str, ttft_s: float, total_s: float, first_step_tokens: int) -> GenerationStats:
+    def finish(self, reason: str, ttft_s: float, total_s: float) -> GenerationStats:
         s = self.stats
         s.finish_reason = reason
         s.mean_accepted_tokens = s.new_tokens / max(s.target_forwards, 1)
         s.acceptance_rate = s.accepted_drafts / s.drafted_tokens if s.drafted_tokens else 0.0
-        tries = np.maximum(self.position_tries, 1)
-        s.per_position_acceptance = [float(x) for x in self.position_hits / tries] if self.uses_draft else []
+        if self.tries.any():
+            s.per_position_acceptance = [float(x) for x in self.hits / np.maximum(self.tries, 1)]
+            s.per_position_accepted, s.per_position_drafted = self.hits.tolist(), self.tries.tolist()
         s.ttft_ms, s.total_ms = ttft_s * 1e3, total_s * 1e3
-        after_first = total_s - ttft_s
-        later_tokens = s.new_tokens - first_step_tokens
-        s.tokens_per_second = later_tokens / after_first if later_tokens > 0 and after_first > 0 else s.new_tokens / total_s
+        later_tokens, later_s = s.new_tokens - self.first_step_tokens, total_s - ttft_s
+        s.tokens_per_second = later_tokens / later_s if later_tokens > 0 and later_s > 0 else s.new_tokens / total_s
+        if self.timed_steps:
+            s.draft_step_ms = 1e3 * self.draft_s / self.timed_steps
+            s.verify_step_ms = 1e3 * self.verify_s / self.timed_steps
         return s

@@ -1,21 +1,28 @@
-"""`Session`: load an engine directory once, then generate with PARD or the target-only baseline."""
+"""`Session`: load an engine directory once, then generate with PARD or a baseline, one prompt or a batch."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..contract import DRAFT, TARGET
+import numpy as np
+
+from ..contract import DRAFT, DRAFT_AR, TARGET
 from ..errors import EngineError, GenerationError
 from ..manifest import TOKENIZER_DIR, Manifest, read_manifest, verify_hashes
 from .backend_ort import OrtGraph
-from .cache import CachedGraph
-from .decoding import GenerationStats, StatsRecorder, ar_step, pard_step
+from .cache import BatchCache
+from .decoding import GenerationStats, StatsRecorder, StepResult, ar_draft_step, ar_step, pard_step
+from .sampling import SamplingParams
+from .streaming import RowText
 from .text import TextCodec
 
-MODES = ("pard", "ar")
+MODES = ("ar", "pard", "ar-draft")
+_DRAFT_FORWARDS = {"pard": lambda n: int(n > 0), "ar-draft": lambda n: n, "ar": lambda n: 0}
+
+Prompt = str | Sequence[int]
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,40 @@ class GenerationResult:
         return {"token_ids": self.token_ids, "text": self.text, "stats": self.stats.to_dict()}
 
 
+@dataclass(frozen=True)
+class _Request:
+    max_new_tokens: int
+    mode: str
+    params: SamplingParams
+    stop: tuple[str, ...]
+
+
+class _Row:
+    """One sequence of a batch: its tokens, text, statistics and why it ended."""
+
+    def __init__(self, prompt_ids: list[int], request: _Request, room: int, recorder: StatsRecorder, text: RowText | None):
+        self.prompt_ids, self.tokens = prompt_ids, []
+        self.limit = min(request.max_new_tokens, room)
+        self.recorder, self.text = recorder, text
+        self.finish_reason: str | None = None
+
+    @property
+    def budget(self) -> int:
+        return self.limit - len(self.tokens)
+
+    def accept(self, emitted: list[int], eos: frozenset[int]) -> int:
+        """Append a step's tokens up to EOS, a stop string or the limit; returns how many were kept."""
+        for count, token in enumerate(emitted, 1):
+            self.tokens.append(token)
+            if (self.text is not None and self.text.add(token)) or token in eos:
+                self.finish_reason = "stop"
+            elif len(self.tokens) >= self.limit:
+                self.finish_reason = "length"
+            if self.finish_reason:
+                return count
+        return len(emitted)
+
+
 class Session:
     """The compiled draft and target of one engine directory (numpy + onnxruntime; no torch)."""
 
@@ -44,23 +85,52 @@ class Session:
         if self.manifest.backend != "onnxruntime":
             raise EngineError(f"{self.engine_dir} was built for {self.manifest.backend!r}; this runtime runs onnxruntime engines")
         self.codec = TextCodec(self.engine_dir / TOKENIZER_DIR)
-        self._target = self._cached_graph(TARGET, threads, providers)
-        self._draft = self._cached_graph(DRAFT, threads, providers)
+        self._caches = {role: self._cache(role, threads, providers) for role in self.manifest.models}
         self._eos = frozenset(self.manifest.eos_token_ids)
 
-    def generate(self, prompt: str | Sequence[int], *, max_new_tokens: int = 128, mode: str = "pard",
-                 chat: bool = False) -> GenerationResult:
-        """Greedy decoding; the output equals the target's own greedy decoding token for token."""
-        if mode not in MODES:
-            raise GenerationError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-            raise GenerationError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        prompt_ids = self._prompt_ids(prompt, chat)
-        tokens, stats = self._decode(prompt_ids, max_new_tokens, mode)
-        return GenerationResult(tokens, self.codec.decode(tokens), stats)
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return tuple(m for m in MODES if m != "ar-draft" or DRAFT_AR in self._caches)
+
+    @property
+    def onnxruntime_seconds(self) -> float:
+        """Time spent inside onnxruntime so far, all graphs together (the rest is this runtime's own)."""
+        return sum(cache.graph.busy_s for cache in self._caches.values())
+
+    @property
+    def providers(self) -> list[str]:
+        return self._caches[TARGET].graph.session.get_providers()
+
+    def generate(self, prompt: Prompt | Sequence[Prompt], *, max_new_tokens: int = 128, mode: str = "pard",
+                 chat: bool = False, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+                 seed: int | None = None, draft_sampling: bool = False, stop: Sequence[str] = ()):
+        """One prompt -> GenerationResult; a list of prompts -> a list (as generate_batch).
+
+        Temperature 0 (default) is greedy and equals the target's own greedy decoding token for token."""
+        settings = dict(max_new_tokens=max_new_tokens, mode=mode, chat=chat, temperature=temperature, top_p=top_p,
+                        top_k=top_k, seed=seed, draft_sampling=draft_sampling, stop=stop)
+        if _is_batch(prompt):
+            return self.generate_batch(prompt, **settings)
+        return self.generate_batch([prompt], **settings)[0]
+
+    def generate_batch(self, prompts: Sequence[Prompt], **settings) -> list[GenerationResult]:
+        """B prompts decoded together; at temperature 0 each row equals its own batch-1 output."""
+        ids, request = self._prepare(prompts, **settings)
+        events = self._decode(ids, request, with_text=bool(request.stop))
+        while True:
+            try:
+                next(events)
+            except StopIteration as done:
+                return done.value
+
+    def stream(self, prompt: Prompt, **settings) -> Iterator[str]:
+        """Text pieces as soon as tokens are accepted (never half a character, never part of a stop string)."""
+        ids, request = self._prepare([prompt], **settings)
+        for _, piece in self._decode(ids, request, with_text=True):
+            yield piece
 
     def close(self) -> None:
-        self._target = self._draft = None
+        self._caches = {}
 
     def __enter__(self) -> Session:
         return self
@@ -68,57 +138,96 @@ class Session:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _cached_graph(self, role: str, threads, providers) -> CachedGraph:
+    def _cache(self, role: str, threads, providers) -> BatchCache:
         entry = self.manifest.models[role]
         graph = OrtGraph(self.engine_dir / entry.file, entry.io, threads=threads, providers=providers)
-        return CachedGraph(graph, entry.io, entry.kv_heads, entry.head_dim, self.manifest.max_seq_len)
+        return BatchCache(graph, entry.io, entry.kv_heads, entry.head_dim)
 
-    def _prompt_ids(self, prompt: str | Sequence[int], chat: bool) -> list[int]:
+    def _prepare(self, prompts: Sequence[Prompt], *, max_new_tokens: int = 128, mode: str = "pard", chat: bool = False,
+                 temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+                 draft_sampling: bool = False, stop: Sequence[str] = ()) -> tuple[list[list[int]], _Request]:
+        """Check everything before any work, so bad input generates nothing."""
+        if mode not in MODES:
+            raise GenerationError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if mode not in self.modes:
+            raise GenerationError("this engine has no AR draft graph (draft_ar.onnx); rebuild it with --with-ar-draft")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+            raise GenerationError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if isinstance(stop, str):
+            stop = (stop,)
+        params = SamplingParams(float(temperature), float(top_p), top_k, seed, draft_sampling)
+        if not prompts:
+            raise GenerationError("no prompts given; pass a prompt or a non-empty list of prompts")
+        ids = [self._prompt_ids(p, chat, i if len(prompts) > 1 else None) for i, p in enumerate(prompts)]
+        return ids, _Request(max_new_tokens, mode, params, tuple(stop))
+
+    def _prompt_ids(self, prompt: Prompt, chat: bool, index: int | None) -> list[int]:
+        which = "the prompt" if index is None else f"prompt {index}"
         if isinstance(prompt, str):
-            if not prompt:
-                raise GenerationError("the prompt is empty; pass some text or token ids")
-            ids = self.codec.encode_chat(prompt) if chat else self.codec.encode(prompt)
+            ids = (self.codec.encode_chat(prompt) if chat else self.codec.encode(prompt)) if prompt else []
         else:
             ids = [int(i) for i in prompt]
             rows = self.manifest.models[TARGET].vocab_rows
             if any(not 0 <= i < rows for i in ids):
-                raise GenerationError(f"prompt token ids must lie in 0..{rows - 1}")
+                raise GenerationError(f"{which}'s token ids must lie in 0..{rows - 1}")
         if not ids:
-            raise GenerationError("the prompt is empty; pass some text or token ids")
+            raise GenerationError(f"{which} is empty; pass some text or token ids")
         if len(ids) >= self.manifest.max_seq_len:
             raise GenerationError(
-                f"the prompt has {len(ids)} tokens but the engine's max_seq_len is {self.manifest.max_seq_len}; "
-                "shorten the prompt or rebuild with a larger --max-seq-len"
+                f"{which} has {len(ids)} tokens but the engine's max_seq_len is {self.manifest.max_seq_len}; "
+                "shorten it or rebuild with a larger --max-seq-len"
             )
         return ids
 
-    def _decode(self, prompt_ids: list[int], max_new_tokens: int, mode: str) -> tuple[list[int], GenerationStats]:
-        k, max_seq_len = self.manifest.k, self.manifest.max_seq_len
-        target, draft = self._target, self._draft
-        target.reset()
-        draft.reset()
-        recorder = StatsRecorder(mode, k, uses_draft=mode == "pard")
-        out: list[int] = []
-        target_new, draft_new = list(prompt_ids), list(prompt_ids)  # tokens each model has not seen yet
-        start, ttft, first_step_tokens, reason = time.perf_counter(), None, 0, "length"
-        while (budget := min(max_new_tokens - len(out), max_seq_len - len(prompt_ids) - len(out))) > 0:
-            if mode == "pard" and budget > 1:
-                step = pard_step(target, draft, target_new, draft_new, min(k, budget - 1))
-            else:
-                step = ar_step(target, target_new)
-            emitted = self._until_eos(step.emitted)
-            out += emitted
-            recorder.record(step, len(emitted))
-            if ttft is None:
-                ttft, first_step_tokens = time.perf_counter() - start, len(emitted)
-            if emitted[-1] in self._eos:
-                reason = "stop"
+    def _decode(self, prompt_ids: list[list[int]], request: _Request, with_text: bool):
+        """Yields (row, text piece) while decoding; returns the results."""
+        m, mode, params = self.manifest, request.mode, request.params
+        rows = [
+            _Row(ids, request, m.max_seq_len - len(ids), StatsRecorder(mode, m.k, _DRAFT_FORWARDS[mode]),
+                 RowText(self.codec, request.stop) if with_text else None)
+            for ids in prompt_ids
+        ]
+        rngs = [np.random.default_rng(None if params.seed is None else [params.seed, i]) for i in range(len(rows))]
+        caches = [self._caches[TARGET]] + ([self._caches[DRAFT if mode == "pard" else DRAFT_AR]] if mode != "ar" else [])
+        for cache in caches:
+            cache.start(len(rows))
+        active = list(range(len(rows)))
+        target_new = [list(ids) for ids in prompt_ids]  # tokens each model has not consumed yet
+        draft_new = [list(ids) for ids in prompt_ids]
+        start, ttft = time.perf_counter(), None
+        while active:
+            result = self._step(caches, mode, target_new, draft_new, min(rows[i].budget for i in active), params,
+                                [rngs[i] for i in active])
+            ttft = ttft if ttft is not None else time.perf_counter() - start
+            for i, step in zip(active, result.rows):
+                row = rows[i]
+                kept = row.accept(step.emitted, self._eos)
+                row.recorder.record(step, kept, result, first=row.recorder.stats.target_forwards == 0)
+                if row.text is not None and (piece := row.text.take_visible(final=row.finish_reason is not None)):
+                    yield i, piece
+            keep = [pos for pos, i in enumerate(active) if rows[i].finish_reason is None]
+            if not keep:
                 break
-            target_new, draft_new = [emitted[-1]], emitted
-        return out, recorder.finish(reason, ttft or 0.0, time.perf_counter() - start, first_step_tokens)
+            for cache in caches:
+                cache.compact_if_needed(np.array(keep, dtype=np.int64))
+            target_new = [[rows[active[pos]].tokens[-1]] for pos in keep]
+            draft_new = [result.rows[pos].draft_unseen for pos in keep]
+            active = [active[pos] for pos in keep]
+        total = time.perf_counter() - start
+        return [self._result(row, ttft, total) for row in rows]
 
-    def _until_eos(self, tokens: list[int]) -> list[int]:
-        for i, token in enumerate(tokens):
-            if token in self._eos:
-                return tokens[: i + 1]
-        return tokens
+    def _step(self, caches, mode: str, target_new, draft_new, min_budget: int, params, rngs) -> StepResult:
+        n = min(self.manifest.k, min_budget - 1)  # never verify drafts that could not be emitted
+        if mode == "ar" or n < 1:
+            return ar_step(caches[0], target_new, draft_new, params, rngs)
+        if mode == "pard":
+            return pard_step(caches[0], caches[1], target_new, draft_new, n, params, rngs)
+        return ar_draft_step(caches[0], caches[1], target_new, draft_new, n, params, rngs, self.manifest.vocab_size)
+
+    def _result(self, row: _Row, ttft: float, total: float) -> GenerationResult:
+        text = row.text.text if row.text is not None else self.codec.decode(row.tokens)
+        return GenerationResult(row.tokens, text, row.recorder.finish(row.finish_reason, ttft, total))
+
+
+def _is_batch(prompt) -> bool:
+    return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and not isinstance(prompt[0], (int, np.integer))

@@ -3,28 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from transformers import AutoTokenizer
 
 import tiny_models
 from pard_export.runtime import Session
 
-NEW_TOKENS = 48
-
-
-@pytest.fixture(scope="module")
-def references(tiny_pair):
-    """(arch) -> [(prompt_ids, greedy continuation)] for the tiny target."""
-    cache = {}
-
-    def get(arch):
-        if arch not in cache:
-            target, _ = tiny_pair(arch)
-            tokenizer = AutoTokenizer.from_pretrained(target)
-            prompts = [tokenizer(p).input_ids for p in tiny_models.PROMPTS]
-            cache[arch] = [(ids, tiny_models.reference_greedy(target, ids, NEW_TOKENS)) for ids in prompts]
-        return cache[arch]
-
-    return get
+NEW_TOKENS = tiny_models.NEW_TOKENS
 
 
 @pytest.mark.parametrize("k", [1, 4, 8])

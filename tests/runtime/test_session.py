@@ -40,7 +40,9 @@ def test_exactly_max_new_tokens(session, expected, n):
 
 def test_stats_are_consistent(session):
     pard = session.generate(PROMPT, max_new_tokens=30).stats
-    assert pard.new_tokens == 30 and pard.target_forwards == pard.draft_forwards
+    assert pard.new_tokens == 30
+    # one draft forward per step, except a last step with room for one token only (nothing to draft for)
+    assert pard.target_forwards - 1 <= pard.draft_forwards <= pard.target_forwards
     assert pard.mean_accepted_tokens == pytest.approx(30 / pard.target_forwards)
     assert pard.acceptance_rate == pytest.approx(pard.accepted_drafts / pard.drafted_tokens)
     assert len(pard.per_position_acceptance) == 4

@@ -1,0 +1,57 @@
+"""Batches: rows of different prompt lengths and different acceptance per step; at temperature 0 every row
+equals its own batch-1 output (and the target's greedy decoding)."""
+
+from __future__ import annotations
+
+import pytest
+
+import tiny_models
+from pard_export.runtime import Session
+
+PROMPTS = [[276, 297, 298, 294], [302, 73, 308, 272, 268, 72, 11, 91, 316], [54, 83], [120, 121, 122, 123, 124, 125, 126]]
+NEW_TOKENS = 40
+
+
+@pytest.fixture(scope="module")
+def session(tiny_pair, engine, tmp_path_factory):
+    target, _ = tiny_pair("qwen2")
+    # a copy of the target as draft: its first draft is right, its mask drafts vary -> acceptance differs per row
+    draft = tiny_models.make_model(tmp_path_factory.mktemp("copy") / "d", "qwen2", tiny_models.TARGET_SIZE, seed=0)
+    with Session(engine(target, draft, 4, with_ar_draft=True)) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def singles(session):
+    return {mode: [session.generate(p, max_new_tokens=NEW_TOKENS, mode=mode).token_ids for p in PROMPTS] for mode in session.modes}
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 4])
+@pytest.mark.parametrize("mode", ["pard", "ar", "ar-draft"])
+def test_rows_equal_their_batch_of_one(session, singles, mode, batch):
+    results = session.generate_batch(PROMPTS[:batch], max_new_tokens=NEW_TOKENS, mode=mode)
+    assert [r.token_ids for r in results] == singles[mode][:batch]
+    assert singles["pard"] == singles["ar"] == singles["ar-draft"]
+
+
+def test_acceptance_differs_between_rows(session):
+    results = session.generate(PROMPTS, max_new_tokens=NEW_TOKENS)  # a list of prompts is a batch
+    assert len({r.stats.accepted_drafts for r in results}) > 1
+
+
+def test_rows_that_finish_early_leave_the_batch(tiny_pair, engine):
+    target, draft = tiny_pair("llama")
+    with Session(engine(target, draft, 4, max_seq_len=16)) as s:  # rows reach max_seq_len at different steps
+        singles = [s.generate(p, max_new_tokens=100).token_ids for p in PROMPTS]
+        batch = s.generate_batch(PROMPTS, max_new_tokens=100)
+    assert [r.token_ids for r in batch] == singles
+    assert [len(r.token_ids) for r in batch] == [16 - len(p) for p in PROMPTS]
+    assert {r.finish_reason for r in batch} == {"length"}
+
+
+def test_a_batch_with_an_over_long_prompt_generates_nothing(session):
+    from pard_export.errors import GenerationError
+
+    with pytest.raises(GenerationError, match="prompt 1 has"):
+        session.generate_batch([PROMPTS[0], [5] * 600], max_new_tokens=4)
+    assert len(session.generate_batch(PROMPTS[:2], max_new_tokens=4)) == 2

@@ -1,0 +1,161 @@
+"""Speculative sampling keeps the target's distribution: the empirical joint distribution of the first two new
+tokens matches the exact one (computed from the target's own probabilities) within a total-variation bound
+derived from the sample size; the same check fails for a deliberately wrong acceptance rule."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import tiny_models
+from pard_export.errors import GenerationError
+from pard_export.runtime import Session, decoding
+
+VOCAB = 64
+PROMPT = [7, 21, 33]
+SAMPLES = 12_000
+BATCH = 400
+DELTA = 1e-6  # chance that a correct sampler fails the bound
+STOPPED = -1  # second "token" of a sequence that ended with EOS after one token
+
+
+K = 4
+NEW_TOKENS = K + 2  # room for K drafts in the first step, so the first two tokens come from one multi-draft step
+
+
+@pytest.fixture(scope="module")
+def small_vocab_models(tmp_path_factory):
+    """A target and two drafts: a copy of the target (its first draft is often right, its masks are
+    untrained) and an unrelated random model (mostly rejected: the residual distribution does the work)."""
+    root = tmp_path_factory.mktemp("vocab64")
+    tokenizer = tiny_models.make_word_tokenizer(VOCAB)
+    size = dict(tiny_models.TARGET_SIZE)
+
+    def model(name, seed, mask_id=tiny_models.MASK):
+        return tiny_models.make_model(root / name, "llama", size, seed=seed, tokenizer=tokenizer, mask_id=mask_id, vocab_rows=VOCAB)
+
+    return model("target", 5, mask_id=None), {"copy": model("copy", 5), "random": model("random", 9)}
+
+
+@pytest.fixture(scope="module")
+def sessions(small_vocab_models, engine):
+    target, drafts = small_vocab_models
+    opened = {kind: Session(engine(target, draft, K, with_ar_draft=True)) for kind, draft in drafts.items()}
+    yield opened
+    for s in opened.values():
+        s.close()
+
+
+def _warp_reference(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """An independent implementation (sort based) of transformers' warper order: temperature, top-k, then top-p
+    over the renormalised top-k distribution."""
+    probs = torch.softmax(logits.double() / temperature, -1)
+    order = probs.argsort(descending=True)
+    sorted_probs = probs[order].clone()
+    if top_k:
+        sorted_probs[top_k:] = 0
+        sorted_probs /= sorted_probs.sum()
+    mass_before = sorted_probs.cumsum(0) - sorted_probs
+    sorted_probs[mass_before >= top_p] = 0
+    kept = torch.zeros_like(probs)
+    kept[order] = sorted_probs
+    return kept / kept.sum()
+
+
+def exact_joint(target_dir, temperature: float, top_k: int, top_p: float) -> dict[tuple[int, int], float]:
+    model = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        first = _warp_reference(model(torch.tensor([PROMPT])).logits[0, -1], temperature, top_k, top_p)
+        seconds = model(torch.tensor([PROMPT + [x] for x in range(VOCAB)])).logits[:, -1]
+    joint = {}
+    for x1 in range(VOCAB):
+        if first[x1] == 0:
+            continue
+        if x1 == tiny_models.EOS:
+            joint[(x1, STOPPED)] = float(first[x1])
+            continue
+        second = _warp_reference(seconds[x1], temperature, top_k, top_p)
+        for x2 in torch.nonzero(second).flatten().tolist():
+            joint[(x1, x2)] = float(first[x1] * second[x2])
+    return joint
+
+
+def sample_pairs(session: Session, **settings) -> list[tuple[int, int]]:
+    pairs = []
+    for call in range(SAMPLES // BATCH):
+        for r in session.generate_batch([PROMPT] * BATCH, max_new_tokens=NEW_TOKENS, seed=call, **settings):
+            pairs.append((r.token_ids[0], r.token_ids[1] if len(r.token_ids) > 1 else STOPPED))
+    return pairs
+
+
+def tv_and_bound(pairs, joint) -> tuple[float, float]:
+    n = len(pairs)
+    counts: dict[tuple[int, int], int] = {}
+    for pair in pairs:
+        counts[pair] = counts.get(pair, 0) + 1
+    cells = set(joint) | set(counts)
+    tv = 0.5 * sum(abs(counts.get(c, 0) / n - joint.get(c, 0.0)) for c in cells)
+    # E[TV] <= 1/2 sum sqrt(p(1-p)/n); one sample moves TV by at most 1/n (McDiarmid) -> + sqrt(ln(1/delta)/2n)
+    expected = 0.5 * sum(math.sqrt(p * (1 - p) / n) for p in joint.values())
+    return tv, expected + math.sqrt(math.log(1 / DELTA) / (2 * n))
+
+
+CONCENTRATED = dict(temperature=0.8, top_k=12)  # ~100 cells: a tight bound, so the check has power
+SETTINGS = [
+    dict(CONCENTRATED, mode="pard"),
+    dict(CONCENTRATED, mode="pard", draft_sampling=True),
+    dict(temperature=0.7, top_k=12, top_p=0.9, mode="pard", draft_sampling=True),
+    dict(temperature=1.0, mode="pard", draft_sampling=True),  # the whole vocabulary (4000 cells, a loose bound)
+    dict(CONCENTRATED, mode="ar-draft", draft_sampling=True),
+    dict(CONCENTRATED, mode="ar-draft"),
+    dict(CONCENTRATED, mode="ar"),
+]
+
+
+@pytest.mark.parametrize("draft", ["copy", "random"])
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
+def test_distribution_matches_the_target(sessions, small_vocab_models, settings, draft):
+    joint = exact_joint(small_vocab_models[0], settings["temperature"], settings.get("top_k", 0), settings.get("top_p", 1.0))
+    pairs = sample_pairs(sessions[draft], **settings)
+    tv, bound = tv_and_bound(pairs, joint)
+    print(f"{draft} draft, {settings}: TV {tv:.4f} <= bound {bound:.4f} ({len(pairs)} samples, {len(joint)} cells)")
+    assert tv <= bound
+
+
+@pytest.mark.parametrize("draft", ["copy", "random"])
+@pytest.mark.parametrize("draft_sampling", [False, True])
+def test_the_check_catches_a_wrong_acceptance_rule(sessions, small_vocab_models, monkeypatch, draft, draft_sampling):
+    def accept_every_draft(drafts, q, target_logits, params, rng):
+        from pard_export.runtime.sampling import sample, warp
+
+        return len(drafts), sample(warp(target_logits[len(drafts)], params), rng)
+
+    monkeypatch.setattr(decoding, "verify_sampled", accept_every_draft)
+    joint = exact_joint(small_vocab_models[0], CONCENTRATED["temperature"], CONCENTRATED["top_k"], 1.0)
+    tv, bound = tv_and_bound(sample_pairs(sessions[draft], **CONCENTRATED, draft_sampling=draft_sampling), joint)
+    print(f"accept-every-draft, {draft} draft, draft_sampling={draft_sampling}: TV {tv:.4f} > bound {bound:.4f}")
+    assert tv > bound
+
+
+def test_same_seed_same_output(sessions):
+    session = sessions["copy"]
+    first = session.generate(PROMPT, max_new_tokens=20, temperature=1.0, seed=11)
+    again = session.generate(PROMPT, max_new_tokens=20, temperature=1.0, seed=11)
+    others = {tuple(session.generate(PROMPT, max_new_tokens=20, temperature=1.0, seed=s).token_ids) for s in range(5)}
+    assert first.token_ids == again.token_ids
+    assert len(others) > 1
+
+
+@pytest.mark.parametrize(
+    "settings,match",
+    [(dict(temperature=-0.1), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(top_k=-1), "top_k")],
+)
+def test_bad_sampling_settings(sessions, settings, match):
+    session = sessions["copy"]
+    with pytest.raises(GenerationError, match=match):
+        session.generate(PROMPT, max_new_tokens=4, **settings)
+    assert len(session.generate(PROMPT, max_new_tokens=4).token_ids) == 4
