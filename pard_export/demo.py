@@ -24,7 +24,7 @@ def run_demo(engines: str | Path = "engines", *, max_new_tokens: int = 64, promp
         from .export import build
 
         print(f"building {engine} (first run only) ...", flush=True)
-        build(DEMO_PRESET, DEMO_K, out=engine, force=True)
+        build(DEMO_PRESET, DEMO_K, out=engine, force=True, with_ar_draft=True)  # ar-draft serves pard-export bench
     note = PRESETS[DEMO_PRESET].note
     print(f"engine: {engine}\nnote: {note}\n")
     with Session(engine) as session:
