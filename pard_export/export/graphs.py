@@ -29,6 +29,7 @@ from ..contract import (
     present_name,
     target_spec,
 )
+from ..errors import CompatibilityError
 from .arch import ArchSpec
 from .blocks import DecoderLayer, DraftHead, Prologue, TargetHead
 from .onnx_file import ONNX_DTYPES, save_with_weights
@@ -61,10 +62,28 @@ def export_draft(model, arch: ArchSpec, path: Path, *, k: int, vocab: int, mask_
 
 
 def _export(model, arch: ArchSpec, path: Path, flavour: _Flavour) -> GraphSpec:
-    weights = hf_weights(model)
-    names = weight_names(model)
+    weights, names = hf_weights(model), weight_names(model)
+    layer_params = _layer_param_names(model)
+    prologue, layer, head = _trace_blocks(model, arch, flavour, weights, names, layer_params)
+    prologue_wiring = {INPUT_IDS: INPUT_IDS, POSITION_IDS: POSITION_IDS, ATTENTION_MASK: ATTENTION_MASK}
+    prologue_wiring |= {"embed": names.embed, "hidden": "hidden_states.0"} | _SHARED_BY_LAYERS
+    head_wiring = {"hidden": f"hidden_states.{arch.layers}", "norm": names.norm, "lm": names.lm_head}
+    placements = [
+        Placement(prologue, "prologue", _interface(prologue_wiring)),
+        *(Placement(layer, f"layers.{j}", _interface(_layer_wiring(j, layer_params))) for j in range(arch.layers)),
+        Placement(head, "head", _interface(head_wiring | {n: n for n in flavour.head_outputs})),
+    ]
+    dtype = ONNX_DTYPES[model.dtype]
+    spec = flavour.spec
+    graph = stitch(placements, _value_infos(spec.inputs, dtype), _value_infos(spec.outputs, dtype), spec.role)
+    save_with_weights(graph, path, weights)
+    onnx.checker.check_model(str(path))
+    return spec
+
+
+def _trace_blocks(model, arch: ArchSpec, flavour: _Flavour, weights, names: WeightNames, layer_params: tuple[str, ...]):
+    """The three traced blocks: prologue, one decoder layer (weights as inputs), head."""
     examples = _Examples(arch, model.dtype, new=_EXAMPLE_NEW + flavour.mask_slots)
-    layer_param_names = tuple(name for name, _ in model.model.layers[0].named_parameters())
     rotary = model.model.rotary_emb
     prologue = _trace(
         Prologue(rotary.inv_freq, float(rotary.attention_scaling), model.dtype, flavour.mask_slots, flavour.mask_id),
@@ -74,11 +93,11 @@ def _export(model, arch: ArchSpec, path: Path, flavour: _Flavour) -> GraphSpec:
         examples.prologue_dims(),
     )
     layer = _trace(
-        DecoderLayer(arch, layer_param_names, drop_tail=flavour.mask_slots),
-        examples.layer(tuple(weights[f"model.layers.0.{n}"] for n in layer_param_names)),
-        ["hidden", "bias", "cos", "sin", "past_key", "past_value", *layer_param_names],
+        DecoderLayer(arch, layer_params, drop_tail=flavour.mask_slots),
+        examples.layer(tuple(weights[f"model.layers.0.{n}"] for n in layer_params)),
+        ["hidden", "bias", "cos", "sin", "past_key", "past_value", *layer_params],
         ["hidden_out", "present_key", "present_value"],
-        examples.layer_dims(len(layer_param_names)),
+        examples.layer_dims(len(layer_params)),
     )
     head = _trace(
         flavour.head,
@@ -87,19 +106,15 @@ def _export(model, arch: ArchSpec, path: Path, flavour: _Flavour) -> GraphSpec:
         list(flavour.head_outputs),
         ({0: Dim.DYNAMIC, 1: Dim.DYNAMIC}, None, None),
     )
-    prologue_wiring = {INPUT_IDS: INPUT_IDS, POSITION_IDS: POSITION_IDS, ATTENTION_MASK: ATTENTION_MASK}
-    prologue_wiring |= {"embed": names.embed, "hidden": "hidden_states.0"} | _SHARED_BY_LAYERS
-    head_wiring = {"hidden": f"hidden_states.{arch.layers}", "norm": names.norm, "lm": names.lm_head}
-    placements = [
-        Placement(prologue, "prologue", _interface(prologue_wiring)),
-        *(Placement(layer, f"layers.{j}", _interface(_layer_wiring(j, layer_param_names))) for j in range(arch.layers)),
-        Placement(head, "head", _interface(head_wiring | {n: n for n in flavour.head_outputs})),
-    ]
-    dtype = ONNX_DTYPES[model.dtype]
-    graph = stitch(placements, _value_infos(flavour.spec.inputs, dtype), _value_infos(flavour.spec.outputs, dtype), flavour.spec.role)
-    save_with_weights(graph, path, weights)
-    onnx.checker.check_model(str(path))
-    return flavour.spec
+    return prologue, layer, head
+
+
+def _layer_param_names(model) -> tuple[str, ...]:
+    """The parameter names of one decoder layer; every layer must have the same (one traced layer serves all)."""
+    per_layer = [tuple(name for name, _ in layer.named_parameters()) for layer in model.model.layers]
+    if any(names != per_layer[0] for names in per_layer):
+        raise CompatibilityError("the model's decoder layers differ in structure; this exporter needs identical layers")
+    return per_layer[0]
 
 
 @dataclass(frozen=True)
