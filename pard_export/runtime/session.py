@@ -50,8 +50,8 @@ class _Request:
 class _Row:
     """One sequence of a batch: its tokens, text, statistics and why it ended."""
 
-    def __init__(self, prompt_ids: list[int], request: _Request, room: int, recorder: StatsRecorder, text: RowText | None):
-        self.prompt_ids, self.tokens = prompt_ids, []
+    def __init__(self, request: _Request, room: int, recorder: StatsRecorder, text: RowText | None):
+        self.tokens: list[int] = []
         self.limit = min(request.max_new_tokens, room)
         self.recorder, self.text = recorder, text
         self.finish_reason: str | None = None
@@ -74,7 +74,10 @@ class _Row:
 
 
 class Session:
-    """The compiled draft and target of one engine directory (numpy + onnxruntime; no torch)."""
+    """The compiled draft and target of one engine directory (numpy + onnxruntime; no torch).
+
+    One request at a time: a Session owns its KV caches. Serve concurrent requests with a batch
+    (generate_batch) or one Session per worker."""
 
     def __init__(self, engine_dir: str | Path, *, verify: bool = False, threads: int | None = None,
                  providers: Sequence[str] | None = None):
@@ -183,7 +186,7 @@ class Session:
         """Yields (row, text piece) while decoding; returns the results."""
         m, mode, params = self.manifest, request.mode, request.params
         rows = [
-            _Row(ids, request, m.max_seq_len - len(ids), StatsRecorder(mode, m.k, _DRAFT_FORWARDS[mode]),
+            _Row(request, m.max_seq_len - len(ids), StatsRecorder(mode, m.k, _DRAFT_FORWARDS[mode]),
                  RowText(self.codec, request.stop) if with_text else None)
             for ids in prompt_ids
         ]
