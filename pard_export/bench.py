@@ -25,6 +25,8 @@ def bench(engine: str | Path, *, prompts: str | Path | None = None, max_new_toke
           modes: Sequence[str] | None = None, json_out: str | Path | None = None, plot: str | Path | None = None,
           progress: bool = True) -> dict:
     """Measure the modes side by side; returns (and optionally writes) the report of design §2."""
+    if max_new_tokens <= 0:  # checked here: the warm-up runs would not catch it
+        raise PardExportError(f"--max-new-tokens must be positive, got {max_new_tokens}")
     items = load_prompts(Path(prompts) if prompts else DEFAULT_PROMPTS)
     with Session(engine) as session:
         modes = _check_modes(modes, session)

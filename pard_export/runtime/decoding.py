@@ -32,6 +32,7 @@ class RowStep:
 @dataclass(frozen=True)
 class StepResult:
     rows: list[RowStep]
+    draft_forwards: int
     draft_s: float
     verify_s: float
 
@@ -52,7 +53,7 @@ def ar_step(target: BatchCache, target_new, draft_new, params: SamplingParams, r
     logits = target.forward(*left_pad(target_new))[LOGITS][:, -1]  # [B, V]
     chosen = [int(row.argmax()) if params.greedy else sample(warp(row, params), rng) for row, rng in zip(logits, rngs)]
     rows = [RowStep([t], 0, 0, list(unseen) + [t]) for t, unseen in zip(chosen, draft_new)]
-    return StepResult(rows, 0.0, time.perf_counter() - start)
+    return StepResult(rows, 0, 0.0, time.perf_counter() - start)
 
 
 def pard_step(target: BatchCache, draft: BatchCache, target_new, draft_new, n: int, params: SamplingParams,
@@ -64,8 +65,9 @@ def pard_step(target: BatchCache, draft: BatchCache, target_new, draft_new, n: i
     ]
     drafted = time.perf_counter()
     verdicts = _verify(target, target_new, proposals, params, rngs)
-    rows = [RowStep(d[:a].tolist() + [t], n, a, d[:a].tolist() + [t]) for (d, _), (a, t) in zip(proposals, verdicts)]
-    return StepResult(rows, drafted - start, time.perf_counter() - drafted)
+    emitted = [d[:a].tolist() + [t] for (d, _), (a, t) in zip(proposals, verdicts)]
+    rows = [RowStep(e, n, a, e) for e, (a, _) in zip(emitted, verdicts)]  # the draft saw none of them as input
+    return StepResult(rows, 1, drafted - start, time.perf_counter() - drafted)
 
 
 def ar_draft_step(target: BatchCache, draft: BatchCache, target_new, draft_new, n: int, params: SamplingParams,
@@ -92,7 +94,7 @@ def ar_draft_step(target: BatchCache, draft: BatchCache, target_new, draft_new, 
     for (d, _), (a, t), s in zip(proposals, verdicts, seen):
         emitted = d[:a].tolist() + [t]
         rows.append(RowStep(emitted, n, a, emitted[s:]))
-    return StepResult(rows, drafted - start, time.perf_counter() - drafted)
+    return StepResult(rows, n, drafted - start, time.perf_counter() - drafted)
 
 
 def _verify(target: BatchCache, target_new, proposals, params: SamplingParams, rngs) -> list[tuple[int, int]]:
@@ -136,9 +138,8 @@ class GenerationStats:
 class StatsRecorder:
     """Statistics of one row."""
 
-    def __init__(self, mode: str, k: int, draft_forwards_per_step):
+    def __init__(self, mode: str, k: int):
         self.stats = GenerationStats(mode=mode, k=k)
-        self.draft_forwards_per_step = draft_forwards_per_step  # n -> forwards the draft made for n drafts
         self.hits = np.zeros(k, dtype=np.int64)
         self.tries = np.zeros(k, dtype=np.int64)
         self.draft_s = self.verify_s = 0.0
@@ -148,7 +149,7 @@ class StatsRecorder:
     def record(self, step: RowStep, emitted: int, result: StepResult, first: bool) -> None:
         s = self.stats
         s.target_forwards += 1
-        s.draft_forwards += self.draft_forwards_per_step(step.drafted)
+        s.draft_forwards += result.draft_forwards
         s.new_tokens += emitted
         s.drafted_tokens += step.drafted
         s.accepted_drafts += step.accepted

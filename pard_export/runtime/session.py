@@ -20,7 +20,6 @@ from .streaming import RowText
 from .text import TextCodec
 
 MODES = ("ar", "pard", "ar-draft")
-_DRAFT_FORWARDS = {"pard": lambda n: int(n > 0), "ar-draft": lambda n: n, "ar": lambda n: 0}
 
 Prompt = str | Sequence[int]
 
@@ -186,7 +185,7 @@ class Session:
         """Yields (row, text piece) while decoding; returns the results."""
         m, mode, params = self.manifest, request.mode, request.params
         rows = [
-            _Row(request, m.max_seq_len - len(ids), StatsRecorder(mode, m.k, _DRAFT_FORWARDS[mode]),
+            _Row(request, m.max_seq_len - len(ids), StatsRecorder(mode, m.k),
                  RowText(self.codec, request.stop) if with_text else None)
             for ids in prompt_ids
         ]

@@ -19,8 +19,7 @@ class IncrementalDetokenizer:
 
     def add(self, ids: Sequence[int]) -> str:
         self.ids.extend(ids)
-        before = self.codec.decode(self.ids[self.prefix_offset : self.read_offset])
-        now = self.codec.decode(self.ids[self.prefix_offset :])
+        before, now = self._window()
         if len(now) <= len(before) or now.endswith(_INCOMPLETE):
             return ""
         self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
@@ -28,10 +27,14 @@ class IncrementalDetokenizer:
 
     def flush(self) -> str:
         """At the end: whatever is left, an incomplete character included (as a full decode shows it)."""
-        before = self.codec.decode(self.ids[self.prefix_offset : self.read_offset])
-        now = self.codec.decode(self.ids[self.prefix_offset :])
+        before, now = self._window()
         self.prefix_offset = self.read_offset = len(self.ids)
         return now[len(before) :]
+
+    def _window(self) -> tuple[str, str]:
+        """The text already returned from the window, and the window's text with the unread tokens."""
+        window = self.ids[self.prefix_offset :]
+        return self.codec.decode(window[: self.read_offset - self.prefix_offset]), self.codec.decode(window)
 
 
 class RowText:
