@@ -81,6 +81,35 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(run=_run_bench)
 
+    distill = commands.add_parser("distill", help="training data: the target's own greedy answers to a prompt file")
+    distill.add_argument("--engine", required=True, help="an engine directory holding the target")
+    distill.add_argument("--prompts", required=True, help="JSON lines with a \"prompt\" field (user turns)")
+    distill.add_argument("--out", required=True, help="JSON lines to append to (an interrupted run resumes)")
+    distill.add_argument("--max-new-tokens", type=int, default=192)
+    distill.add_argument("--batch", type=int, default=32, help="prompts decoded together")
+    distill.add_argument("--quiet", action="store_true", help="no progress bar")
+    distill.set_defaults(run=_run_distill)
+
+    train = commands.add_parser("train", help="COD-train a PARD draft (pard-method.md §5)")
+    train.add_argument("--config", help="TOML file of settings (flags override it)")
+    train.add_argument("--data", help="JSON lines from pard-export distill")
+    train.add_argument("--init", help="the model the draft starts from: a preset (its target), directory or .gguf")
+    train.add_argument("--out", help="where the trained draft (a Hugging Face directory) goes")
+    train.add_argument("--layers", type=_token_ids, help="decoder layers of --init to keep, e.g. 0,1,2,-1")
+    train.add_argument("--draft-vocab", type=int, help="LM head rows: the most frequent answer ids (0 = all)")
+    train.add_argument("--mask-token-id", type=int)
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--max-steps", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--keep-rate", type=float, help="COD r (0.7)")
+    train.add_argument("--min-keep-rate", type=float, help="COD r_min (0.2)")
+    train.add_argument("--threads", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--resume", help="a checkpoint directory, or 'latest'")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=_run_train)
+
     demo = commands.add_parser("demo", help="offline SmolLM2 demo: build if missing, then generate")
     demo.add_argument("--engines", default="engines", help="where the demo engine lives (default engines/)")
     demo.add_argument("--max-new-tokens", type=int, default=64)
@@ -141,6 +170,30 @@ def _run_bench(args) -> int:
     report = bench(args.engine, prompts=args.prompts, max_new_tokens=args.max_new_tokens, modes=args.modes,
                    json_out=args.json_out, plot=args.plot, progress=not args.quiet)
     print(format_report(report))
+    return 0
+
+
+def _run_distill(args) -> int:
+    from .train.distill import distill
+
+    if args.batch < 1 or args.max_new_tokens < 1:
+        raise PardExportError("--batch and --max-new-tokens must be at least 1")
+    written = distill(args.engine, args.prompts, args.out, max_new_tokens=args.max_new_tokens, batch=args.batch,
+                      progress=not args.quiet)
+    print(f"{written} answer tokens appended to {args.out}")
+    return 0
+
+
+_TRAIN_FLAGS = ("data", "init", "out", "layers", "draft_vocab", "mask_token_id", "epochs", "max_steps", "batch_size",
+                "lr", "keep_rate", "min_keep_rate", "threads", "seed")
+
+
+def _run_train(args) -> int:
+    from .train.config import load_config
+    from .train.trainer import train
+
+    config = load_config(args.config, {name: getattr(args, name) for name in _TRAIN_FLAGS})
+    print(train(config, resume=args.resume, progress=not args.quiet))
     return 0
 
 

@@ -116,24 +116,37 @@ class DecoderLayer(nn.Module):
 
 
 class TargetHead(nn.Module):
-    """Final norm and LM head at every position: logits [B, S, V] in float32."""
+    """Final norm and LM head at every position: logits [B, S, V] in float32.
 
-    def __init__(self, eps: float):
+    With `rows` (a trimmed draft head: the target id of each head row) the logits are scattered into the whole
+    vocabulary of size `vocab`; ids outside the head get -inf, so they are never drafted and have probability 0."""
+
+    def __init__(self, eps: float, vocab: int = 0):
         super().__init__()
-        self.eps = eps
+        self.eps, self.vocab = eps, vocab
 
-    def forward(self, hidden, norm_weight, lm_weight):
-        return linear(rms_norm(hidden, norm_weight, self.eps), {"lm.weight": lm_weight}, "lm").float()
+    def forward(self, hidden, norm_weight, lm_weight, *rows):
+        logits = linear(rms_norm(hidden, norm_weight, self.eps), {"lm.weight": lm_weight}, "lm").float()
+        return widen(logits, rows[0], self.vocab) if rows else logits
 
 
 class DraftHead(nn.Module):
-    """Logits of the last K positions over the shared vocabulary, and their argmax."""
+    """Logits of the last K positions over the shared vocabulary, and their argmax (as target ids)."""
 
     def __init__(self, eps: float, k: int, vocab: int):
         super().__init__()
         self.eps, self.k, self.vocab = eps, k, vocab
 
-    def forward(self, hidden, norm_weight, lm_weight):
+    def forward(self, hidden, norm_weight, lm_weight, *rows):
         x = rms_norm(hidden[:, -self.k :], norm_weight, self.eps)
-        logits = linear(x, {"lm.weight": lm_weight}, "lm")[..., : self.vocab].float()  # [B, K, V]
+        logits = linear(x, {"lm.weight": lm_weight}, "lm").float()  # [B, K, head rows]
+        if rows:
+            return rows[0][logits.argmax(-1)], widen(logits, rows[0], self.vocab)
+        logits = logits[..., : self.vocab]
         return logits.argmax(-1), logits
+
+
+def widen(logits: torch.Tensor, rows: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[..., R] logits of head rows -> [..., vocab], -inf where no row maps."""
+    full = logits.new_full((*logits.shape[:-1], vocab), float("-inf"))
+    return full.scatter(-1, rows.expand(*logits.shape[:-1], rows.shape[0]), logits)

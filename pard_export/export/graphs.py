@@ -33,6 +33,7 @@ from ..errors import CompatibilityError
 from .arch import ArchSpec
 from .blocks import DecoderLayer, DraftHead, Prologue, TargetHead
 from .onnx_file import ONNX_DTYPES, save_with_weights
+from .pard_draft import draft_to_target
 from .stitch import Placement, stitch
 
 _EXAMPLE_BATCH, _EXAMPLE_NEW, _EXAMPLE_PAST = 2, 5, 7  # distinct and >= 2, so nothing specialises
@@ -52,10 +53,13 @@ class _Flavour:
 def export_target(model, arch: ArchSpec, path: Path, role: str = TARGET) -> GraphSpec:
     """The plain AR graph (prefill / decode / verify); also the draft's AR graph with role=DRAFT_AR."""
     spec = target_spec(arch.layers, arch.kv_heads, arch.head_dim, arch.vocab_rows, role)
-    return _export(model, arch, path, _Flavour(spec, 0, 0, TargetHead(arch.rms_eps), (LOGITS,)))
+    return _export(model, arch, path, _Flavour(spec, 0, 0, TargetHead(arch.rms_eps, arch.vocab_rows), (LOGITS,)))
 
 
 def export_draft(model, arch: ArchSpec, path: Path, *, k: int, vocab: int, mask_id: int) -> GraphSpec:
+    head_rows = draft_to_target(model)
+    if head_rows is not None and not (0 <= int(head_rows.min()) and int(head_rows.max()) < vocab):
+        raise CompatibilityError(f"the draft's head maps to ids outside the tokenizer's 0..{vocab - 1}; retrain it for this tokenizer")
     spec = draft_spec(arch.layers, arch.kv_heads, arch.head_dim, vocab, k)
     head = DraftHead(arch.rms_eps, k, vocab)
     return _export(model, arch, path, _Flavour(spec, k - 1, mask_id, head, (DRAFT_IDS, DRAFT_LOGITS)))
@@ -63,11 +67,16 @@ def export_draft(model, arch: ArchSpec, path: Path, *, k: int, vocab: int, mask_
 
 def _export(model, arch: ArchSpec, path: Path, flavour: _Flavour) -> GraphSpec:
     weights, names = hf_weights(model), weight_names(model)
+    head_rows = draft_to_target(model)  # a trimmed draft head: the target id of each row
+    if head_rows is not None:
+        weights[HEAD_ROWS] = head_rows
     layer_params = _layer_param_names(model)
     prologue, layer, head = _trace_blocks(model, arch, flavour, weights, names, layer_params)
     prologue_wiring = {INPUT_IDS: INPUT_IDS, POSITION_IDS: POSITION_IDS, ATTENTION_MASK: ATTENTION_MASK}
     prologue_wiring |= {"embed": names.embed, "hidden": "hidden_states.0"} | _SHARED_BY_LAYERS
     head_wiring = {"hidden": f"hidden_states.{arch.layers}", "norm": names.norm, "lm": names.lm_head}
+    if head_rows is not None:
+        head_wiring["rows"] = HEAD_ROWS
     placements = [
         Placement(prologue, "prologue", _interface(prologue_wiring)),
         *(Placement(layer, f"layers.{j}", _interface(_layer_wiring(j, layer_params))) for j in range(arch.layers)),
@@ -99,12 +108,13 @@ def _trace_blocks(model, arch: ArchSpec, flavour: _Flavour, weights, names: Weig
         ["hidden_out", "present_key", "present_value"],
         examples.layer_dims(len(layer_params)),
     )
+    rows = (weights[HEAD_ROWS],) if HEAD_ROWS in weights else ()
     head = _trace(
         flavour.head,
-        (examples.hidden(), weights[names.norm], weights[names.lm_head]),
-        ["hidden", "norm", "lm"],
+        (examples.hidden(), weights[names.norm], weights[names.lm_head], *rows),
+        ["hidden", "norm", "lm", *(["rows"] if rows else [])],
         list(flavour.head_outputs),
-        ({0: Dim.DYNAMIC, 1: Dim.DYNAMIC}, None, None),
+        ({0: Dim.DYNAMIC, 1: Dim.DYNAMIC}, None, None, *([(None,)] if rows else [])),  # *rows arrives as one tuple
     )
     return prologue, layer, head
 
@@ -135,6 +145,7 @@ def hf_weights(model) -> dict[str, torch.Tensor]:
     return {name: param.detach() for name, param in model.named_parameters()}
 
 
+HEAD_ROWS = "draft_to_target"  # int64 [head rows]: a trimmed draft head's target ids
 _SHARED_BY_LAYERS = {"bias": "attention_bias", "cos": "rope_cos", "sin": "rope_sin"}
 
 

