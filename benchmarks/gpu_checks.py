@@ -1,0 +1,427 @@
+"""GPU checks of the PardAttention Triton kernel: correctness on CUDA, timings against torch SDPA, bandwidth.
+
+    python benchmarks/gpu_checks.py [--out DIR] [--sections correctness,copy,timing,tuning] [--budget-scale 1]
+    python benchmarks/gpu_checks.py --cpu-smoke    # the same code paths on CPU: tiny shapes, TRITON_INTERPRET=1
+
+Needs torch and triton only. Sections run in order; one that fails (or runs out of its time budget,
+SECTION_BUDGET_S) prints its traceback and the others still run; the exit status is then 1. Prints markdown
+tables and writes results.json to --out (default: $OUT if set, else ./gpu_results) after every section.
+
+Timings (CUDA) are "graph" timings, for the kernel and every SDPA variant alike: per shape, N copies of one
+input set (q, new K/V, caches, past_len) are made, N = ceil(ROTATE_BYTES / kv_bytes) clamped to [1, MAX_SETS]
+and lowered where the sets would take more than MAX_ROTATE_BYTES ("sets" in results.json). The timed call
+runs the op once on each set in turn; triton.testing.do_bench_cudagraph captures it in a CUDA graph (unrolled
+to last about GRAPH_REP_MS), replays that 10 times and gives the median; the time per op is that / N. So no
+launch overhead is counted (as in a TensorRT plan or CUDA graph in deployment), and since consecutive ops
+touch different buffers, >= ROTATE_BYTES of KV in all (far more than the L2 cache), each op reads its KV
+cache from HBM. Sets are freed after each shape (tuning: each case). "kernel µs" is the whole op (KV write +
+attention + split-K combine); SDPA only attends over the caches, filled first by running the kernel once on
+each set, in each formulation that this torch can run and that matches the kernel's output (the fastest is
+shown). "eager µs" is the kernel alone on one set, timed with triton.testing.do_bench (median; it flushes L2
+before each run), so the Python launch overhead of its 3 launches is included. "KV GB/s" = bytes of K and V
+the kernel must read for the past + S keys / graph time; "% copy" compares it with a device-to-device copy_
+of 1 GiB timed with do_bench (read + write bytes / time; large enough for launch overhead not to matter).
+The tuning section uses graph timing only.
+
+On CPU (--cpu-smoke) no graph can be captured: every timing is the median of 3 time.perf_counter runs after
+one warm-up, with N = 1 set, through the same code paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+# Run by path from a checkout: plugins/ is a source folder, not an installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+LLAMA_HEADS = (32, 8, 128)  # Llama-3.1-8B: Hq, Hkv, D
+HEADS = [(1, 1), (3, 1), (8, 2), (8, 1)]  # (Hq, Hkv), as in tests/plugins/test_pard_attention.py
+TOLERANCE = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}  # fp32 absolute; others relative to max |expected|
+# Seconds after which a section starts no new case (it then fails as incomplete): the whole run stays < 6 min.
+SECTION_BUDGET_S = {"correctness": 150, "copy": 20, "timing": 120, "tuning": 60}
+ROTATE_BYTES = 512 * 2**20  # graph timing: the input sets of one timed call hold at least this many KV bytes
+MAX_SETS = 256  # ... in at most this many sets
+MAX_ROTATE_BYTES = 8 * 2**30  # ... and at most this many bytes in all (N is lowered where a set is large)
+GRAPH_REP_MS = 30  # do_bench_cudagraph's rep: each of its 10 timed replays runs about this long
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT") or "gpu_results")
+    parser.add_argument("--sections", default=",".join(SECTION_BUDGET_S))
+    parser.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every section's time budget")
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on CPU through Triton's interpreter")
+    args = parser.parse_args()
+    if args.cpu_smoke:
+        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+    checks = Checks(smoke=args.cpu_smoke, out=Path(args.out), budget_scale=args.budget_scale)
+    failed = [name for name in args.sections.split(",") if not checks.run_section(name)]
+    print(f"\nresults: {checks.out / 'results.json'}; failed sections: {', '.join(failed) or 'none'}")
+    return 1 if failed else 0
+
+
+class Checks:
+    """The sections, sharing one device, one results dict and the measured copy bandwidth."""
+
+    def __init__(self, smoke: bool, out: Path, budget_scale: float):
+        import torch
+        import triton
+
+        from plugins.pard_attention import reference, triton_kernel
+
+        if not smoke and not torch.cuda.is_available():
+            raise SystemExit("no CUDA device: run on an NVIDIA GPU, or pass --cpu-smoke")
+        self.torch, self.triton, self.reference, self.kernel = torch, triton, reference, triton_kernel
+        self.smoke, self.out = smoke, out
+        self.device = "cpu" if smoke else "cuda"
+        self.copy_gbps = None
+        self.budget_scale = budget_scale
+        self.deadline = math.inf
+        self.results = {"meta": self._meta(), "errors": {}}
+        self._print_meta()
+
+    def run_section(self, name: str) -> bool:
+        print(f"\n## {name}\n", flush=True)
+        rows = self.results.setdefault(name, [])
+        self.deadline = time.monotonic() + self.budget_scale * SECTION_BUDGET_S.get(name, 0)
+        try:
+            getattr(self, name)(rows)
+            ok = True
+        except Exception:  # noqa: BLE001 - one failed section must not stop the others; the traceback is kept
+            traceback.print_exc()
+            self.results["errors"][name] = traceback.format_exc()
+            ok = False
+        self._save()
+        return ok
+
+    # --- sections ---
+
+    def correctness(self, rows: list) -> None:
+        print("| case | dtype | splits | max abs err | error | tolerance | ok |\n|---|---|---|---|---|---|---|")
+        for case in self._correctness_cases():
+            self._check_time()
+            row = self._check_case(**case)
+            rows.append(row)
+            print(
+                f"| S={row['seq']} Hq={row['q_heads']} Hkv={row['kv_heads']} D={row['head_dim']} past={row['past']} "
+                f"| {row['dtype']} | {row['num_splits']} | {row['max_abs_err']:.2e} | {row['error']:.2e} "
+                f"| {row['tolerance']:.0e} | {'yes' if row['ok'] else '**NO**'} |",
+                flush=True,
+            )
+        bad = [row for row in rows if not row["ok"]]
+        if bad:
+            raise AssertionError(f"{len(bad)} of {len(rows)} cases over tolerance")
+
+    def copy(self, rows: list) -> None:
+        torch = self.torch
+        nbytes = (64 if self.smoke else 1024) * 2**20
+        src = torch.empty(nbytes, dtype=torch.uint8, device=self.device).random_()
+        dst = torch.empty_like(src)
+        ms = self._time_ms(lambda: dst.copy_(src))
+        self.copy_gbps = 2 * nbytes / (ms * 1e-3) / 1e9  # read + write
+        rows.append({"bytes": nbytes, "ms": ms, "gbps": self.copy_gbps})
+        print(f"copy_ of {nbytes / 2**30:.3f} GiB: {ms:.3f} ms, {self.copy_gbps:.0f} GB/s (read + write)")
+
+    def timing(self, rows: list) -> None:
+        q_heads, kv_heads, head_dim = (4, 2, 64) if self.smoke else LLAMA_HEADS
+        if self.smoke:
+            batches, pasts, seqs = (1, 2), (16, 48), (1, 3)
+        else:
+            batches, pasts, seqs = (1, 8), (512, 1024, 2048, 4096, 8192), (1, 9, 16)
+        print("| B | past | S | kernel µs | eager µs | best SDPA µs | SDPA variant | speedup | KV GB/s | % copy |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for batch in batches:
+            for past in pasts:
+                for seq in seqs:
+                    self._check_time()
+                    row = self._time_shape(batch, past, seq, q_heads, kv_heads, head_dim)
+                    rows.append(row)
+                    print(self._timing_line(row), flush=True)
+        self.results["timing_summary"] = summary = _bandwidth_summary(rows, long_past=2048 if not self.smoke else 48)
+        for line in summary:
+            print(f"\n{line}")
+
+    def tuning(self, rows: list) -> None:
+        """Tile sizes and split counts around the defaults, at the longest past: which is fastest here."""
+        q_heads, kv_heads, head_dim = (4, 2, 64) if self.smoke else LLAMA_HEADS
+        past = 48 if self.smoke else 8192
+        config = self.kernel.KernelConfig
+        configs = [config(block_n=16), config(block_n=32, num_warps=2)] if self.smoke else [
+            config(block_n=n, num_warps=w, num_stages=st) for n in (32, 64, 128) for w in (4, 8) for st in (2, 3)
+        ]
+        print("| B | past | S | block_n | warps | stages | splits | kernel µs | KV GB/s | % copy |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for batch, seq in ((1, 1), (8, 1), (1, 16)) if not self.smoke else ((1, 1), (2, 3)):
+            for cfg in configs:
+                self._check_time()
+                rows.append(self._time_kernel_alone(batch, past, seq, q_heads, kv_heads, head_dim, config=cfg))
+                print(self._tuning_line(rows[-1]), flush=True)
+        for split_past in (48,) if self.smoke else (1024, 8192):
+            for splits in (1, 2, 4) if self.smoke else (1, 4, 8, 16, 32, 64):
+                self._check_time()
+                rows.append(
+                    self._time_kernel_alone(1, split_past, 1, q_heads, kv_heads, head_dim, num_splits=splits)
+                )
+                print(self._tuning_line(rows[-1]), flush=True)
+
+    # --- correctness ---
+
+    def _correctness_cases(self) -> list[dict]:
+        if self.smoke:
+            small = [dict(seq=s, heads=h, head_dim=64, past=(0, 17)) for s in (1, 9) for h in ((8, 2), (3, 1))]
+            return [dict(c, dtype=d, num_splits=n) for c in small for d in ("float32", "bfloat16") for n in (1, 3)]
+        # The CPU test's cases (split-K off: their caches are short), bf16 too, then split-K at D=128.
+        small = [dict(seq=s, heads=h, head_dim=d, past=(0, 17)) for s in (1, 9, 33) for h in HEADS for d in (64, 128)]
+        cases = [dict(c, dtype=t, num_splits=None) for c in small for t in ("float32", "float16", "bfloat16")]
+        wide = [c for c in small if c["head_dim"] == 128]
+        cases += [dict(c, dtype=t, num_splits=3) for c in wide for t in ("float32", "bfloat16")]
+        # The benchmark's own shapes, with the automatic split-K and rows of very different lengths.
+        llama = dict(heads=LLAMA_HEADS[:2], head_dim=LLAMA_HEADS[2], past=(300, 4095), dtype="bfloat16")
+        cases += [dict(llama, seq=s, num_splits=None) for s in (1, 9, 16, 200)]
+        return cases
+
+    def _check_case(self, seq, heads, head_dim, past, dtype, num_splits) -> dict:
+        torch = self.torch
+        tensors = self._inputs(seq, *heads, head_dim, past, getattr(torch, dtype), capacity=max(past) + seq + 5)
+        host = [t.float().cpu().numpy().copy() if t.is_floating_point() else t.cpu().numpy() for t in tensors]
+        expected = self.reference.pard_attention(*host)
+        out = self.kernel.pard_attention(*tensors, num_splits=num_splits).float().cpu().numpy()
+        caches_ok = all((tensors[i].float().cpu().numpy() == host[i]).all() for i in (3, 4))
+        max_abs = float(abs(out - expected).max())
+        error = max_abs if dtype == "float32" else max_abs / float(abs(expected).max())
+        return {
+            "seq": seq, "q_heads": heads[0], "kv_heads": heads[1], "head_dim": head_dim, "past": list(past),
+            "dtype": dtype, "num_splits": num_splits or "auto", "max_abs_err": max_abs, "error": error,
+            "tolerance": TOLERANCE[dtype], "caches_ok": caches_ok, "ok": caches_ok and error <= TOLERANCE[dtype],
+        }  # fmt: skip
+
+    # --- timing ---
+
+    def _time_shape(self, batch, past, seq, q_heads, kv_heads, head_dim) -> dict:
+        sets = self._input_sets(batch, past, seq, q_heads, kv_heads, head_dim, sdpa=True)
+        try:
+            row = self._time_kernel(sets, past, seq, eager=True)
+            row["sdpa"] = sdpa = self._time_sdpa(sets, past, seq)
+        finally:
+            del sets
+            self._free()
+        fastest = min((v for v in sdpa.values() if "us" in v), key=lambda v: v["us"], default=None)
+        row["sdpa_best_us"] = fastest["us"] if fastest else None
+        row["sdpa_best"] = next((k for k, v in sdpa.items() if v is fastest), None)
+        return row
+
+    def _time_kernel_alone(self, batch, past, seq, q_heads, kv_heads, head_dim, **kernel_kwargs) -> dict:
+        """The tuning section's timing: graph timing only, on sets made for this case and freed after it."""
+        sets = self._input_sets(batch, past, seq, q_heads, kv_heads, head_dim, sdpa=False)
+        try:
+            return self._time_kernel(sets, past, seq, eager=False, **kernel_kwargs)
+        finally:
+            del sets
+            self._free()
+
+    def _time_kernel(self, sets, past, seq, eager, **kernel_kwargs) -> dict:
+        kernel = self.kernel.pard_attention
+        q, k_cache = sets[0][0], sets[0][3]
+        batch, _, q_heads, head_dim = q.shape
+        kv_heads = k_cache.shape[1]
+        us = 1e3 * self._graph_ms([lambda t=t: kernel(*t, **kernel_kwargs) for t in sets])
+        eager_us = 1e3 * self._time_ms(lambda: kernel(*sets[0], **kernel_kwargs)) if eager else None
+        kv_bytes = _kv_bytes(batch, kv_heads, past + seq, head_dim, q.element_size())
+        gbps = kv_bytes / (us * 1e-6) / 1e9
+        config = kernel_kwargs.get("config", self.kernel.KernelConfig())
+        return {
+            "batch": batch, "past": past, "seq": seq, "q_heads": q_heads, "kv_heads": kv_heads, "head_dim": head_dim,
+            "dtype": str(q.dtype).removeprefix("torch."), "timing": self._timing_name(), "sets": len(sets),
+            "kernel_us": us, "kernel_eager_us": eager_us, "kv_bytes": kv_bytes,
+            "kv_gbps": gbps, "pct_of_copy": 100 * gbps / self.copy_gbps if self.copy_gbps else None,
+            "block_n": config.block_n, "num_warps": config.num_warps, "num_stages": config.num_stages,
+            "num_splits": kernel_kwargs.get("num_splits") or "auto",
+        }  # fmt: skip
+
+    def _time_sdpa(self, sets, past, seq) -> dict:
+        """Each SDPA formulation of the same math on the filled caches; checked against the kernel, then timed."""
+        torch = self.torch
+        for tensors in sets[1:]:
+            self.kernel.pard_attention(*tensors)  # fills this set's cache
+        ours = self.kernel.pard_attention(*sets[0]).float()
+        dtype = str(sets[0][0].dtype).removeprefix("torch.")
+        group = sets[0][0].shape[2] // sets[0][3].shape[1]
+        positions = torch.arange(past + seq, device=sets[0][0].device)
+        visible = positions[None, :] <= positions[past:, None]  # [S, P+S]: query i sees keys 0 .. past+i
+        lower_right = _lower_right_bias(torch, seq, past + seq)
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        args = []  # per set: query [B, Hq, S, D], keys and values [B, Hkv, P+S, D], both repeated to Hq heads
+        for q, _, _, k_cache, v_cache, _ in sets:
+            keys, values = k_cache[:, :, : past + seq], v_cache[:, :, : past + seq]
+            repeated = keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1)  # outside the timing
+            args.append((q.transpose(1, 2), keys, values, repeated))
+        variants = {
+            "gqa+lower_right": lambda q, k, v, r: sdpa(q, k, v, attn_mask=lower_right, enable_gqa=True),
+            "gqa+bool_mask": lambda q, k, v, r: sdpa(q, k, v, attn_mask=visible, enable_gqa=True),
+            "repeated_kv+lower_right": lambda q, k, v, r: sdpa(q, *r, attn_mask=lower_right),
+        }
+        results = {}
+        for name, op in variants.items():
+            try:
+                error = float((op(*args[0]).transpose(1, 2).float() - ours).abs().max() / ours.abs().max())
+                if error > TOLERANCE[dtype]:
+                    results[name] = {"error": error, "skipped": "output differs from the kernel's"}
+                    continue
+                results[name] = {"error": error, "us": 1e3 * self._graph_ms([lambda a=a: op(*a) for a in args])}
+            except Exception as e:  # noqa: BLE001 - a formulation this torch/GPU cannot run is reported, not fatal
+                results[name] = {"skipped": f"{type(e).__name__}: {e}"[:300]}
+        return results
+
+    def _input_sets(self, batch, past, seq, q_heads, kv_heads, head_dim, sdpa: bool) -> list[tuple]:
+        """N copies of one input set (see the module docstring); N = 1 on CPU."""
+        first = self._inputs(seq, q_heads, kv_heads, head_dim, (past,) * batch, self._dtype(), capacity=past + seq)
+        if self.device != "cuda":
+            return [first]
+        set_bytes = sum(t.numel() * t.element_size() for t in first)
+        kv_bytes = _kv_bytes(batch, kv_heads, past + seq, head_dim, first[0].element_size())
+        if sdpa:  # _time_sdpa adds K and V repeated to Hq heads for every set
+            set_bytes += kv_bytes * (q_heads // kv_heads)
+        count = max(1, min(math.ceil(ROTATE_BYTES / kv_bytes), MAX_SETS, MAX_ROTATE_BYTES // set_bytes))
+        return [first] + [tuple(t.clone() for t in first) for _ in range(count - 1)]
+
+    def _graph_ms(self, ops: list) -> float:
+        """Time per op of calling every op once in turn: do_bench_cudagraph on CUDA, else perf_counter."""
+
+        def run_all():
+            for op in ops:
+                op()
+
+        if self.device != "cuda":
+            return self._time_ms(run_all) / len(ops)
+        self.torch.cuda.synchronize()  # do_bench_cudagraph runs on a side stream: the inputs must be ready
+        ms = self.triton.testing.do_bench_cudagraph(run_all, rep=GRAPH_REP_MS, return_mode="median")
+        return ms / len(ops)
+
+    def _timing_name(self) -> str:
+        return "graph" if self.device == "cuda" else "perf_counter"
+
+    def _free(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+            self.torch.cuda.empty_cache()
+
+    def _time_ms(self, fn) -> float:
+        if self.device == "cuda":
+            return self.triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+        fn()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - start))
+        return statistics.median(times)
+
+    # --- helpers ---
+
+    def _check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise TimeoutError("this section's time budget is spent (see --budget-scale): the rest did not run")
+
+    def _inputs(self, seq, q_heads, kv_heads, head_dim, past, dtype, capacity):
+        torch = self.torch
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        batch = len(past)
+
+        def rand(*shape):
+            return torch.randn(*shape, generator=gen, device=self.device).to(dtype)
+
+        return (
+            rand(batch, seq, q_heads, head_dim),
+            rand(batch, seq, kv_heads, head_dim),
+            rand(batch, seq, kv_heads, head_dim),
+            rand(batch, kv_heads, capacity, head_dim),
+            rand(batch, kv_heads, capacity, head_dim),
+            torch.tensor(past, dtype=torch.int32, device=self.device),
+        )
+
+    def _dtype(self):
+        return self.torch.bfloat16
+
+    def _meta(self) -> dict:
+        torch = self.torch
+        return {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": torch.cuda.get_device_name() if self.device == "cuda" else "cpu (Triton interpreter)",
+            "torch": torch.__version__, "triton": self.triton.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version(), "smoke": self.smoke,
+            "kernel_defaults": vars(self.kernel.KernelConfig()),
+        }  # fmt: skip
+
+    def _print_meta(self) -> None:
+        meta = self.results["meta"]
+        print("# PardAttention GPU checks\n\n| date | device | torch | triton | cuda |\n|---|---|---|---|---|")
+        print(f"| {meta['date']} | {meta['device']} | {meta['torch']} | {meta['triton']} | {meta['cuda']} |")
+        print(f"\nkernel defaults: {meta['kernel_defaults']}")
+
+    def _save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "results.json").write_text(json.dumps(self.results, indent=1, default=str))
+
+    def _timing_line(self, row: dict) -> str:
+        best = row["sdpa_best_us"]
+        return (
+            f"| {row['batch']} | {row['past']} | {row['seq']} | {row['kernel_us']:.1f} "
+            f"| {_num(row['kernel_eager_us'], '.1f')} | {_num(best, '.1f')} "
+            f"| {row['sdpa_best'] or 'none ran'} | {_num(best and best / row['kernel_us'], '.2f')}x "
+            f"| {row['kv_gbps']:.0f} | {_num(row['pct_of_copy'], '.0f')} |"
+        )
+
+    def _tuning_line(self, row: dict) -> str:
+        return (
+            f"| {row['batch']} | {row['past']} | {row['seq']} | {row['block_n']} | {row['num_warps']} "
+            f"| {row['num_stages']} | {row['num_splits']} | {row['kernel_us']:.1f} | {row['kv_gbps']:.0f} "
+            f"| {_num(row['pct_of_copy'], '.0f')} |"
+        )
+
+
+def _bandwidth_summary(rows: list[dict], long_past: int) -> list[str]:
+    """One line per batch size: the kernel's share of copy bandwidth at past >= long_past, against the 70 % target."""
+    lines = []
+    for batch in sorted({row["batch"] for row in rows}):
+        shares = [row["pct_of_copy"] for row in rows if row["batch"] == batch and row["past"] >= long_past]
+        if not shares or None in shares:
+            lines.append(f"B={batch}: no copy bandwidth measured at past >= {long_past}")
+            continue
+        verdict = "met" if min(shares) >= 70 else "met by some shapes" if max(shares) >= 70 else "not met"
+        lines.append(
+            f"B={batch}, past >= {long_past}: {min(shares):.0f}-{max(shares):.0f} % of copy bandwidth "
+            f"(median {statistics.median(shares):.0f} %); target >= 70 %: {verdict}"
+        )
+    return lines
+
+
+def _kv_bytes(batch: int, kv_heads: int, keys: int, head_dim: int, element_size: int) -> int:
+    """Bytes of K and V that attention over `keys` keys must read."""
+    return 2 * batch * kv_heads * keys * head_dim * element_size
+
+
+def _lower_right_bias(torch, seq: int, keys: int):
+    """Bottom-right aligned causal mask as torch's CausalBias (lets SDPA pick flash/efficient kernels)."""
+    if seq == 1:
+        return None  # one query sees every key
+    from torch.nn.attention.bias import causal_lower_right
+
+    return causal_lower_right(seq, keys)
+
+
+def _num(value, spec: str) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
