@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--keep-rate", type=float, help="COD r (0.7)")
     train.add_argument("--min-keep-rate", type=float, help="COD r_min (0.2)")
     train.add_argument("--threads", type=int)
+    train.add_argument("--device", help="cpu (default) or cuda")
+    train.add_argument("--loader-workers", type=int, help="processes building the COD layouts")
+    train.add_argument("--max-minutes", type=float, help="stop (and save) after this much training time")
     train.add_argument("--seed", type=int)
     train.add_argument("--resume", help="a checkpoint directory, or 'latest'")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -185,7 +188,7 @@ def _run_distill(args) -> int:
 
 
 _TRAIN_FLAGS = ("data", "init", "out", "layers", "draft_vocab", "mask_token_id", "epochs", "max_steps", "batch_size",
-                "lr", "keep_rate", "min_keep_rate", "threads", "seed")
+                "lr", "keep_rate", "min_keep_rate", "threads", "seed", "device", "loader_workers", "max_minutes")
 
 
 def _run_train(args) -> int:

@@ -58,6 +58,65 @@ MATH = [
 ]
 
 
+SUBJECTS_2 = [
+    "the solar system", "oceans and tides", "plants", "insects", "the immune system", "nutrition", "meditation",
+    "habits", "motivation", "leadership", "negotiation", "budgeting", "investing", "inflation", "supply and demand",
+    "renewable energy", "electric cars", "trains", "airplanes", "bridges", "cities", "villages", "forests",
+    "rainforests", "polar bears", "whales", "dolphins", "elephants", "owls", "horses", "artificial intelligence",
+    "machine learning", "programming", "databases", "cybersecurity", "passwords", "smartphones", "social media",
+    "video games", "movies", "theater", "poetry", "novels", "history", "ancient Greece", "the printing press",
+    "the industrial revolution", "space exploration", "astronauts", "robots", "3D printing", "weather forecasts",
+    "snow", "thunderstorms", "hurricanes", "soil", "farming", "cheese", "chocolate", "pizza", "soup", "breakfast",
+    "hiking", "swimming", "yoga", "football", "basketball", "tennis", "the Olympics", "museums", "libraries",
+    "school", "homework", "exams", "teachers", "university", "job interviews", "volunteering", "kindness", "travel",
+]
+CHAT_2 = [
+    "Tell me about {s}.", "What should a beginner know about {s}?", "Write a short paragraph about {s}.",
+    "List five key points about {s}.", "How does {s} affect everyday life?", "Compare {s} with something similar.",
+    "What are the main benefits of {s}?", "Explain the history of {s} briefly.",
+]
+PROSE_2 = [
+    "Write a short story for children about {s}.", "Write a limerick about {s}.",
+    "Write a motivational message about {s}.", "Write a diary entry about a day spent thinking about {s}.",
+    "Write a short speech about {s}.",
+]
+CODE_TASKS_2 = [
+    "returns the length of the longest word in a sentence", "converts a list of strings to uppercase",
+    "computes the product of a list of numbers", "checks whether a list is sorted", "counts the uppercase letters in a string",
+    "returns the unique elements of a list in order", "computes the n-th triangular number", "swaps the keys and values of a dictionary",
+    "splits a list into chunks of size n", "returns the index of the maximum value", "computes the median of a list",
+    "checks whether a string contains only digits", "computes the power of a number without using **",
+    "finds the common elements of two lists", "converts a number to Roman numerals", "counts the words in a sentence",
+]
+CODE_2 = ["Write a Python function that {t}. Include an example.", "Write a Java method that {t}.",
+          "Write a Python function that {t} and explain how it works.", "Write a TypeScript function that {t}."]
+MATH_2 = [
+    "What is {a} minus {b}? Explain.", "What is {n} divided by {h}? Show your work.",
+    "A book costs ${a} and a pen costs ${b}. How much do {h} books and one pen cost?",
+    "A garden is {a} m by {b} m. What is its area?", "What is the average of {a}, {b} and {c}?",
+    "Sarah reads {a} pages a day. How many pages does she read in {h} weeks?",
+    "Convert {n} grams to kilograms.", "What is {p}% of {c}? Explain step by step.",
+]
+
+
+def more_prompts(seed: int = 1) -> list[dict]:
+    """A second round of templates and subjects (appended after the first, so earlier data stays aligned)."""
+    rng = random.Random(seed)
+    rows = [("chat", t.format(s=s)) for t, s in itertools.product(CHAT + CHAT_2, SUBJECTS_2)]
+    rows += [("chat", t.format(s=s)) for t, s in itertools.product(CHAT_2, SUBJECTS)]
+    rows += [("prose", t.format(s=s)) for t, s in itertools.product(PROSE + PROSE_2, SUBJECTS_2)]
+    rows += [("code", t.format(t=task)) for t, task in itertools.product(CODE + CODE_2, CODE_TASKS_2)]
+    rows += [("code", t.format(t=task)) for t, task in itertools.product(CODE_2, CODE_TASKS)]
+    for template in MATH + MATH_2:
+        for _ in range(25):
+            numbers = dict(a=rng.randint(2, 60), b=rng.randint(2, 60), c=rng.randint(41, 300), n=rng.randint(20, 900),
+                           h=rng.randint(2, 9), p=rng.choice([5, 10, 12, 15, 20, 25, 30, 40, 50, 60, 75]))
+            rows.append(("math", template.format(**numbers)))
+    unique = list(dict.fromkeys(rows))
+    rng.shuffle(unique)
+    return [{"category": c, "prompt": p} for c, p in unique]
+
+
 def prompts(seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     rows = [("chat", t.format(s=s)) for t, s in itertools.product(CHAT, SUBJECTS)]
@@ -75,7 +134,9 @@ def prompts(seed: int = 0) -> list[dict]:
 
 def main() -> None:
     bench = {json.loads(line)["prompt"] for line in (HERE.parent / "benchmarks" / "prompts.jsonl").open()}
-    rows = [r for r in prompts() if r["prompt"] not in bench]
+    first = [r for r in prompts() if r["prompt"] not in bench]
+    seen = {r["prompt"] for r in first} | bench
+    rows = first + [r for r in more_prompts() if r["prompt"] not in seen]
     with (HERE / "prompts.jsonl").open("w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")

@@ -30,11 +30,16 @@ class TrainConfig:
     grad_clip: float = 1.0
     epochs: int = 1
     max_steps: int = 0  # 0: epochs decide
+    max_minutes: float = 0.0  # > 0: stop after this much training time (the schedule still spans all steps)
     seed: int = 0
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     save_dtype: str = "float16"
+    device: str = "cpu"  # or "cuda"
+    loader_workers: int = 0  # processes building the COD layouts (0: in the training process)
+    validation_fraction: float = 0.0  # sequences held out; their loss is measured after every epoch
+    keep_best: bool = True  # with validation: save the weights of the epoch with the lowest validation loss
     precision: str = "float32"  # or "bfloat16": autocast matmuls (float32 master weights); ~1.6x faster on AVX512-BF16 CPUs
 
     def checkpoint_dir(self) -> Path:

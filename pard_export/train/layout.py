@@ -80,15 +80,15 @@ def build_layout(tokens: torch.Tensor, kept: list[torch.Tensor], mask_id: int, *
 class Batch:
     input_ids: torch.Tensor  # [B, N]
     position_ids: torch.Tensor  # [B, N]
-    attention_bias: torch.Tensor  # [B, 1, N, N] additive: 0 visible, finfo.min hidden
+    attention_mask: torch.Tensor  # [B, 1, N, N] bool: True = visible (a 4-D mask transformers passes to SDPA as is)
     labels: torch.Tensor  # [B, N]
 
-    @property
-    def tokens(self) -> int:
-        return int(self.input_ids.numel())
+    def to(self, device) -> Batch:
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.input_ids, self.position_ids,
+                                                                  self.attention_mask, self.labels)))
 
 
-def collate(layouts: list[Layout], dtype: torch.dtype = torch.float32) -> Batch:
+def collate(layouts: list[Layout]) -> Batch:
     """Right-pad to the longest layout; a padding slot sees only itself and nothing real sees it."""
     width = max(len(x.input_ids) for x in layouts)
     B = len(layouts)
@@ -100,5 +100,4 @@ def collate(layouts: list[Layout], dtype: torch.dtype = torch.float32) -> Batch:
         n = len(x.input_ids)
         ids[row, :n], positions[row, :n], labels[row, :n] = x.input_ids, x.position_ids, x.labels
         visible[row, :n, :n] = x.visible()
-    bias = torch.zeros(B, 1, width, width, dtype=dtype).masked_fill_(~visible[:, None], torch.finfo(dtype).min)
-    return Batch(ids, positions, bias, labels)
+    return Batch(ids, positions, visible[:, None], labels)

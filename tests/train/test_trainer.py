@@ -40,9 +40,13 @@ def _losses(out):
 
 
 def test_a_few_steps_lower_the_loss_and_save_a_pard_draft(tiny_pair, data_file, tmp_path):
-    out = train(_config(tiny_pair, data_file, tmp_path / "draft"), progress=False)
+    out = train(_config(tiny_pair, data_file, tmp_path / "draft", validation_fraction=0.2), progress=False)
     losses = _losses(out)
     assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4
+    report = json.loads((out / "training.json").read_text())
+    held = [loss for _, loss in report["validation_losses"]]
+    assert report["validation_sequences"] == 5 and len(held) >= 4 and held[-1] < held[0]
+    assert report["kept_step"] == min(report["validation_losses"], key=lambda x: x[1])[0]
     config = json.loads((out / "config.json").read_text())
     assert config["pard_token"] == tiny_models.MASK and config["spd_type"] == "pard"
     assert config["draft_vocab_size"] == 64 and config["num_hidden_layers"] == 2
@@ -59,6 +63,13 @@ def test_resume_continues_where_the_checkpoint_stopped(tiny_pair, data_file, tmp
     a, b = load_draft(straight), load_draft(resumed)
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.allclose(x, y, atol=1e-2), name  # saved in float16; the same steps on the same data
+
+
+def test_layout_workers_build_the_same_batches(tiny_pair, data_file, tmp_path):
+    inline = train(_config(tiny_pair, data_file, tmp_path / "a", max_steps=4), progress=False)
+    workers = train(_config(tiny_pair, data_file, tmp_path / "b", max_steps=4, loader_workers=2), progress=False)
+    for (name, x), (_, y) in zip(load_draft(inline).state_dict().items(), load_draft(workers).state_dict().items()):
+        assert torch.equal(x, y), name
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):
