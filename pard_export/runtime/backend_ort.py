@@ -42,11 +42,13 @@ class OrtGraph:
         self.kv_dtype = _NUMPY_DTYPES[past.type]
         self.busy_s = 0.0  # time inside onnxruntime, for measuring the runtime's own overhead
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """Outputs by name; those in `skip` are left out (ONNX Runtime then skips the nodes only they need)."""
+        names = [n for n in self.output_names if n not in skip] if skip else self.output_names
         start = time.perf_counter()
-        outputs = self.session.run(self.output_names, feeds)
+        outputs = self.session.run(names, feeds)
         self.busy_s += time.perf_counter() - start
-        return dict(zip(self.output_names, outputs))
+        return dict(zip(names, outputs))
 
 
 def _check_io(path: Path, session: ort.InferenceSession, spec: GraphSpec) -> None:

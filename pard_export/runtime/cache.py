@@ -32,12 +32,13 @@ class BatchCache:
         self.mask = np.zeros((batch, 0), dtype=np.int64)  # [B, T]: 1 = a real token
         self.lengths = np.zeros(batch, dtype=np.int64)  # real tokens per row = the next position
 
-    def forward(self, tokens: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
-        """Run tokens [B, S] (valid [B, S] marks real ones; padding is on the left of each row)."""
+    def forward(self, tokens: np.ndarray, valid: np.ndarray, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """Run tokens [B, S] (valid [B, S] marks real ones; padding is on the left of each row); outputs named in
+        `skip` are not computed."""
         positions = self.lengths[:, None] + np.maximum(np.cumsum(valid, axis=1) - 1, 0)
         mask = np.concatenate([self.mask, valid.astype(np.int64)], axis=1)
         feeds = {INPUT_IDS: tokens, POSITION_IDS: positions, ATTENTION_MASK: mask, **dict(zip(self.past_names, self.kv))}
-        outputs = self.graph.run(feeds)
+        outputs = self.graph.run(feeds, skip)
         self.kv = [outputs[name] for name in self.present_names]
         self.mask = mask
         self.lengths = self.lengths + valid.sum(axis=1)

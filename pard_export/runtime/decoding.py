@@ -59,9 +59,11 @@ def ar_step(target: BatchCache, target_new, draft_new, params: SamplingParams, r
 def pard_step(target: BatchCache, draft: BatchCache, target_new, draft_new, n: int, params: SamplingParams,
               rngs) -> StepResult:
     start = time.perf_counter()
-    out = draft.forward(*left_pad(draft_new))
+    sampled = params.draft_sampling and not params.greedy
+    out = draft.forward(*left_pad(draft_new), skip=() if sampled else (DRAFT_LOGITS,))  # argmax drafts need no logits
+    logits = out[DRAFT_LOGITS] if sampled else [None] * len(rngs)
     proposals = [
-        propose(logits[:n], ids[:n], params, rng) for logits, ids, rng in zip(out[DRAFT_LOGITS], out[DRAFT_IDS], rngs)
+        propose(row[:n] if sampled else None, ids[:n], params, rng) for row, ids, rng in zip(logits, out[DRAFT_IDS], rngs)
     ]
     drafted = time.perf_counter()
     verdicts = _verify(target, target_new, proposals, params, rngs)
