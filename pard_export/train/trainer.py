@@ -15,9 +15,9 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import PardExportError
+from ..export.pard_draft import load_draft, most_frequent_ids, save_draft, shrink, target_to_draft
 from .config import TrainConfig
 from .data import Sequence, read_sequences
-from ..export.pard_draft import load_draft, most_frequent_ids, save_draft, shrink, target_to_draft
 from .layout import IGNORE, Batch, CodSettings, build_layout, collate, keep_sets
 
 STATE_FILE = "trainer_state.json"
@@ -279,7 +279,7 @@ def _write_final(config: TrainConfig, runner: _Runner, tokenizer) -> None:
         "train_seconds_this_run": round(runner.seconds, 1),
         "final_loss": round(_smoothed(runner.losses), 4) if runner.losses else None,
         "validation_losses": runner.validation_losses,
-        "kept_step": runner.best[1] if runner.best else runner.total_steps,
+        "kept_step": runner.best[1] if runner.best else (runner.stopped_at or runner.total_steps),
         "machine": _machine(config),
     }
     (staging / "training.json").write_text(json.dumps(report, indent=2) + "\n")
