@@ -113,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_run_train)
 
+    recipe = commands.add_parser("recipe", help="the engine's pair as a TensorRT-LLM or vLLM speculative config")
+    recipe.add_argument("--engine", required=True)
+    recipe.add_argument("--for", dest="serve_with", required=True, help="trtllm (trtllm-serve YAML) or vllm")
+    recipe.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
+    recipe.add_argument("--out", help="config file (default: inside the engine directory)")
+    recipe.set_defaults(run=_run_recipe)
+
     demo = commands.add_parser("demo", help="offline SmolLM2 demo: build if missing, then generate")
     demo.add_argument("--engines", default="engines", help="where the demo engine lives (default engines/)")
     demo.add_argument("--max-new-tokens", type=int, default=64)
@@ -197,6 +204,14 @@ def _run_train(args) -> int:
 
     config = load_config(args.config, {name: getattr(args, name) for name in _TRAIN_FLAGS})
     print(train(config, resume=args.resume, progress=not args.quiet))
+    return 0
+
+
+def _run_recipe(args) -> int:
+    from .recipes import recipe
+
+    made = recipe(args.engine, args.serve_with, tp=args.tp, out=args.out)
+    print(f"wrote {made.path}\nserve with: {made.command}")
     return 0
 
 
