@@ -61,10 +61,8 @@ def pard_step(target: BatchCache, draft: BatchCache, target_new, draft_new, n: i
     start = time.perf_counter()
     sampled = params.draft_sampling and not params.greedy
     out = draft.forward(*left_pad(draft_new), skip=() if sampled else (DRAFT_LOGITS,))  # argmax drafts need no logits
-    logits = out[DRAFT_LOGITS] if sampled else [None] * len(rngs)
-    proposals = [
-        propose(row[:n] if sampled else None, ids[:n], params, rng) for row, ids, rng in zip(logits, out[DRAFT_IDS], rngs)
-    ]
+    logits = out[DRAFT_LOGITS][:, :n] if sampled else [None] * len(rngs)
+    proposals = [propose(row, ids[:n], params, rng) for row, ids, rng in zip(logits, out[DRAFT_IDS], rngs)]
     drafted = time.perf_counter()
     verdicts = _verify(target, target_new, proposals, params, rngs)
     emitted = [d[:a].tolist() + [t] for (d, _), (a, t) in zip(proposals, verdicts)]

@@ -11,28 +11,17 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import PardExportError
-
-
-def read_prompts(path: Path) -> list[str]:
-    try:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError) as e:
-        raise PardExportError(f"cannot read prompts {path}: {e}; pass a JSON-lines file with a \"prompt\" field") from e
-    if not rows or any(not isinstance(r, dict) or not isinstance(r.get("prompt"), str) for r in rows):
-        raise PardExportError(f"{path} must hold JSON lines, each with a \"prompt\" string")
-    return [r["prompt"] for r in rows]
-
 
 def distill(engine: str | Path, prompts_file: str | Path, out: str | Path, *, max_new_tokens: int = 192,
             batch: int = 8, limit: int | None = None, progress: bool = True) -> int:
-    """Answer every prompt (chat template, greedy) and append {"prompt_ids", "response_ids"} lines to `out`.
+    """Answer every prompt (greedy; text prompts through the chat template) and append {"prompt_ids", "response_ids"} lines to `out`.
     Returns the number of answer tokens written in this run."""
     from tqdm import tqdm
 
+    from ..bench import load_prompts
     from ..runtime import Session
 
-    prompts = read_prompts(Path(prompts_file))[:limit]
+    prompts = load_prompts(Path(prompts_file))[:limit]
     out = Path(out)
     done = _complete_lines(out)
     session = Session(engine)
@@ -41,16 +30,21 @@ def distill(engine: str | Path, prompts_file: str | Path, out: str | Path, *, ma
     with out.open("a") as f, tqdm(total=len(prompts), initial=done, desc="distill", unit="prompt",
                                   disable=None if progress else True, file=sys.stderr) as bar:
         for first in range(done, len(prompts), batch):
-            chunk = prompts[first : first + batch]
-            results = session.generate_batch(chunk, max_new_tokens=max_new_tokens, mode="ar", chat=True)
-            for prompt, result in zip(chunk, results):
-                record = {"prompt_ids": session.codec.encode_chat(prompt), "response_ids": result.token_ids}
+            chunk = [_prompt_ids(session, item) for item in prompts[first : first + batch]]
+            results = session.generate_batch(chunk, max_new_tokens=max_new_tokens, mode="ar")
+            for ids, result in zip(chunk, results):
+                record = {"prompt_ids": ids, "response_ids": result.token_ids}
                 f.write(json.dumps(record) + "\n")
                 written += len(result.token_ids)
             f.flush()
             bar.update(len(chunk))
             bar.set_postfix(tok_s=f"{written / (time.perf_counter() - start):.0f}")
     return written
+
+
+def _prompt_ids(session, item: dict) -> list[int]:
+    """A text prompt is a user turn (chat template); prompt_ids are taken as they are."""
+    return item["prompt_ids"] if "prompt_ids" in item else session.codec.encode_chat(item["prompt"])
 
 
 def _complete_lines(path: Path) -> int:

@@ -91,7 +91,7 @@ class StepBatches(torch.utils.data.Dataset):
     def __init__(self, sequences: list[Sequence], config: TrainConfig, mask_id: int, eos_ids, first_step: int,
                  total_steps: int):
         self.sequences, self.config, self.mask_id, self.eos_ids = sequences, config, mask_id, eos_ids
-        self.cod = CodSettings(config.blocks, config.keep_rate, config.min_keep_rate)
+        self.cod = cod_settings(config)
         self.per_epoch = math.ceil(len(sequences) / config.batch_size)
         self.first_step, self.total_steps = first_step, total_steps
 
@@ -106,6 +106,10 @@ class StepBatches(torch.utils.data.Dataset):
         picked = [self.sequences[int(i)] for i in order[offset * size : (offset + 1) * size]]
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
         return layout_batch(picked, self.cod, self.mask_id, self.eos_ids, generator), sum(len(s.ids) for s in picked)
+
+
+def cod_settings(config: TrainConfig) -> CodSettings:
+    return CodSettings(config.blocks, config.keep_rate, config.min_keep_rate)
 
 
 def layout_batch(sequences: list[Sequence], cod: CodSettings, mask_id: int, eos_ids, generator) -> Batch:
@@ -191,7 +195,7 @@ class _Runner:
     def _validate(self, step: int) -> None:
         """Mean loss over the held-out sequences (fixed mask draws); remembers the best weights."""
         self.draft.eval()
-        cod = CodSettings(self.config.blocks, self.config.keep_rate, self.config.min_keep_rate)
+        cod = cod_settings(self.config)
         total, count = 0.0, 0
         size = self.config.batch_size
         for first in range(0, len(self.validation), size):
