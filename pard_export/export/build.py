@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
-import shutil
 import sys
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 from .. import __version__
 from ..contract import DRAFT, DRAFT_AR, TARGET, GraphSpec
 from ..errors import PardExportError
+from ..files import staging_dir
 from ..manifest import TOKENIZER_DIR, Manifest, ModelEntry, hash_files, write_manifest
 from . import checks
 from .arch import ArchSpec
@@ -61,7 +60,7 @@ def build(
     with _stages(progress) as stage:
         stage("check")
         pair = _checked_pair(target, draft, k, mask_token_id, max_seq_len)
-        with _staging_dir(out, force) as staging:
+        with staging_dir(out) as staging:
             specs = _export_pair(pair, staging, stage, k, dtype, with_ar_draft)
             stage("compile")
             _compile_onnxruntime(staging, specs)
@@ -206,26 +205,6 @@ def _short_name(target: str) -> str:
 def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise PardExportError(f"--{flag} {value!r} is not one of {', '.join(choices)}")
-
-
-@contextmanager
-def _staging_dir(out: Path, force: bool):
-    """A temporary folder beside `out`, renamed to `out` only when everything inside succeeded."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        yield staging
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            staging.rename(out)
-            shutil.rmtree(old)
-        else:
-            staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 @contextmanager
