@@ -1,6 +1,6 @@
 """The slim runtime: numpy + onnxruntime + tokenizers. Importing it never imports torch or transformers."""
 
 from .decoding import GenerationStats
-from .session import MODES, GenerationResult, Session
+from .session import MODES, GenerationResult, Session, StreamEvent
 
-__all__ = ["MODES", "GenerationResult", "GenerationStats", "Session"]
+__all__ = ["MODES", "GenerationResult", "GenerationStats", "Session", "StreamEvent"]

@@ -39,8 +39,18 @@ class GenerationResult:
 
 
 @dataclass(frozen=True)
+class StreamEvent:
+    """What one row of a batch produced in one step; `result` is set on the row's last event."""
+
+    row: int
+    text: str  # newly visible text (may be empty while a character or a possible stop string is incomplete)
+    token_ids: list[int]  # the tokens this step added to the row
+    result: GenerationResult | None = None
+
+
+@dataclass(frozen=True)
 class _Request:
-    max_new_tokens: int
+    max_new_tokens: tuple[int, ...]  # per row
     mode: str
     params: SamplingParams
     stop: tuple[str, ...]
@@ -49,9 +59,9 @@ class _Request:
 class _Row:
     """One sequence of a batch: its tokens, text, statistics and why it ended."""
 
-    def __init__(self, request: _Request, room: int, recorder: StatsRecorder, text: RowText | None):
+    def __init__(self, max_new_tokens: int, room: int, recorder: StatsRecorder, text: RowText | None):
         self.tokens: list[int] = []
-        self.limit = min(request.max_new_tokens, room)
+        self.limit = min(max_new_tokens, room)
         self.recorder, self.text = recorder, text
         self.finish_reason: str | None = None
 
@@ -116,20 +126,26 @@ class Session:
         return self.generate_batch([prompt], **settings)[0]
 
     def generate_batch(self, prompts: Sequence[Prompt], **settings) -> list[GenerationResult]:
-        """B prompts decoded together; at temperature 0 each row equals its own batch-1 output."""
+        """B prompts decoded together; at temperature 0 each row equals its own batch-1 output.
+        max_new_tokens may be one limit or one per prompt."""
         ids, request = self._prepare(prompts, **settings)
-        events = self._decode(ids, request, with_text=bool(request.stop))
-        while True:
-            try:
-                next(events)
-            except StopIteration as done:
-                return done.value
+        results: list[GenerationResult | None] = [None] * len(ids)
+        for event in self._decode(ids, request, with_text=bool(request.stop)):
+            if event.result is not None:
+                results[event.row] = event.result
+        return results
 
     def stream(self, prompt: Prompt, **settings) -> Iterator[str]:
         """Text pieces as soon as tokens are accepted (never half a character, never part of a stop string)."""
-        ids, request = self._prepare([prompt], **settings)
-        for _, piece in self._decode(ids, request, with_text=True):
-            yield piece
+        for event in self.stream_batch([prompt], **settings):
+            if event.text:
+                yield event.text
+
+    def stream_batch(self, prompts: Sequence[Prompt], **settings) -> Iterator[StreamEvent]:
+        """generate_batch as it happens: a StreamEvent per row and step; a row's last one carries its result.
+        Everything is checked before the first event, so bad input raises before any work."""
+        ids, request = self._prepare(prompts, **settings)
+        return self._decode(ids, request, with_text=True)
 
     def close(self) -> None:
         self._caches = {}
@@ -153,15 +169,14 @@ class Session:
             raise GenerationError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if mode not in self.modes:
             raise GenerationError("this engine has no AR draft graph (draft_ar.onnx); rebuild it with --with-ar-draft")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-            raise GenerationError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        limits = _token_limits(max_new_tokens, len(prompts))
         if isinstance(stop, str):
             stop = (stop,)
         params = SamplingParams(float(temperature), float(top_p), top_k, seed, draft_sampling)
         if not prompts:
             raise GenerationError("no prompts given; pass a prompt or a non-empty list of prompts")
         ids = [self._prompt_ids(p, chat, i if len(prompts) > 1 else None) for i, p in enumerate(prompts)]
-        return ids, _Request(max_new_tokens, mode, params, tuple(stop))
+        return ids, _Request(limits, mode, params, tuple(stop))
 
     def _prompt_ids(self, prompt: Prompt, chat: bool, index: int | None) -> list[int]:
         which = "the prompt" if index is None else f"prompt {index}"
@@ -181,13 +196,13 @@ class Session:
             )
         return ids
 
-    def _decode(self, prompt_ids: list[list[int]], request: _Request, with_text: bool):
-        """Yields (row, text piece) while decoding; returns the results."""
+    def _decode(self, prompt_ids: list[list[int]], request: _Request, with_text: bool) -> Iterator[StreamEvent]:
+        """A StreamEvent per active row and step; the text is tracked only when with_text."""
         m, mode, params = self.manifest, request.mode, request.params
         rows = [
-            _Row(request, m.max_seq_len - len(ids), StatsRecorder(mode, m.k),
+            _Row(limit, m.max_seq_len - len(ids), StatsRecorder(mode, m.k),
                  RowText(self.codec, request.stop) if with_text else None)
-            for ids in prompt_ids
+            for ids, limit in zip(prompt_ids, request.max_new_tokens)
         ]
         rngs = [np.random.default_rng(None if params.seed is None else [params.seed, i]) for i in range(len(rows))]
         caches = [self._caches[TARGET]] + ([self._caches[DRAFT if mode == "pard" else DRAFT_AR]] if mode != "ar" else [])
@@ -205,8 +220,10 @@ class Session:
                 row = rows[i]
                 kept = row.accept(step.emitted, self._eos)
                 row.recorder.record(step, kept, result, first=row.recorder.stats.target_forwards == 0)
-                if row.text is not None and (piece := row.text.take_visible(final=row.finish_reason is not None)):
-                    yield i, piece
+                done = row.finish_reason is not None
+                piece = row.text.take_visible(final=done) if row.text is not None else ""
+                final = self._result(row, ttft, time.perf_counter() - start) if done else None
+                yield StreamEvent(i, piece, step.emitted[:kept], final)
             keep = [pos for pos, i in enumerate(active) if rows[i].finish_reason is None]
             if not keep:
                 break
@@ -215,8 +232,6 @@ class Session:
             target_new = [[rows[active[pos]].tokens[-1]] for pos in keep]
             draft_new = [result.rows[pos].draft_unseen for pos in keep]
             active = [active[pos] for pos in keep]
-        total = time.perf_counter() - start
-        return [self._result(row, ttft, total) for row in rows]
 
     def _step(self, caches, mode: str, target_new, draft_new, min_budget: int, params, rngs) -> StepResult:
         n = min(self.manifest.k, min_budget - 1)  # never verify drafts that could not be emitted
@@ -229,6 +244,16 @@ class Session:
     def _result(self, row: _Row, ttft: float, total: float) -> GenerationResult:
         text = row.text.text if row.text is not None else self.codec.decode(row.tokens)
         return GenerationResult(row.tokens, text, row.recorder.finish(row.finish_reason, ttft, total))
+
+
+def _token_limits(max_new_tokens: int | Sequence[int], rows: int) -> tuple[int, ...]:
+    limits = [max_new_tokens] * rows if isinstance(max_new_tokens, (int, np.integer)) else list(max_new_tokens)
+    if len(limits) != rows:
+        raise GenerationError(f"max_new_tokens has {len(limits)} limits for {rows} prompts; pass one, or one per prompt")
+    for limit in limits:
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit <= 0:
+            raise GenerationError(f"max_new_tokens must be a positive integer, got {limit!r}")
+    return tuple(int(limit) for limit in limits)
 
 
 def _is_batch(prompt) -> bool:

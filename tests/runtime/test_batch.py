@@ -55,3 +55,23 @@ def test_a_batch_with_an_over_long_prompt_generates_nothing(session):
     with pytest.raises(GenerationError, match="prompt 1 has"):
         session.generate_batch([PROMPTS[0], [5] * 600], max_new_tokens=4)
     assert len(session.generate_batch(PROMPTS[:2], max_new_tokens=4)) == 2
+
+
+def test_each_row_may_have_its_own_token_limit(session, singles):
+    limits = [3, 40, 1, 17]
+    results = session.generate_batch(PROMPTS, max_new_tokens=limits)
+    assert [r.token_ids for r in results] == [ids[:n] for ids, n in zip(singles["pard"], limits)]
+    with pytest.raises(ValueError, match="2 limits for 4 prompts"):
+        session.generate_batch(PROMPTS, max_new_tokens=[3, 4])
+
+
+def test_stream_batch_events_add_up_to_each_rows_result(session, singles):
+    tokens, texts, results = {}, {}, {}
+    for event in session.stream_batch(PROMPTS[:3], max_new_tokens=NEW_TOKENS):
+        assert event.row not in results  # nothing after a row's last event
+        tokens.setdefault(event.row, []).extend(event.token_ids)
+        texts[event.row] = texts.get(event.row, "") + event.text
+        if event.result is not None:
+            results[event.row] = event.result
+    assert [tokens[i] for i in range(3)] == [results[i].token_ids for i in range(3)] == singles["pard"][:3]
+    assert [texts[i] for i in range(3)] == [results[i].text for i in range(3)]
