@@ -50,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--mask-token-id", type=int, help="override the draft config's pard_token")
     build.add_argument("--force", action="store_true", help="replace a non-empty --out")
     build.add_argument("--with-ar-draft", action="store_true", help="also export the draft as a plain AR graph (ar-draft baseline)")
+    build.add_argument("--attention", default="plain",
+                       help="plain (default: concatenated KV, for ONNX Runtime) or plugin (PardAttention nodes over "
+                            "preallocated KV buffers)")
+    build.add_argument("--max-batch", type=int, default=8, help="tensorrt: largest batch the plans serve (default 8)")
+    build.add_argument("--prefill-chunk", type=int, default=512,
+                       help="tensorrt: most tokens per call, i.e. the prefill chunk (default 512)")
+    build.add_argument("--timing-cache", help="tensorrt: TensorRT timing cache file, read if present and updated")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(run=_run_build)
 
@@ -148,6 +155,10 @@ def _run_build(args) -> int:
         mask_token_id=args.mask_token_id,
         force=args.force,
         with_ar_draft=args.with_ar_draft,
+        attention=args.attention,
+        max_batch=args.max_batch,
+        prefill_chunk=args.prefill_chunk,
+        timing_cache=args.timing_cache,
         progress=not args.quiet,
     )
     print(out)

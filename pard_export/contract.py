@@ -1,7 +1,18 @@
 """The IO contract of the exported graphs (design §4), defined once for the exporter and the runtime.
 
 Shape legend: B batch, S new tokens in this call, P tokens already cached, T = P + S, K draft length
-(the draft graph appends K-1 mask tokens), V vocabulary rows, L layers, Hkv key/value heads, D head size.
+(the draft graph appends K-1 mask tokens), V vocabulary rows, L layers, Hkv key/value heads, D head size,
+C the capacity of a preallocated KV cache (plugin flavour).
+
+Two attention flavours share every other tensor:
+- plain  : the cache goes in as past_key_values.{i}.* [B,Hkv,P,D] and comes out concatenated as present.{i}.*
+           [B,Hkv,T,D]; attention_mask [B,T] marks the real columns (what ONNX Runtime runs by default).
+- plugin : one pard::PardAttention node per layer (plugins/pard_attention) over preallocated buffers
+           kv_cache.{i}.* [B,Hkv,C,D]; past_len int32 [B] says how many rows of each are real. The node writes
+           the S new rows at past_len[b].. and the graph returns the buffers as kv_cache_out.{i}.* (TensorRT: the
+           same memory, updated in place). The draft's K-1 mask slots are written too, past the real rows, where
+           the next call overwrites them. No attention_mask: every input token is causal over rows 0..past_len+i,
+           so the caller keeps each row's real tokens contiguous (runtime/plugin_cache.py says how).
 """
 
 from __future__ import annotations
@@ -14,9 +25,14 @@ ATTENTION_MASK = "attention_mask"  # int64 [B, T]: 1 = a real token, 0 = padding
 LOGITS = "logits"  # float32 [B, S, V]
 DRAFT_IDS = "draft_ids"  # int64 [B, K]
 DRAFT_LOGITS = "draft_logits"  # float32 [B, K, V]
+PAST_LEN = "past_len"  # int32 [B]: tokens already in each row's KV cache (plugin flavour)
 KV_KINDS = ("key", "value")
 
 BATCH, SEQUENCE, PAST, TOTAL = "batch", "sequence", "past_sequence", "total_sequence"
+CAPACITY = "cache_capacity"  # C (plugin flavour)
+
+PLAIN, PLUGIN = "plain", "plugin"
+ATTENTIONS = (PLAIN, PLUGIN)
 
 # Graph roles; each is stored as "<role>.onnx" in an engine directory.
 TARGET = "target"
@@ -35,10 +51,28 @@ def present_name(layer: int, kind: str) -> str:
     return f"present.{layer}.{kind}"
 
 
+def cache_capacity(max_seq_len: int, k: int) -> int:
+    """C: cache rows per sequence, the real tokens plus what one call writes above them (pads, mask slots, drafts);
+    the runtime allocates exactly this and TensorRT profiles are built for it."""
+    return max_seq_len + 2 * k + 2
+
+
+def kv_cache_name(layer: int, kind: str) -> str:
+    return f"kv_cache.{layer}.{kind}"
+
+
+def kv_cache_out_name(layer: int, kind: str) -> str:
+    return f"kv_cache_out.{layer}.{kind}"
+
+
+_CACHE_IN_PREFIXES = ("past_key_values.", "kv_cache.")
+_CACHE_OUT_PREFIXES = ("present.", "kv_cache_out.")
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dtype: str  # "int64", "float32", or "model" (the dtype the weights were exported in)
+    dtype: str  # "int64", "int32", "float32", or "model" (the dtype the weights were exported in)
     dims: tuple[str | int, ...]
 
     def to_dict(self) -> dict:
@@ -52,12 +86,18 @@ class GraphSpec:
     outputs: tuple[TensorSpec, ...]
 
     @property
+    def attention(self) -> str:
+        return PLUGIN if any(t.name == PAST_LEN for t in self.inputs) else PLAIN
+
+    @property
     def past_names(self) -> list[str]:
-        return [t.name for t in self.inputs if t.name.startswith("past_key_values.")]
+        """The KV cache inputs, layer by layer, key before value (either flavour)."""
+        return [t.name for t in self.inputs if t.name.startswith(_CACHE_IN_PREFIXES)]
 
     @property
     def present_names(self) -> list[str]:
-        return [t.name for t in self.outputs if t.name.startswith("present.")]
+        """The KV cache outputs, in the order of past_names."""
+        return [t.name for t in self.outputs if t.name.startswith(_CACHE_OUT_PREFIXES)]
 
     def to_dict(self) -> dict:
         return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
@@ -71,29 +111,37 @@ def _kv(name_of, layers: int, kv_heads: int, head_dim: int, seq_dim: str) -> tup
     )
 
 
-def _common_inputs(layers: int, kv_heads: int, head_dim: int) -> tuple[TensorSpec, ...]:
-    return (
-        TensorSpec(INPUT_IDS, "int64", (BATCH, SEQUENCE)),
-        TensorSpec(POSITION_IDS, "int64", (BATCH, SEQUENCE)),
-        TensorSpec(ATTENTION_MASK, "int64", (BATCH, TOTAL)),
-    ) + _kv(past_name, layers, kv_heads, head_dim, PAST)
+def _common_inputs(layers: int, kv_heads: int, head_dim: int, attention: str) -> tuple[TensorSpec, ...]:
+    tokens = (TensorSpec(INPUT_IDS, "int64", (BATCH, SEQUENCE)), TensorSpec(POSITION_IDS, "int64", (BATCH, SEQUENCE)))
+    if attention == PLUGIN:
+        lengths = (TensorSpec(PAST_LEN, "int32", (BATCH,)),)
+        return tokens + lengths + _kv(kv_cache_name, layers, kv_heads, head_dim, CAPACITY)
+    mask = (TensorSpec(ATTENTION_MASK, "int64", (BATCH, TOTAL)),)
+    return tokens + mask + _kv(past_name, layers, kv_heads, head_dim, PAST)
 
 
-def target_spec(layers: int, kv_heads: int, head_dim: int, vocab_rows: int, role: str = TARGET) -> GraphSpec:
+def _cache_outputs(layers: int, kv_heads: int, head_dim: int, attention: str) -> tuple[TensorSpec, ...]:
+    if attention == PLUGIN:
+        return _kv(kv_cache_out_name, layers, kv_heads, head_dim, CAPACITY)
+    return _kv(present_name, layers, kv_heads, head_dim, TOTAL)
+
+
+def target_spec(layers: int, kv_heads: int, head_dim: int, vocab_rows: int, role: str = TARGET,
+                attention: str = PLAIN) -> GraphSpec:
     """Prefill (S = prompt), decode (S = 1) and verify (S = K + 1) in one graph (also the AR draft's IO)."""
-    outputs = (TensorSpec(LOGITS, "float32", (BATCH, SEQUENCE, vocab_rows)),) + _kv(
-        present_name, layers, kv_heads, head_dim, TOTAL
-    )
-    return GraphSpec(role, _common_inputs(layers, kv_heads, head_dim), outputs)
+    outputs = (TensorSpec(LOGITS, "float32", (BATCH, SEQUENCE, vocab_rows)),)
+    outputs += _cache_outputs(layers, kv_heads, head_dim, attention)
+    return GraphSpec(role, _common_inputs(layers, kv_heads, head_dim, attention), outputs)
 
 
-def draft_spec(layers: int, kv_heads: int, head_dim: int, vocab: int, k: int) -> GraphSpec:
-    """K drafts from one forward; the present KV holds the real tokens only (mask slots dropped)."""
+def draft_spec(layers: int, kv_heads: int, head_dim: int, vocab: int, k: int, attention: str = PLAIN) -> GraphSpec:
+    """K drafts from one forward; the cache keeps the real tokens only (plain: mask slots dropped from present;
+    plugin: written past the real rows, so past_len advances by the real tokens alone)."""
     outputs = (
         TensorSpec(DRAFT_IDS, "int64", (BATCH, k)),
         TensorSpec(DRAFT_LOGITS, "float32", (BATCH, k, vocab)),
-    ) + _kv(present_name, layers, kv_heads, head_dim, TOTAL)
-    return GraphSpec(DRAFT, _common_inputs(layers, kv_heads, head_dim), outputs)
+    ) + _cache_outputs(layers, kv_heads, head_dim, attention)
+    return GraphSpec(DRAFT, _common_inputs(layers, kv_heads, head_dim, attention), outputs)
 
 
 def graph_spec_from_dict(role: str, data: dict) -> GraphSpec:

@@ -19,3 +19,7 @@ class EngineError(PardExportError):
 
 class GenerationError(PardExportError, ValueError):
     """A generation request is invalid (prompt, lengths, sampling settings)."""
+
+
+class BackendUnavailableError(PardExportError):
+    """An optional backend (TensorRT, CUDA) is not installed or has no GPU on this host."""

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .contract import ROLES, GraphSpec, graph_spec_from_dict
+from .contract import ATTENTIONS, PLAIN, ROLES, GraphSpec, graph_spec_from_dict
 from .errors import EngineError
 
 FORMAT = "pard-export/1"
@@ -52,6 +52,7 @@ class Manifest:
     files: dict[str, FileEntry] = field(default_factory=dict)
     tools: dict[str, str] = field(default_factory=dict)
     format: str = FORMAT
+    attention: str = PLAIN  # the graphs' attention flavour (contract.py); absent in engines built before plugins
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -122,6 +123,12 @@ def _check_files(root: Path, manifest: Manifest) -> None:
             raise EngineError(f"manifest's {role} graph {model.file!r} is not among its files; {_REBUILD}")
 
 
+def _attention(value) -> str:
+    if value not in ATTENTIONS:
+        raise ValueError(f"attention {value!r} (expected {', '.join(ATTENTIONS)})")
+    return value
+
+
 def _from_dict(data: dict) -> Manifest:
     if not isinstance(data, dict):
         raise TypeError("top level is not an object")
@@ -140,6 +147,7 @@ def _from_dict(data: dict) -> Manifest:
         max_seq_len=int(data["max_seq_len"]),
         dtype=data["dtype"],
         backend=data["backend"],
+        attention=_attention(data.get("attention", PLAIN)),
         models=models,
         files={name: FileEntry(**entry) for name, entry in data["files"].items()},
         tools=dict(data.get("tools", {})),

@@ -78,6 +78,15 @@ def test_k_out_of_range(capsys, tmp_path, pair, k):
     _fails_cleanly(capsys, ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--k", k, "--out", str(out)], "between 1 and 32", out)
 
 
+@pytest.mark.parametrize("flags, match", [
+    (["--attention", "bogus"], "--attention 'bogus' is not one of plain, plugin"),
+    (["--attention", "plugin", "--dtype", "float16"], "float32 only"),
+])
+def test_bad_attention(capsys, tmp_path, pair, flags, match):
+    out = tmp_path / "o"
+    _fails_cleanly(capsys, ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), *flags], match, out)
+
+
 def test_argparse_errors_are_one_line(capsys):
     _fails_cleanly(capsys, ["build", "--target", "x", "--k", "eight"], "invalid int value")
     _fails_cleanly(capsys, ["generate", "--engine", "e", "--prompt-ids", "1,x"], "comma-separated")

@@ -41,14 +41,11 @@ class Prologue(nn.Module):
 
     def forward(self, input_ids, position_ids, attention_mask, embed):
         if self.mask_slots:
-            input_ids, position_ids, attention_mask = self._append_mask_slots(input_ids, position_ids, attention_mask)
+            input_ids, position_ids = self._append_mask_slots(input_ids, position_ids)
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(input_ids.shape[0], self.mask_slots)], 1)
         B, S = input_ids.shape
         T = attention_mask.shape[1]
-        hidden = F.embedding(input_ids, embed)  # [B, S, Hd]
-        freqs = position_ids[..., None].float() * self.inv_freq  # [B, S, D/2]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = (emb.cos() * self.rope_scale).to(self.dtype)[:, None]  # [B, 1, S, D]
-        sin = (emb.sin() * self.rope_scale).to(self.dtype)[:, None]
+        hidden, cos, sin = self._embed_and_rotary(input_ids, position_ids, embed)
         # Query i sits at cache position T - S + i (bottom-right aligned) and sees real tokens up to it. A padding
         # query also sees itself, so no row is fully masked (such rows turn to NaN in float16 and would poison
         # the cache through that slot's K/V).
@@ -60,15 +57,28 @@ class Prologue(nn.Module):
         bias = torch.where(visible, 0.0, torch.finfo(self.dtype).min).to(self.dtype)[:, None]  # [B, 1, S, T]
         return hidden, bias, cos, sin
 
-    def _append_mask_slots(self, input_ids, position_ids, attention_mask):
+    def _embed_and_rotary(self, input_ids, position_ids, embed):
+        hidden = F.embedding(input_ids, embed)  # [B, S, Hd]
+        freqs = position_ids[..., None].float() * self.inv_freq  # [B, S, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * self.rope_scale).to(self.dtype)[:, None]  # [B, 1, S, D]
+        sin = (emb.sin() * self.rope_scale).to(self.dtype)[:, None]
+        return hidden, cos, sin
+
+    def _append_mask_slots(self, input_ids, position_ids):
         B = input_ids.shape[0]
         steps = torch.arange(1, self.mask_slots + 1, device=input_ids.device)
         masks = torch.full((B, self.mask_slots), self.mask_id, dtype=input_ids.dtype, device=input_ids.device)
-        return (
-            torch.cat([input_ids, masks], 1),
-            torch.cat([position_ids, position_ids[:, -1:] + steps], 1),
-            torch.cat([attention_mask, torch.ones_like(masks, dtype=attention_mask.dtype)], 1),
-        )
+        return torch.cat([input_ids, masks], 1), torch.cat([position_ids, position_ids[:, -1:] + steps], 1)
+
+
+class PluginPrologue(Prologue):
+    """The plugin flavour's prologue: no attention bias (each PardAttention node masks by past_len)."""
+
+    def forward(self, input_ids, position_ids, embed):
+        if self.mask_slots:
+            input_ids, position_ids = self._append_mask_slots(input_ids, position_ids)
+        return self._embed_and_rotary(input_ids, position_ids, embed)
 
 
 class DecoderLayer(nn.Module):
@@ -79,25 +89,12 @@ class DecoderLayer(nn.Module):
         self.arch, self.weight_names, self.drop_tail = arch, weight_names, drop_tail
 
     def forward(self, hidden, bias, cos, sin, past_key, past_value, *weights):
-        a = self.arch
         w = dict(zip(self.weight_names, weights))
-        B, S, _ = hidden.shape
-        x = rms_norm(hidden, w["input_layernorm.weight"], a.rms_eps)
-        q = linear(x, w, "self_attn.q_proj").view(B, S, a.q_heads, a.head_dim)
-        k = linear(x, w, "self_attn.k_proj").view(B, S, a.kv_heads, a.head_dim)
-        v = linear(x, w, "self_attn.v_proj").view(B, S, a.kv_heads, a.head_dim).transpose(1, 2)
-        if a.qk_norm:
-            q = rms_norm(q, w["self_attn.q_norm.weight"], a.rms_eps)
-            k = rms_norm(k, w["self_attn.k_norm.weight"], a.rms_eps)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, S, D]
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q, k, v = attention_inputs(self.arch, hidden, cos, sin, w)  # [B, H, S, D]
         key = torch.cat([past_key, k], 2)  # [B, Hkv, T, D]
         value = torch.cat([past_value, v], 2)
         out = self._attend(q, key, value, bias)  # [B, S, Hq*D]
-        hidden = hidden + linear(out, w, "self_attn.o_proj")
-        x = rms_norm(hidden, w["post_attention_layernorm.weight"], a.rms_eps)
-        hidden = hidden + linear(F.silu(linear(x, w, "mlp.gate_proj")) * linear(x, w, "mlp.up_proj"), w, "mlp.down_proj")
+        hidden = attention_outputs(self.arch, hidden, out, w)
         if self.drop_tail:
             key, value = key[:, :, : key.shape[2] - self.drop_tail], value[:, :, : value.shape[2] - self.drop_tail]
         return hidden, key, value
@@ -113,6 +110,60 @@ class DecoderLayer(nn.Module):
         probs = scores.float().softmax(-1).to(value.dtype).view(B, a.kv_heads, groups * S, T)
         out = (probs @ value).view(B, a.q_heads, S, D)
         return out.transpose(1, 2).reshape(B, S, a.q_heads * D)
+
+
+def attention_inputs(a: ArchSpec, hidden, cos, sin, w: dict[str, torch.Tensor]):
+    """The layer up to attention: q [B, Hq, S, D], k and v [B, Hkv, S, D], rotary applied to q and k."""
+    B, S, _ = hidden.shape
+    x = rms_norm(hidden, w["input_layernorm.weight"], a.rms_eps)
+    q = linear(x, w, "self_attn.q_proj").view(B, S, a.q_heads, a.head_dim)
+    k = linear(x, w, "self_attn.k_proj").view(B, S, a.kv_heads, a.head_dim)
+    v = linear(x, w, "self_attn.v_proj").view(B, S, a.kv_heads, a.head_dim).transpose(1, 2)
+    if a.qk_norm:
+        q = rms_norm(q, w["self_attn.q_norm.weight"], a.rms_eps)
+        k = rms_norm(k, w["self_attn.k_norm.weight"], a.rms_eps)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, S, D]
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
+
+
+def attention_outputs(a: ArchSpec, hidden, attended, w: dict[str, torch.Tensor]):
+    """The layer after attention (attended [B, S, Hq*D]): output projection, residuals, MLP."""
+    hidden = hidden + linear(attended, w, "self_attn.o_proj")
+    x = rms_norm(hidden, w["post_attention_layernorm.weight"], a.rms_eps)
+    return hidden + linear(F.silu(linear(x, w, "mlp.gate_proj")) * linear(x, w, "mlp.up_proj"), w, "mlp.down_proj")
+
+
+_AFTER_ATTENTION = ("self_attn.o_proj.", "post_attention_layernorm.", "mlp.")
+
+
+def split_layer_weights(names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A layer's parameter names -> (those used before attention, those used after it)."""
+    after = tuple(n for n in names if n.startswith(_AFTER_ATTENTION))
+    return tuple(n for n in names if n not in after), after
+
+
+class PluginAttentionInputs(nn.Module):
+    """Plugin flavour, one layer up to its PardAttention node: q [B, S, Hq, D], k and v [B, S, Hkv, D]."""
+
+    def __init__(self, arch: ArchSpec, weight_names: tuple[str, ...]):
+        super().__init__()
+        self.arch, self.weight_names = arch, weight_names
+
+    def forward(self, hidden, cos, sin, *weights):
+        q, k, v = attention_inputs(self.arch, hidden, cos, sin, dict(zip(self.weight_names, weights)))
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+class PluginAttentionOutputs(nn.Module):
+    """Plugin flavour, one layer after its PardAttention node (attended [B, S, Hq, D])."""
+
+    def __init__(self, arch: ArchSpec, weight_names: tuple[str, ...]):
+        super().__init__()
+        self.arch, self.weight_names = arch, weight_names
+
+    def forward(self, hidden, attended, *weights):
+        B, S = attended.shape[:2]
+        return attention_outputs(self.arch, hidden, attended.reshape(B, S, -1), dict(zip(self.weight_names, weights)))
 
 
 class TargetHead(nn.Module):

@@ -6,11 +6,11 @@ import importlib.metadata
 import re
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import __version__
-from ..contract import DRAFT, DRAFT_AR, TARGET, GraphSpec
+from ..contract import ATTENTIONS, DRAFT, DRAFT_AR, PLAIN, PLUGIN, TARGET, GraphSpec
 from ..errors import PardExportError
 from ..files import staging_dir
 from ..manifest import TOKENIZER_DIR, Manifest, ModelEntry, hash_files, write_manifest
@@ -21,7 +21,7 @@ from .sources import ModelSource, resolve_pair
 BACKENDS = ("onnxruntime", "tensorrt")
 DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_MAX_SEQ_LEN = 8192
-_TOOLS = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime")
+_TOOLS = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "onnxruntime-extensions", "tensorrt", "triton")
 _STAGES = ("check", "load", "export target", "export draft", "compile", "manifest")
 
 
@@ -37,38 +37,56 @@ def build(
     mask_token_id: int | None = None,
     force: bool = False,
     with_ar_draft: bool = False,
+    attention: str = PLAIN,
+    max_batch: int = 8,
+    prefill_chunk: int = 512,
+    timing_cache: str | Path | None = None,
     progress: bool = True,
 ) -> Path:
     """Export target.onnx and draft.onnx (k fixed mask slots) into an engine directory; returns its path.
-    with_ar_draft adds draft_ar.onnx, the draft as a plain AR model, for the ar-draft baseline."""
+    with_ar_draft adds draft_ar.onnx, the draft as a plain AR model, for the ar-draft baseline. attention="plugin"
+    exports the PardAttention flavour (preallocated KV buffers, contract.py) instead of the plain graphs.
+    backend="tensorrt" exports that flavour and builds draft.plan / target.plan for batches up to max_batch and calls
+    of up to prefill_chunk tokens, reusing the TensorRT timing cache file `timing_cache` if given."""
     checks.check_k(k)
     _check_choice("backend", backend, BACKENDS)
     _check_choice("dtype", dtype, DTYPES)
+    _check_choice("attention", attention, ATTENTIONS)
+    if attention == PLUGIN and backend == "onnxruntime" and dtype != "float32":
+        raise PardExportError(
+            "plugin-attention engines run on ONNX Runtime in float32 only (onnxruntime-extensions' Python ops have no "
+            "float16); use --dtype float32, or --attention plain"
+        )
     if dtype == "bfloat16" and backend == "onnxruntime":
         raise PardExportError(
             "bfloat16 engines need the tensorrt backend: the onnxruntime runtime keeps its KV cache in numpy, which has "
             "no bfloat16; use --dtype float16 or float32"
         )
     if backend == "tensorrt":
-        raise PardExportError(
-            "the tensorrt backend is not part of this release yet; build with --backend onnxruntime "
-            "(its engines also run on ONNX Runtime's CUDA and TensorRT execution providers)"
-        )
-    out = Path(out) if out else Path("engines") / f"{_short_name(target)}-k{k}-{backend}"
+        from .tensorrt_build import check_tensorrt_build
+
+        check_tensorrt_build(dtype)  # TensorRT importable, fp16/bf16: before anything is loaded or written
+        attention = PLUGIN  # TensorRT runs the PardAttention flavour (plugins/pard_attention/tensorrt_plugin.py)
+    flavour = "-plugin" if attention == PLUGIN else ""
+    out = Path(out) if out else Path("engines") / f"{_short_name(target)}-k{k}-{backend}{flavour}"
     if out.exists() and any(out.iterdir()) and not force:
         raise PardExportError(f"{out} exists and is not empty; pass --force to replace it or choose another --out")
     with _stages(progress) as stage:
         stage("check")
         pair = _checked_pair(target, draft, k, mask_token_id, max_seq_len)
         with staging_dir(out) as staging:
-            specs = _export_pair(pair, staging, stage, k, dtype, with_ar_draft)
+            plans: dict[str, str] = {}  # role -> plan file (tensorrt)
+            specs = _export_pair(pair, staging, stage, k, dtype, with_ar_draft, attention)
             stage("compile")
-            _compile_onnxruntime(staging, specs)
+            if backend == "tensorrt":
+                plans = _compile_tensorrt(staging, specs, pair, k, dtype, max_batch, prefill_chunk, timing_cache)
+            else:
+                _compile_onnxruntime(staging, specs)
             stage("manifest")
             pair.target_tokenizer.save_pretrained(staging / TOKENIZER_DIR)
             if not (staging / TOKENIZER_DIR / "tokenizer.json").is_file():
                 raise PardExportError("the target's tokenizer has no fast (tokenizer.json) form, which the runtime needs")
-            write_manifest(staging, _manifest(pair, specs, staging, k, dtype, backend))
+            write_manifest(staging, _manifest(pair, specs, staging, k, dtype, backend, attention, plans))
     return out
 
 
@@ -111,7 +129,8 @@ def _checked_pair(target: str, draft: str | None, k: int, mask_override: int | N
     return _Pair(target_src, draft_src, target_arch, draft_arch, target_tok, vocab, mask_id, eos_ids, max_seq_len)
 
 
-def _export_pair(pair: _Pair, staging: Path, stage, k: int, dtype: str, with_ar_draft: bool) -> dict[str, GraphSpec]:
+def _export_pair(pair: _Pair, staging: Path, stage, k: int, dtype: str, with_ar_draft: bool,
+                 attention: str) -> dict[str, GraphSpec]:
     import torch
 
     from .graphs import export_draft, export_target
@@ -121,12 +140,14 @@ def _export_pair(pair: _Pair, staging: Path, stage, k: int, dtype: str, with_ar_
     target_model = pair.target.load_model(torch_dtype)
     draft_model = target_model if pair.draft == pair.target else pair.draft.load_model(torch_dtype)
     stage("export target")
-    target_io = export_target(target_model, pair.target_arch, staging / f"{TARGET}.onnx")
+    target_io = export_target(target_model, pair.target_arch, staging / f"{TARGET}.onnx", attention=attention)
     stage("export draft")
     specs = {TARGET: target_io}
-    specs[DRAFT] = export_draft(draft_model, pair.draft_arch, staging / f"{DRAFT}.onnx", k=k, vocab=pair.vocab, mask_id=pair.mask_id)
+    specs[DRAFT] = export_draft(draft_model, pair.draft_arch, staging / f"{DRAFT}.onnx", k=k, vocab=pair.vocab,
+                                mask_id=pair.mask_id, attention=attention)
     if with_ar_draft:
-        specs[DRAFT_AR] = export_target(draft_model, pair.draft_arch, staging / f"{DRAFT_AR}.onnx", role=DRAFT_AR)
+        specs[DRAFT_AR] = export_target(draft_model, pair.draft_arch, staging / f"{DRAFT_AR}.onnx", role=DRAFT_AR,
+                                        attention=attention)
     return specs
 
 
@@ -134,19 +155,39 @@ def _compile_onnxruntime(staging: Path, specs: dict[str, GraphSpec]) -> None:
     """Load each graph once with full optimisation, so a graph ONNX Runtime rejects fails the build, not the user."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    for role in specs:
+    for role, spec in specs.items():
+        options = ort.SessionOptions()  # one per graph: a plugin graph registers the custom op library into it
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            ort.InferenceSession(str(staging / f"{role}.onnx"), options, providers=["CPUExecutionProvider"])
+            if spec.attention == PLUGIN:
+                from plugins.pard_attention.onnxruntime_op import inference_session
+
+                inference_session(staging / f"{role}.onnx", options, ["CPUExecutionProvider"])
+            else:
+                ort.InferenceSession(str(staging / f"{role}.onnx"), options, providers=["CPUExecutionProvider"])
+        except ImportError as e:
+            raise PardExportError(f"plugin-attention graphs need onnxruntime-extensions to load on ONNX Runtime ({e}); "
+                                  "pip install onnxruntime-extensions") from e
         except Exception as e:  # onnxruntime raises its own exception types without a common base
             raise PardExportError(f"ONNX Runtime cannot load the exported {role} graph: {str(e).splitlines()[0]}") from e
 
 
-def _manifest(pair: _Pair, specs: dict[str, GraphSpec], staging: Path, k: int, dtype: str, backend: str) -> Manifest:
+def _compile_tensorrt(staging: Path, specs: dict[str, GraphSpec], pair: _Pair, k: int, dtype: str, max_batch: int,
+                      prefill_chunk: int, timing_cache) -> dict[str, str]:
+    """<role>.plan for each exported graph (the ONNX files are removed: the plans hold the weights)."""
+    from .tensorrt_build import TrtBuildSettings, compile_plans
+
+    settings = TrtBuildSettings(dtype=dtype, k=k, max_batch=max_batch, prefill_chunk=prefill_chunk,
+                                max_seq_len=pair.max_seq_len, timing_cache=Path(timing_cache) if timing_cache else None)
+    return compile_plans(staging, specs, settings)
+
+
+def _manifest(pair: _Pair, specs: dict[str, GraphSpec], staging: Path, k: int, dtype: str, backend: str,
+              attention: str, plans: dict[str, str]) -> Manifest:
     tokenizer = pair.target_tokenizer
     sources = {TARGET: (pair.target, pair.target_arch), DRAFT: (pair.draft, pair.draft_arch), DRAFT_AR: (pair.draft, pair.draft_arch)}
     models = {role: _model_entry(*sources[role], spec) for role, spec in specs.items()}
+    models = {role: replace(entry, file=plans.get(role, entry.file)) for role, entry in models.items()}
     return Manifest(
         k=k,
         mask_token_id=pair.mask_id,
@@ -156,6 +197,7 @@ def _manifest(pair: _Pair, specs: dict[str, GraphSpec], staging: Path, k: int, d
         max_seq_len=pair.max_seq_len,
         dtype=dtype,
         backend=backend,
+        attention=attention,
         models=models,
         files=hash_files(staging),
         tools=_tool_versions(),

@@ -1,4 +1,8 @@
-"""Export the target and draft graphs of design §4: trace each block once, stitch, write the weights."""
+"""Export the target and draft graphs of design §4: trace each block once, stitch, write the weights.
+
+Plain flavour: prologue, L copies of one traced decoder layer, head. Plugin flavour (contract.py): each layer is
+two traced halves with a pard::PardAttention node between them (plugins/pard_attention/schema.py).
+"""
 
 from __future__ import annotations
 
@@ -14,29 +18,48 @@ import torch
 from torch import nn
 from torch.export import Dim
 
+from plugins.pard_attention import INPUTS as ATTENTION_INPUTS
+from plugins.pard_attention import OUTPUTS as ATTENTION_OUTPUTS
+from plugins.pard_attention.schema import make_node, opset_import, register_schema
+
 from ..contract import (
     ATTENTION_MASK,
     DRAFT_IDS,
     DRAFT_LOGITS,
     INPUT_IDS,
     LOGITS,
+    PAST_LEN,
+    PLAIN,
+    PLUGIN,
     POSITION_IDS,
     TARGET,
     GraphSpec,
     TensorSpec,
     draft_spec,
+    kv_cache_name,
+    kv_cache_out_name,
     past_name,
     present_name,
     target_spec,
 )
 from ..errors import CompatibilityError
 from .arch import ArchSpec
-from .blocks import DecoderLayer, DraftHead, Prologue, TargetHead
+from .blocks import (
+    DecoderLayer,
+    DraftHead,
+    PluginAttentionInputs,
+    PluginAttentionOutputs,
+    PluginPrologue,
+    Prologue,
+    TargetHead,
+    split_layer_weights,
+)
 from .onnx_file import ONNX_DTYPES, save_with_weights
 from .pard_draft import draft_to_target
 from .stitch import Placement, stitch
 
 _EXAMPLE_BATCH, _EXAMPLE_NEW, _EXAMPLE_PAST = 2, 5, 7  # distinct and >= 2, so nothing specialises
+_MIN_IR_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -50,17 +73,17 @@ class _Flavour:
     head_outputs: tuple[str, ...]
 
 
-def export_target(model, arch: ArchSpec, path: Path, role: str = TARGET) -> GraphSpec:
-    """The plain AR graph (prefill / decode / verify); also the draft's AR graph with role=DRAFT_AR."""
-    spec = target_spec(arch.layers, arch.kv_heads, arch.head_dim, arch.vocab_rows, role)
+def export_target(model, arch: ArchSpec, path: Path, role: str = TARGET, attention: str = PLAIN) -> GraphSpec:
+    """The AR graph (prefill / decode / verify); also the draft's AR graph with role=DRAFT_AR."""
+    spec = target_spec(arch.layers, arch.kv_heads, arch.head_dim, arch.vocab_rows, role, attention)
     return _export(model, arch, path, _Flavour(spec, 0, 0, TargetHead(arch.rms_eps, arch.vocab_rows), (LOGITS,)))
 
 
-def export_draft(model, arch: ArchSpec, path: Path, *, k: int, vocab: int, mask_id: int) -> GraphSpec:
+def export_draft(model, arch: ArchSpec, path: Path, *, k: int, vocab: int, mask_id: int, attention: str = PLAIN) -> GraphSpec:
     head_rows = draft_to_target(model)
     if head_rows is not None and not (0 <= int(head_rows.min()) and int(head_rows.max()) < vocab):
         raise CompatibilityError(f"the draft's head maps to ids outside the tokenizer's 0..{vocab - 1}; retrain it for this tokenizer")
-    spec = draft_spec(arch.layers, arch.kv_heads, arch.head_dim, vocab, k)
+    spec = draft_spec(arch.layers, arch.kv_heads, arch.head_dim, vocab, k, attention)
     head = DraftHead(arch.rms_eps, k, vocab)
     return _export(model, arch, path, _Flavour(spec, k - 1, mask_id, head, (DRAFT_IDS, DRAFT_LOGITS)))
 
@@ -70,37 +93,55 @@ def _export(model, arch: ArchSpec, path: Path, flavour: _Flavour) -> GraphSpec:
     head_rows = draft_to_target(model)  # a trimmed draft head: the target id of each row
     if head_rows is not None:
         weights[HEAD_ROWS] = head_rows
-    layer_params = _layer_param_names(model)
-    prologue, layer, head = _trace_blocks(model, arch, flavour, weights, names, layer_params)
-    prologue_wiring = {INPUT_IDS: INPUT_IDS, POSITION_IDS: POSITION_IDS, ATTENTION_MASK: ATTENTION_MASK}
-    prologue_wiring |= {"embed": names.embed, "hidden": "hidden_states.0"} | _SHARED_BY_LAYERS
+    plugin = flavour.spec.attention == PLUGIN
+    examples = _Examples(arch, model.dtype, new=_EXAMPLE_NEW + flavour.mask_slots)
     head_wiring = {"hidden": f"hidden_states.{arch.layers}", "norm": names.norm, "lm": names.lm_head}
     if head_rows is not None:
         head_wiring["rows"] = HEAD_ROWS
     placements = [
-        Placement(prologue, "prologue", _interface(prologue_wiring)),
-        *(Placement(layer, f"layers.{j}", _interface(_layer_wiring(j, layer_params))) for j in range(arch.layers)),
-        Placement(head, "head", _interface(head_wiring | {n: n for n in flavour.head_outputs})),
+        Placement(_trace_prologue(model, flavour, examples, weights[names.embed]), "prologue",
+                  _interface(_prologue_wiring(names, plugin))),
+        *(_plugin_layers if plugin else _plain_layers)(model, arch, flavour, examples, weights),
+        Placement(_trace_head(flavour, examples, weights, names), "head",
+                  _interface(head_wiring | {n: n for n in flavour.head_outputs})),
     ]
     dtype = ONNX_DTYPES[model.dtype]
     spec = flavour.spec
     graph = stitch(placements, _value_infos(spec.inputs, dtype), _value_infos(spec.outputs, dtype), spec.role)
     save_with_weights(graph, path, weights)
+    if plugin:
+        register_schema()
     onnx.checker.check_model(str(path))
     return spec
 
 
-def _trace_blocks(model, arch: ArchSpec, flavour: _Flavour, weights, names: WeightNames, layer_params: tuple[str, ...]):
-    """The three traced blocks: prologue, one decoder layer (weights as inputs), head."""
-    examples = _Examples(arch, model.dtype, new=_EXAMPLE_NEW + flavour.mask_slots)
+def _prologue_wiring(names: WeightNames, plugin: bool) -> dict[str, str]:
+    wiring = {INPUT_IDS: INPUT_IDS, POSITION_IDS: POSITION_IDS, "embed": names.embed, "hidden": "hidden_states.0"}
+    if plugin:
+        return wiring | {"cos": _SHARED_BY_LAYERS["cos"], "sin": _SHARED_BY_LAYERS["sin"]}
+    return wiring | {ATTENTION_MASK: ATTENTION_MASK} | _SHARED_BY_LAYERS
+
+
+def _trace_prologue(model, flavour: _Flavour, examples: _Examples, embed) -> onnx.ModelProto:
     rotary = model.model.rotary_emb
-    prologue = _trace(
-        Prologue(rotary.inv_freq, float(rotary.attention_scaling), model.dtype, flavour.mask_slots, flavour.mask_id),
-        examples.prologue(weights[names.embed]),
+    settings = (rotary.inv_freq, float(rotary.attention_scaling), model.dtype, flavour.mask_slots, flavour.mask_id)
+    if flavour.spec.attention == PLUGIN:
+        ids, positions, _, embed = examples.prologue(embed)
+        dims = examples.prologue_dims()
+        return _trace(PluginPrologue(*settings), (ids, positions, embed), [INPUT_IDS, POSITION_IDS, "embed"],
+                      ["hidden", "cos", "sin"], (dims[0], dims[1], dims[3]))
+    return _trace(
+        Prologue(*settings),
+        examples.prologue(embed),
         [INPUT_IDS, POSITION_IDS, ATTENTION_MASK, "embed"],
         ["hidden", "bias", "cos", "sin"],
         examples.prologue_dims(),
     )
+
+
+def _plain_layers(model, arch: ArchSpec, flavour: _Flavour, examples: _Examples, weights) -> list[Placement]:
+    """One traced decoder layer (weights as inputs) over a concatenated cache, placed L times."""
+    layer_params = _layer_param_names(model)
     layer = _trace(
         DecoderLayer(arch, layer_params, drop_tail=flavour.mask_slots),
         examples.layer(tuple(weights[f"model.layers.0.{n}"] for n in layer_params)),
@@ -108,15 +149,69 @@ def _trace_blocks(model, arch: ArchSpec, flavour: _Flavour, weights, names: Weig
         ["hidden_out", "present_key", "present_value"],
         examples.layer_dims(len(layer_params)),
     )
+    return [Placement(layer, f"layers.{j}", _interface(_layer_wiring(j, layer_params))) for j in range(arch.layers)]
+
+
+def _plugin_layers(model, arch: ArchSpec, flavour: _Flavour, examples: _Examples, weights) -> list[Placement]:
+    """Per layer: the traced half before attention, a PardAttention node, the traced half after it."""
+    before, after = split_layer_weights(_layer_param_names(model))
+    first = {n: weights[f"model.layers.0.{n}"] for n in before + after}  # traced with layer 0's weights
+    inputs = _trace(PluginAttentionInputs(arch, before), examples.attention_inputs([first[n] for n in before]),
+                    ["hidden", "cos", "sin", *before], ["q", "k", "v"], examples.attention_inputs_dims(len(before)))
+    outputs = _trace(PluginAttentionOutputs(arch, after), examples.attention_outputs([first[n] for n in after]),
+                     ["hidden", "attended", *after], ["hidden_out"], examples.attention_outputs_dims(len(after)))
+    node = _attention_node_block(arch, ONNX_DTYPES[model.dtype])
+    placements = []
+    for j in range(arch.layers):
+        wiring = _plugin_layer_wiring(j, before, after)
+        placements += [
+            Placement(inputs, f"layers.{j}.before_attention", _interface(wiring[0])),
+            Placement(node, f"layers.{j}.attention", _interface(wiring[1])),
+            Placement(outputs, f"layers.{j}.after_attention", _interface(wiring[2])),
+        ]
+    return placements
+
+
+def _plugin_layer_wiring(j: int, before: tuple[str, ...], after: tuple[str, ...]) -> tuple[dict[str, str], ...]:
+    """Wiring of layer j's three plugin-flavour blocks: before attention, the PardAttention node, after it."""
+    q, k, v, out = (f"layers.{j}.attention.{name}" for name in ("q", "k", "v", "out"))
+    hidden, shared = f"hidden_states.{j}", _SHARED_BY_LAYERS
+    before_wiring = {"hidden": hidden, "cos": shared["cos"], "sin": shared["sin"], "q": q, "k": k, "v": v}
+    node_wiring = {
+        "q": q, "k_new": k, "v_new": v, "k_cache": kv_cache_name(j, "key"), "v_cache": kv_cache_name(j, "value"),
+        "past_len": PAST_LEN, "out": out, "k_cache_out": kv_cache_out_name(j, "key"),
+        "v_cache_out": kv_cache_out_name(j, "value"),
+    }
+    after_wiring = {"hidden": hidden, "attended": out, "hidden_out": f"hidden_states.{j + 1}"}
+    before_wiring |= {name: f"model.layers.{j}.{name}" for name in before}
+    after_wiring |= {name: f"model.layers.{j}.{name}" for name in after}
+    return before_wiring, node_wiring, after_wiring
+
+
+def _attention_node_block(arch: ArchSpec, dtype: int) -> onnx.ModelProto:
+    """A one-node block holding pard::PardAttention, interface named like the traced blocks' ("io.<name>")."""
+    elem = {n: onnx.TensorProto.INT32 if n == "past_len" else dtype for n in ATTENTION_INPUTS + ATTENTION_OUTPUTS}
+    node = make_node([f"io.{n}" for n in ATTENTION_INPUTS], [f"io.{n}" for n in ATTENTION_OUTPUTS],
+                     q_heads=arch.q_heads, kv_heads=arch.kv_heads, head_size=arch.head_dim, name="PardAttention")
+    graph = onnx.helper.make_graph(
+        [node], "pard_attention",
+        [onnx.helper.make_tensor_value_info(f"io.{n}", elem[n], None) for n in ATTENTION_INPUTS],
+        [onnx.helper.make_tensor_value_info(f"io.{n}", elem[n], None) for n in ATTENTION_OUTPUTS],
+    )
+    block = onnx.helper.make_model(graph, opset_imports=[opset_import()])
+    block.ir_version = _MIN_IR_VERSION  # the stitched graph takes the highest of its blocks'
+    return block
+
+
+def _trace_head(flavour: _Flavour, examples: _Examples, weights, names: WeightNames) -> onnx.ModelProto:
     rows = (weights[HEAD_ROWS],) if HEAD_ROWS in weights else ()
-    head = _trace(
+    return _trace(
         flavour.head,
         (examples.hidden(), weights[names.norm], weights[names.lm_head], *rows),
         ["hidden", "norm", "lm", *(["rows"] if rows else [])],
         list(flavour.head_outputs),
         ({0: Dim.DYNAMIC, 1: Dim.DYNAMIC}, None, None, *([(None,)] if rows else [])),  # *rows arrives as one tuple
     )
-    return prologue, layer, head
 
 
 def _layer_param_names(model) -> tuple[str, ...]:
@@ -189,6 +284,23 @@ class _Examples:
         bias = torch.zeros(b, 1, s, p + s, dtype=self.dtype)
         return (self.hidden(), bias, rope, rope.clone(), past, past.clone(), *weights)
 
+    def attention_inputs(self, weights):
+        rope = torch.zeros(self.b, 1, self.s, self.arch.head_dim, dtype=self.dtype)
+        return (self.hidden(), rope, rope.clone(), *weights)
+
+    def attention_outputs(self, weights):
+        a = self.arch
+        return (self.hidden(), torch.zeros(self.b, self.s, a.q_heads, a.head_dim, dtype=self.dtype), *weights)
+
+    @staticmethod
+    def attention_inputs_dims(n_weights: int):
+        rope = {0: Dim.DYNAMIC, 2: Dim.DYNAMIC}
+        return ({0: Dim.DYNAMIC, 1: Dim.DYNAMIC}, rope, rope, (None,) * n_weights)
+
+    @staticmethod
+    def attention_outputs_dims(n_weights: int):
+        return ({0: Dim.DYNAMIC, 1: Dim.DYNAMIC}, {0: Dim.DYNAMIC, 1: Dim.DYNAMIC}, (None,) * n_weights)
+
     @staticmethod
     def prologue_dims():
         return ({0: Dim.DYNAMIC, 1: Dim.DYNAMIC}, {0: Dim.DYNAMIC, 1: Dim.DYNAMIC}, {0: Dim.DYNAMIC, 1: Dim.DYNAMIC}, None)
@@ -237,5 +349,6 @@ def _quiet_exporter():
 
 
 def _value_infos(tensors: tuple[TensorSpec, ...], model_dtype: int) -> list[onnx.ValueInfoProto]:
-    elem = {"int64": onnx.TensorProto.INT64, "float32": onnx.TensorProto.FLOAT, "model": model_dtype}
+    elem = {"int64": onnx.TensorProto.INT64, "int32": onnx.TensorProto.INT32, "float32": onnx.TensorProto.FLOAT,
+            "model": model_dtype}
     return [onnx.helper.make_tensor_value_info(t.name, elem[t.dtype], list(t.dims)) for t in tensors]

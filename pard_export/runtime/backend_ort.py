@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..contract import GraphSpec
+from ..contract import PLUGIN, GraphSpec
 from ..errors import EngineError
 
 _NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
@@ -31,7 +31,12 @@ class OrtGraph:
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=list(providers or default_providers()))
+            self.session = _inference_session(path, spec, options, list(providers or default_providers()))
+        except ImportError as e:
+            raise EngineError(
+                f"{path} holds PardAttention nodes, which ONNX Runtime runs through onnxruntime-extensions ({e}); "
+                "pip install onnx onnxruntime-extensions"
+            ) from e
         except Exception as e:  # onnxruntime's exceptions share no base class
             raise EngineError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}; rebuild the engine") from e
         _check_io(path, self.session, spec)
@@ -49,6 +54,14 @@ class OrtGraph:
         outputs = self.session.run(names, feeds)
         self.busy_s += time.perf_counter() - start
         return dict(zip(names, outputs))
+
+
+def _inference_session(path: Path, spec: GraphSpec, options: ort.SessionOptions, providers: list[str]):
+    if spec.attention == PLUGIN:  # the op and the graph pass need onnx and onnxruntime-extensions: plugin engines only
+        from plugins.pard_attention.onnxruntime_op import inference_session
+
+        return inference_session(path, options, providers)
+    return ort.InferenceSession(str(path), options, providers=providers)
 
 
 def _check_io(path: Path, session: ort.InferenceSession, spec: GraphSpec) -> None:

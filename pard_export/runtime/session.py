@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import DRAFT, DRAFT_AR, TARGET
+from ..contract import DRAFT, DRAFT_AR, PLUGIN, TARGET, cache_capacity
 from ..errors import EngineError, GenerationError
 from ..manifest import TOKENIZER_DIR, Manifest, read_manifest, verify_hashes
 from .backend_ort import OrtGraph
 from .cache import BatchCache
+from .plugin_cache import PluginCache
 from .decoding import GenerationStats, StatsRecorder, StepResult, ar_draft_step, ar_step, pard_step
 from .sampling import SamplingParams
 from .streaming import RowText
@@ -94,8 +95,9 @@ class Session:
         self.manifest: Manifest = read_manifest(self.engine_dir)
         if verify:
             verify_hashes(self.engine_dir, self.manifest)
-        if self.manifest.backend != "onnxruntime":
-            raise EngineError(f"{self.engine_dir} was built for {self.manifest.backend!r}; this runtime runs onnxruntime engines")
+        if self.manifest.backend not in ("onnxruntime", "tensorrt"):
+            raise EngineError(f"{self.engine_dir} was built for {self.manifest.backend!r}; this runtime runs onnxruntime "
+                              "and tensorrt engines")
         self.codec = TextCodec(self.engine_dir / TOKENIZER_DIR)
         self._caches = {role: self._cache(role, threads, providers) for role in self.manifest.models}
         self._eos = frozenset(self.manifest.eos_token_ids)
@@ -111,7 +113,8 @@ class Session:
 
     @property
     def providers(self) -> list[str]:
-        return self._caches[TARGET].graph.session.get_providers()
+        graph = self._caches[TARGET].graph
+        return graph.session.get_providers() if hasattr(graph, "session") else ["TensorRT"]
 
     def generate(self, prompt: Prompt | Sequence[Prompt], *, max_new_tokens: int = 128, mode: str = "pard",
                  chat: bool = False, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
@@ -156,10 +159,28 @@ class Session:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _cache(self, role: str, threads, providers) -> BatchCache:
+    def _cache(self, role: str, threads, providers) -> BatchCache | PluginCache:
         entry = self.manifest.models[role]
-        graph = OrtGraph(self.engine_dir / entry.file, entry.io, threads=threads, providers=providers)
+        self._check_attention(role)
+        if self.manifest.backend == "tensorrt":  # imported only here: the slim runtime never loads tensorrt otherwise
+            from .backend_trt import TrtGraph
+
+            graph = TrtGraph(self.engine_dir / entry.file, entry.io, capture=(1, self.manifest.k + 1))
+        else:
+            graph = OrtGraph(self.engine_dir / entry.file, entry.io, threads=threads, providers=providers)
+        if entry.io.attention == PLUGIN:
+            capacity = cache_capacity(self.manifest.max_seq_len, self.manifest.k)
+            return PluginCache(graph, entry.io, entry.kv_heads, entry.head_dim, capacity)
         return BatchCache(graph, entry.io, entry.kv_heads, entry.head_dim)
+
+    def _check_attention(self, role: str) -> None:
+        m, io = self.manifest, self.manifest.models[role].io
+        if io.attention != m.attention:
+            raise EngineError(f"{self.engine_dir}: the {role} graph has {io.attention} attention but the manifest says "
+                              f"{m.attention}; rebuild the engine")
+        if io.attention == PLUGIN and m.dtype != "float32" and m.backend == "onnxruntime":  # onnxruntime-extensions would abort
+            raise EngineError(f"{self.engine_dir} is a {m.dtype} plugin-attention engine; ONNX Runtime runs those in "
+                              "float32 only: rebuild with --dtype float32 or --attention plain")
 
     def _prepare(self, prompts: Sequence[Prompt], *, max_new_tokens: int = 128, mode: str = "pard", chat: bool = False,
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,

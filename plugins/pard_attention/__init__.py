@@ -13,12 +13,23 @@ Query i of row b attends to cache positions 0 .. past_len[b]+i (causal, aligned 
 scale 1/sqrt(D) and the softmax in float32. Rows past past_len[b]+S-1 are neither read nor written.
 
 `reference.pard_attention` is the numpy reference; `triton_kernel.pard_attention` the GPU kernel (import it
-explicitly: it needs torch and triton).
+explicitly: it needs torch and triton). As an ONNX node (one per decoder layer): `schema.py` registers its OpSchema
+and builds the node (needs onnx); `onnxruntime_op.py` runs it on ONNX Runtime through onnxruntime-extensions. ONNX
+has no in-place update, so the node also outputs the updated caches [B, Hkv, Smax, D]; TensorRT aliases them to the
+cache inputs.
 """
 
 from .reference import pard_attention
 
 DOMAIN = "pard"
 OP_TYPE = "PardAttention"
+OPSET_VERSION = 1  # of the `pard` opset
+# TensorRT's ONNX parser finds the plugin by op type, these two node attributes, and the plugin's fields.
+PLUGIN_NAMESPACE = "pard"
+PLUGIN_VERSION = "1"
+INPUTS = ("q", "k_new", "v_new", "k_cache", "v_cache", "past_len")
+OUTPUTS = ("out", "k_cache_out", "v_cache_out")
+INT_ATTRIBUTES = ("num_q_heads", "num_kv_heads", "head_size")
+STRING_ATTRIBUTES = ("plugin_namespace", "plugin_version")
 
-__all__ = ["DOMAIN", "OP_TYPE", "pard_attention"]
+__all__ = ["DOMAIN", "OP_TYPE", "OPSET_VERSION", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "pard_attention"]

@@ -1,0 +1,101 @@
+"""A plugin-flavour graph (contract.py) and its preallocated KV buffers for B rows: BatchCache's methods, no holes.
+
+Each row's real tokens fill cache rows 0 .. lengths[b]-1; PardAttention writes a call's S new tokens at
+past_len[b] .. past_len[b]+S-1 and query i sees rows 0 .. past_len[b]+i. Rejecting drafts only lowers lengths:
+the stale rows above are overwritten by the next call. A call feeds every row the same S, so rows with fewer new
+tokens than the longest are evened out (the graphs have no attention mask):
+- right padding, where nothing follows the inputs (target and AR-draft graphs): a real query never sees the pads
+  after it, and the pads' KV lands above the row's real tokens; the logits are rolled back to the left-padded
+  layout the decoding steps read.
+- re-feeding, for the draft graph (its K-1 mask slots must follow the real tokens directly, and its drafts come
+  off the last K positions): a shorter row is given its last cached tokens again in front of its new ones, from
+  past_len lowered by as many. Their KV is recomputed from the same prefix, so it is rewritten with the same values.
+- split, when a row has too few cached tokens to re-feed (a batch's first draft call): every row's new tokens but
+  the last go in right-padded (outputs dropped), then all last tokens together (S = 1).
+On ONNX Runtime the graph returns the updated buffers as new arrays (kv_cache_out), fed back as the next call's
+inputs; TensorRT updates them in place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..contract import DRAFT_IDS, DRAFT_LOGITS, INPUT_IDS, LOGITS, PAST_LEN, POSITION_IDS, GraphSpec
+from .backend_ort import OrtGraph
+
+PAD_ID = 0  # any id: pads only ever sit above a row's real tokens
+
+
+class PluginCache:
+    def __init__(self, graph: OrtGraph, spec: GraphSpec, kv_heads: int, head_dim: int, capacity: int):
+        self.graph = graph
+        self.past_names, self.present_names = spec.past_names, spec.present_names
+        self.kv_heads, self.head_dim, self.capacity = kv_heads, head_dim, capacity
+        drafts = [t.dims[1] for t in spec.outputs if t.name == DRAFT_IDS]
+        # The draft graph appends K-1 mask slots and reads its K drafts off the last K positions, so every row's
+        # real tokens must end its input (no right padding).
+        self.ends_aligned = bool(drafts)
+        self.mask_slots = int(drafts[0]) - 1 if drafts else 0
+        self.start(1)
+
+    def start(self, batch: int) -> None:
+        shape = (batch, self.kv_heads, self.capacity, self.head_dim)
+        self.kv = [np.zeros(shape, dtype=self.graph.kv_dtype) for _ in self.past_names]  # each [B, Hkv, C, D]
+        self.tokens = np.zeros((batch, self.capacity), dtype=np.int64)  # [B, C]: the token at each cache row
+        self.lengths = np.zeros(batch, dtype=np.int64)  # real tokens per row = the next position
+
+    def forward(self, tokens: np.ndarray, valid: np.ndarray, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """Run tokens [B, S] (valid [B, S] marks real ones; padding is on the left of each row); outputs named in
+        `skip` are not computed. Outputs per position come back left-padded, as BatchCache gives them."""
+        rows = [row[keep] for row, keep in zip(tokens, valid.astype(bool))]
+        counts = np.array([len(row) for row in rows], dtype=np.int64)
+        short = counts.max() - counts  # tokens each row lacks to the longest
+        if not self.ends_aligned or not short.any():
+            outputs = _left_aligned(self._run(_right_pad(rows), self.lengths, skip), short)
+        elif (self.lengths >= short).all():
+            again = [self.tokens[b, n - s : n] for b, (n, s) in enumerate(zip(self.lengths, short))]
+            outputs = self._run(np.stack([np.concatenate(pair) for pair in zip(again, rows)]), self.lengths - short, skip)
+        else:
+            if counts.max() > 1:
+                self._run(_right_pad([row[:-1] for row in rows]), self.lengths, skip=(DRAFT_LOGITS,))
+            outputs = self._run(np.stack([row[-1:] for row in rows]), self.lengths + counts - 1, skip)
+        for b, row in enumerate(rows):
+            self.tokens[b, self.lengths[b] : self.lengths[b] + len(row)] = row
+        self.lengths = self.lengths + counts
+        return outputs
+
+    def forget_last(self, counts: np.ndarray) -> None:
+        """Drop the last counts[b] tokens of row b (rejected drafts): a length, no KV moves."""
+        self.lengths = self.lengths - counts
+
+    def compact_if_needed(self, keep_rows: np.ndarray | None = None) -> None:
+        """Rows that left the batch go; there are no holes to close."""
+        if keep_rows is not None and len(keep_rows) < len(self.lengths):
+            self.kv = [t[keep_rows] for t in self.kv]
+            self.tokens, self.lengths = self.tokens[keep_rows], self.lengths[keep_rows]
+
+    def _run(self, ids: np.ndarray, past: np.ndarray, skip: tuple[str, ...]) -> dict[str, np.ndarray]:
+        if (past + ids.shape[1] + self.mask_slots > self.capacity).any():  # the op would answer NaN, not fail
+            raise AssertionError(f"a row outgrows the {self.capacity}-row KV cache; Session limits lengths so it cannot")
+        positions = past[:, None] + np.arange(ids.shape[1])  # [B, S]
+        feeds = {INPUT_IDS: ids, POSITION_IDS: positions, PAST_LEN: past.astype(np.int32)}
+        feeds |= dict(zip(self.past_names, self.kv))
+        outputs = self.graph.run(feeds, skip)
+        self.kv = [outputs[name] for name in self.present_names]
+        return outputs
+
+
+def _right_pad(rows: list[np.ndarray]) -> np.ndarray:
+    ids = np.full((len(rows), max(len(row) for row in rows)), PAD_ID, dtype=np.int64)
+    for b, row in enumerate(rows):
+        ids[b, : len(row)] = row
+    return ids
+
+
+def _left_aligned(outputs: dict[str, np.ndarray], short: np.ndarray) -> dict[str, np.ndarray]:
+    """Roll each row's per-position logits so its real positions end the row (pads move to the front)."""
+    if LOGITS not in outputs or not short.any():
+        return outputs
+    logits = outputs[LOGITS]  # [B, S, V]
+    source = (np.arange(logits.shape[1])[None, :] - short[:, None]) % logits.shape[1]  # [B, S]
+    return outputs | {LOGITS: np.take_along_axis(logits, source[:, :, None], axis=1)}

@@ -1,0 +1,139 @@
+"""`pard::PardAttention` as a TensorRT "quickly deployable" Python plugin (`tensorrt.plugin`, TensorRT >= 10.9).
+
+- `register` describes the outputs from the inputs' TensorDescs: out like q, and k_cache_out / v_cache_out
+  *aliased* to the k_cache / v_cache inputs (`TensorDesc.aliased()`), so TensorRT hands the plugin one buffer per
+  cache and the update is in place (the builder needs PreviewFeature.ALIASED_PLUGIN_IO_10_03).
+- `aot_impl` compiles the one-launch Triton kernel (`triton_fused.py`) to PTX; TensorRT embeds it in the plan, so
+  running the plan needs no Python (Triton Inference Server's C++ TensorRT backend, trtexec, CUDA graphs).
+- No `autotune`: the strongly typed network fixes every dtype, and the default LINEAR format is what the kernel
+  indexes (contiguous tensors).
+- `impl` runs the same kernel from Python at every enqueue (JIT): for debugging only. With both present, networks
+  are created with NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS (pard_export.export.tensorrt_build).
+
+The ONNX node (schema.py) carries plugin_namespace="pard" and plugin_version="1", which TensorRT's ONNX parser
+uses to find this plugin, and the int attributes num_q_heads, num_kv_heads, head_size, which become the plugin's
+attributes below. Nothing here imports tensorrt, triton or torch at module import: call `register()` explicitly
+(idempotent) before parsing a plugin graph.
+"""
+
+# No `from __future__ import annotations`: tensorrt.plugin reads the decorated functions' annotations as classes
+# (issubclass(annotation, TensorDesc)), which string annotations would break.
+from . import DOMAIN, INT_ATTRIBUTES, OP_TYPE
+
+PLUGIN_ID = f"{DOMAIN}::{OP_TYPE}"
+ATTRIBUTES = INT_ATTRIBUTES  # num_q_heads, num_kv_heads, head_size: typed `int` plugin attributes
+ALIASED_OUTPUTS = {1: 3, 2: 4}  # output index -> the input index it aliases (k_cache_out -> k_cache, v -> v)
+_TRITON_DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+
+_registered = False
+
+
+def triton_dtype_name(dtype) -> str:
+    """Triton's pointer type name for a TensorRT DataType (or its name: "float16", "DataType.HALF", ...)."""
+    name = str(dtype).lower().removeprefix("datatype.")
+    name = {"half": "float16", "bf16": "bfloat16", "float": "float32"}.get(name, name)
+    if name not in _TRITON_DTYPES:
+        raise ValueError(f"PardAttention runs in float16, bfloat16 or float32, not {dtype}")
+    return _TRITON_DTYPES[name]
+
+
+def compile_kernel(dtype_name: str, q_heads: int, kv_heads: int, head_size: int, target: tuple[int, int] | None = None):
+    """Compile the fused kernel for one node: (kernel name, PTX, metadata dict with num_warps and shared bytes).
+
+    target=(compute capability, warp size) compiles for that GPU without one present; None: the current GPU."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from . import triton_fused
+
+    source = triton.compiler.ASTSource(
+        fn=triton_fused.pard_attention_fused_kernel,
+        signature=triton_fused.signature(dtype_name),
+        constexprs=triton_fused.constexprs(q_heads, kv_heads, head_size, dtype_name),
+    )
+    options = {"num_warps": triton_fused.NUM_WARPS, "num_stages": triton_fused.NUM_STAGES}
+    if target is None:
+        compiled = triton.compile(source, options=options)
+    else:
+        compiled = triton.compile(source, target=GPUTarget("cuda", target[0], target[1]), options=options)
+    meta = {"num_warps": compiled.metadata.num_warps, "shared": compiled.metadata.shared}
+    name = compiled.metadata.name
+    ptx = drop_hidden_params(compiled.asm["ptx"], name, len(triton_fused.RUNTIME_ARGS))
+    return name.encode(), ptx.encode(), meta
+
+
+def drop_hidden_params(ptx: str, kernel_name: str, count: int) -> str:
+    """The PTX with only the kernel's first `count` parameters declared.
+
+    Triton (>= 3.3) appends hidden pointer parameters (global and profile scratch) after the user's arguments, but
+    TensorRT's AOT launcher passes exactly inputs + extra scalars + outputs. Parameters the kernel body never
+    reads can be dropped so the two agree; one it does read (a kernel that needs scratch memory) cannot, and is
+    refused."""
+    import re
+
+    declared = re.findall(rf"\.param\s+[^\n]*?\b({re.escape(kernel_name)}_param_(\d+))", ptx)
+    extra = [param for param, index in declared if int(index) >= count]
+    if len(declared) - len(extra) != count:
+        raise ValueError(f"{kernel_name}: expected {count} parameters in its PTX, found {len(declared)}")
+    for param in extra:
+        if len(re.findall(rf"\b{param}\b", ptx)) != 1:
+            raise ValueError(f"{kernel_name} reads its hidden parameter {param} (scratch memory), which TensorRT's AOT "
+                             "launcher does not pass")
+        ptx = re.sub(rf",?\s*\.param[^\n,]*\b{param}\b", "", ptx, count=1)
+    return ptx
+
+
+def register() -> None:
+    """Register pard::PardAttention with TensorRT's plugin registry (once per process)."""
+    global _registered
+    if _registered:
+        return
+    from pard_export.tensorrt_support import require_tensorrt
+
+    require_tensorrt()
+    _define()
+    _registered = True
+
+
+def _define() -> None:
+    from typing import Tuple, Union
+
+    import tensorrt.plugin as trtp
+
+    from . import triton_fused
+
+    @trtp.register(PLUGIN_ID)
+    def pard_attention_desc(
+        q: trtp.TensorDesc, k_new: trtp.TensorDesc, v_new: trtp.TensorDesc, k_cache: trtp.TensorDesc,
+        v_cache: trtp.TensorDesc, past_len: trtp.TensorDesc, num_q_heads: int, num_kv_heads: int, head_size: int,
+    ) -> Tuple[trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc]:
+        return q.like(), k_cache.aliased(), v_cache.aliased()
+
+    @trtp.aot_impl(PLUGIN_ID)
+    def pard_attention_aot(
+        q: trtp.TensorDesc, k_new: trtp.TensorDesc, v_new: trtp.TensorDesc, k_cache: trtp.TensorDesc,
+        v_cache: trtp.TensorDesc, past_len: trtp.TensorDesc, num_q_heads: int, num_kv_heads: int, head_size: int,
+        outputs: Tuple[trtp.TensorDesc], tactic: int,
+    ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
+        name, ptx, meta = compile_kernel(triton_dtype_name(q.dtype), num_q_heads, num_kv_heads, head_size)
+        batch, seq = q.shape_expr[0], q.shape_expr[1]
+        grid_x, grid_y = triton_fused.launch_grid(batch, seq, num_kv_heads, num_q_heads // num_kv_heads, cdiv=trtp.cdiv)
+        launch = trtp.KernelLaunchParams()
+        launch.grid_x = grid_x
+        launch.grid_y = grid_y
+        launch.block_x = meta["num_warps"] * 32
+        launch.shared_mem = meta["shared"]
+        # the kernel's int32 scalars, between the input and the output pointers: S and the cache capacity Smax
+        extra_args = trtp.SymIntExprs.from_tuple([trtp.SymInt32(seq), trtp.SymInt32(k_cache.shape_expr[2])])
+        return name, ptx, launch, extra_args
+
+    @trtp.impl(PLUGIN_ID)
+    def pard_attention_jit(q, k_new, v_new, k_cache, v_cache, past_len, num_q_heads: int, num_kv_heads: int,
+                           head_size: int, outputs, stream: int) -> None:
+        # Debugging only: Python at every enqueue. The caches are aliased, so the kernel updates them in place.
+        import torch
+
+        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
+            tensors = [torch.as_tensor(t, device="cuda") for t in (q, k_new, v_new, k_cache, v_cache, past_len)]
+            out = torch.as_tensor(outputs[0], device="cuda")
+            out.copy_(triton_fused.pard_attention_fused(*tensors))

@@ -1,0 +1,265 @@
+"""The TensorRT side of PardAttention: the one-launch Triton kernel its AOT plugin embeds (against the numpy
+reference, in Triton's CPU interpreter), the pure launch helpers, and the registration (where TensorRT exists)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from plugins.pard_attention import reference, tensorrt_plugin  # noqa: E402
+from pard_export.errors import BackendUnavailableError  # noqa: E402
+from pard_export.tensorrt_support import tensorrt_available  # noqa: E402
+
+from .test_pard_attention import TOLERANCE, as_numpy, error, make_inputs  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on CPU the kernel runs in Triton's interpreter
+CASES = [  # (S, Hq, Hkv, D, past): decode, verify, GQA groups, a query block split (S * GROUP > 64), head size 80
+    (1, 4, 2, 16, (0, 17)),
+    (9, 8, 2, 32, (0, 70)),
+    (20, 8, 1, 16, (3, 0)),
+    (5, 3, 1, 80, (130, 1)),
+]
+
+
+def fused():
+    pytest.importorskip("triton")
+    from plugins.pard_attention import triton_fused
+
+    return triton_fused
+
+
+@pytest.mark.parametrize("seq, q_heads, kv_heads, head_dim, past", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fused_kernel_matches_the_reference(seq, q_heads, kv_heads, head_dim, past, dtype):
+    inputs = make_inputs(seq, q_heads, kv_heads, head_dim, dtype=dtype, past=past, device=DEVICE)
+    expected_inputs = as_numpy(inputs)
+    k_before = inputs[3].clone()
+    expected = reference.pard_attention(*expected_inputs)
+    out = fused().pard_attention_fused(*inputs)
+    assert out.dtype == dtype and out.shape == (len(past), seq, q_heads, head_dim)
+    assert error(out.float().cpu().numpy(), expected, dtype) <= TOLERANCE[dtype]
+    # the caches: the new rows written in place, everything else untouched
+    np.testing.assert_allclose(inputs[3].float().cpu().numpy(), expected_inputs[3], atol=0)
+    np.testing.assert_allclose(inputs[4].float().cpu().numpy(), expected_inputs[4], atol=0)
+    for b, p in enumerate(past):
+        assert torch.equal(inputs[3][b, :, :p], k_before[b, :, :p])
+        assert torch.equal(inputs[3][b, :, p + seq :], k_before[b, :, p + seq :])
+
+
+def test_fused_kernel_bfloat16():
+    inputs = make_inputs(4, 4, 2, 16, dtype=torch.bfloat16, past=(0, 9), device=DEVICE)
+    expected = reference.pard_attention(*as_numpy(inputs))
+    out = fused().pard_attention_fused(*inputs)
+    assert error(out.float().cpu().numpy(), expected, torch.bfloat16) <= TOLERANCE[torch.bfloat16]
+
+
+def test_launch_grid_and_signature_follow_the_aot_argument_order():
+    kernel = fused()
+    assert kernel.launch_grid(2, 9, 2, 4) == (4, 1)  # 9 tokens x 4 heads = 36 rows: one 64-row block
+    assert kernel.launch_grid(3, 20, 1, 8) == (3, 3)  # 160 rows: three blocks
+    names = list(kernel.signature("fp16"))
+    inputs, scalars, outputs = names[:6], names[6:8], names[8:11]
+    assert inputs == ["Q", "KNew", "VNew", "KCache", "VCache", "PastLen"]  # the node's inputs, in order
+    assert scalars == ["seq", "capacity"] and outputs == ["Out", "KCacheOut", "VCacheOut"]
+    assert names == list(kernel.pard_attention_fused_kernel.arg_names)
+    assert all(kind == "constexpr" for kind in list(kernel.signature("fp16").values())[11:])
+
+
+def test_plugin_attributes_and_outputs_match_the_onnx_node():
+    from plugins import pard_attention
+
+    assert tensorrt_plugin.PLUGIN_ID == "pard::PardAttention"
+    assert tensorrt_plugin.ALIASED_OUTPUTS == {1: 3, 2: 4}  # k_cache_out -> k_cache, v_cache_out -> v_cache
+    assert pard_attention.OUTPUTS[1:] == ("k_cache_out", "v_cache_out")
+    assert tuple(tensorrt_plugin.ATTRIBUTES) == pard_attention.INT_ATTRIBUTES
+    assert tensorrt_plugin.triton_dtype_name("float16") == "fp16"
+
+
+def test_register_without_tensorrt_is_a_clear_error():
+    if tensorrt_available():
+        pytest.skip("TensorRT is installed here")
+    with pytest.raises(BackendUnavailableError, match="TensorRT is not installed"):
+        tensorrt_plugin.register()
+
+
+_COMPILE = """
+import json, subprocess, sys, tempfile
+import triton
+from plugins.pard_attention import tensorrt_plugin
+results = {}
+for dtype in ("fp16", "bf16"):
+    name, ptx, meta = tensorrt_plugin.compile_kernel(dtype, 8, 2, 64, target=(89, 32))
+    with tempfile.NamedTemporaryFile("wb", suffix=".ptx") as f:
+        f.write(ptx)
+        f.flush()
+        ptxas = triton.knobs.nvidia.ptxas.path
+        done = subprocess.run([ptxas, "-arch=sm_89", f.name, "-o", f.name + ".cubin"], capture_output=True, text=True)
+    results[dtype] = dict(name=name.decode(), params=ptx.decode().count(name.decode() + "_param_"), meta=meta,
+                          ptxas=done.returncode, ptxas_error=done.stderr[-300:], target="sm_89" in ptx.decode())
+print(json.dumps(results))
+"""
+
+
+def test_aot_kernel_compiles_to_ptx_that_ptxas_accepts_without_a_gpu():
+    """What aot_impl hands TensorRT, made for SM89 on this CPU machine (triton.compile with an explicit target, in a
+    process without TRITON_INTERPRET): PTX whose entry takes exactly the 11 arguments TensorRT's AOT launcher passes
+    (Triton's unused hidden scratch pointers dropped), and which ptxas assembles."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(Path(__file__).parents[2])
+    done = subprocess.run([sys.executable, "-c", _COMPILE], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for dtype, result in json.loads(done.stdout.splitlines()[-1]).items():
+        assert result["name"] == "pard_attention_fused_kernel" and result["target"], dtype
+        assert result["params"] == 11 * 2, dtype  # each parameter declared once and loaded once (ld.param)
+        assert result["ptxas"] == 0, result["ptxas_error"]
+        assert result["meta"]["num_warps"] == 4 and result["meta"]["shared"] <= 48 * 1024
+
+
+SYNTHETIC_PTX = """.visible .entry k(
+	.param .u64 .ptr .global .align 1 k_param_0,
+	.param .u32 k_param_1,
+	.param .u64 .ptr .global .align 1 k_param_2,
+	.param .u64 .ptr .global .align 1 k_param_3
+)
+{
+	ld.param.u64 	%rd1, [k_param_0];
+	ld.param.u32 	%r1, [k_param_1];
+{body}}
+"""
+
+
+def test_drop_hidden_params_keeps_the_launcher_arguments_only():
+    trimmed = tensorrt_plugin.drop_hidden_params(SYNTHETIC_PTX.replace("{body}", ""), "k", 2)
+    assert "k_param_1\n)" in trimmed and "k_param_2" not in trimmed and "k_param_3" not in trimmed
+    with pytest.raises(ValueError, match="scratch"):  # a kernel that reads a hidden pointer cannot be trimmed
+        tensorrt_plugin.drop_hidden_params(SYNTHETIC_PTX.replace("{body}", "\tld.param.u64 \t%rd2, [k_param_3];\n"), "k", 2)
+    with pytest.raises(ValueError, match="expected 5 parameters"):
+        tensorrt_plugin.drop_hidden_params(SYNTHETIC_PTX.replace("{body}", ""), "k", 5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_aot_ptx_runs_with_exactly_the_arguments_tensorrt_passes(tmp_path):
+    """The PTX aot_impl returns, loaded and launched the way TensorRT's AOT launcher does (inputs, the two int32
+    scalars, outputs; no hidden scratch pointers), through CuPy's raw module API."""
+    cupy = pytest.importorskip("cupy")
+    seq, q_heads, kv_heads, head_dim, past = 5, 8, 2, 64, (0, 70)
+    inputs = make_inputs(seq, q_heads, kv_heads, head_dim, dtype=torch.float16, past=past, device="cuda")
+    expected = reference.pard_attention(*as_numpy(inputs))
+    major, minor = torch.cuda.get_device_capability()
+    name, ptx, meta = tensorrt_plugin.compile_kernel("fp16", q_heads, kv_heads, head_dim, target=(major * 10 + minor, 32))
+    (tmp_path / "kernel.ptx").write_bytes(ptx)
+    kernel = cupy.RawModule(path=str(tmp_path / "kernel.ptx")).get_function(name.decode())  # CuPy loads .ptx files
+    q, k_new, v_new, k_cache, v_cache, past_len = inputs
+    out = torch.empty_like(q)
+    grid = fused().launch_grid(len(past), seq, kv_heads, q_heads // kv_heads)
+    pointers = [t.data_ptr() for t in (q, k_new, v_new, k_cache, v_cache, past_len)]
+    args = (*[cupy.uint64(p) for p in pointers], np.int32(seq), np.int32(k_cache.shape[2]),
+            cupy.uint64(out.data_ptr()), cupy.uint64(k_cache.data_ptr()), cupy.uint64(v_cache.data_ptr()))
+    torch.cuda.synchronize()
+    kernel((grid[0], grid[1], 1), (meta["num_warps"] * 32, 1, 1), args, shared_mem=meta["shared"])
+    cupy.cuda.runtime.deviceSynchronize()
+    assert error(out.float().cpu().numpy(), expected, torch.float16) <= TOLERANCE[torch.float16]
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_registration_is_idempotent_with_tensorrt():
+    import tensorrt.plugin as trtp
+
+    tensorrt_plugin.register()
+    tensorrt_plugin.register()
+    assert tensorrt_plugin.PLUGIN_ID in trtp._lib.QDP_REGISTRY
+
+
+class _FakeTrtPlugin:
+    """Just enough of `tensorrt.plugin` to run the decorators and call what they registered, with ints for shape
+    expressions: checks the functions' annotations (real classes, 3 outputs) and what aot_impl returns."""
+
+    def __init__(self):
+        import types
+
+        self.registered = {}
+        fake = self
+
+        class TensorDesc:
+            def __init__(self, shape=(), dtype="DataType.HALF", alias=None):
+                self.shape_expr, self.dtype, self.alias = list(shape), dtype, alias
+
+            def like(self):
+                return TensorDesc(self.shape_expr, self.dtype)
+
+            def aliased(self):
+                return TensorDesc(self.shape_expr, self.dtype, alias=self)
+
+        class KernelLaunchParams:
+            pass
+
+        class SymExprs(tuple):
+            pass
+
+        class SymIntExprs(SymExprs):
+            @classmethod
+            def from_tuple(cls, items):
+                return cls(items)
+
+        def decorator(kind):
+            def wrap(plugin_id, *args, **kwargs):
+                def inner(fn):
+                    fake.registered[(kind, plugin_id)] = fn
+                    return fn
+                return inner
+            return wrap
+
+        self.module = types.SimpleNamespace(
+            TensorDesc=TensorDesc, KernelLaunchParams=KernelLaunchParams, SymExprs=SymExprs, SymIntExprs=SymIntExprs,
+            SymInt32=lambda value: ("i32", value), cdiv=lambda a, b: -(-a // b),
+            register=decorator("register"), aot_impl=decorator("aot_impl"), impl=decorator("impl"),
+        )
+
+
+def test_registration_against_a_fake_tensorrt_plugin_module(monkeypatch):
+    import inspect
+    import typing
+
+    fake = _FakeTrtPlugin()
+    monkeypatch.setitem(sys.modules, "tensorrt", type(sys)("tensorrt"))
+    monkeypatch.setitem(sys.modules, "tensorrt.plugin", fake.module)
+    monkeypatch.setattr("pard_export.tensorrt_support.require_tensorrt", lambda: sys.modules["tensorrt"])
+    monkeypatch.setattr(tensorrt_plugin, "_registered", False)
+    monkeypatch.setattr(tensorrt_plugin, "compile_kernel", lambda *a, **k: (b"kernel", b"ptx", {"num_warps": 4, "shared": 512}))
+    tensorrt_plugin.register()
+    tensorrt_plugin.register()  # idempotent: defined once
+    assert set(fake.registered) == {(kind, "pard::PardAttention") for kind in ("register", "aot_impl", "impl")}
+
+    describe = fake.registered[("register", "pard::PardAttention")]
+    signature = inspect.signature(describe)
+    assert signature.parameters["q"].annotation is fake.module.TensorDesc  # classes, not strings
+    assert [signature.parameters[n].annotation for n in tensorrt_plugin.ATTRIBUTES] == [int, int, int]
+    assert len(typing.get_args(signature.return_annotation)) == 3
+
+    TensorDesc = fake.module.TensorDesc
+    batch, seq, q_heads, kv_heads, head, capacity = 3, 20, 8, 2, 64, 1040
+    q, new = TensorDesc((batch, seq, q_heads, head)), TensorDesc((batch, seq, kv_heads, head))
+    caches = TensorDesc((batch, kv_heads, capacity, head)), TensorDesc((batch, kv_heads, capacity, head))
+    inputs = (q, new, new, *caches, TensorDesc((batch,), "DataType.INT32"))
+    out, k_out, v_out = describe(*inputs, q_heads, kv_heads, head)
+    assert out.shape_expr == q.shape_expr and out.alias is None
+    assert k_out.alias is caches[0] and v_out.alias is caches[1]  # in place
+
+    aot = fake.registered[("aot_impl", "pard::PardAttention")]
+    name, ptx, launch, extra = aot(*inputs, q_heads, kv_heads, head, (out, k_out, v_out), 0)
+    assert (name, ptx) == (b"kernel", b"ptx")
+    assert (launch.grid_x, launch.grid_y, launch.block_x, launch.shared_mem) == (batch * kv_heads, 2, 128, 512)  # 80 rows
+    assert isinstance(extra, fake.module.SymExprs) and list(extra) == [("i32", seq), ("i32", capacity)]

@@ -1,0 +1,143 @@
+"""Session on plugin-attention engines (PardAttention over preallocated KV buffers, on ONNX Runtime through the
+onnxruntime-extensions op): greedy output == the target's own greedy decoding, token for token, alone and in a
+batch whose rows accept different numbers of drafts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import tiny_models
+from pard_export.contract import draft_spec
+from pard_export.errors import EngineError
+from pard_export.runtime import Session
+from pard_export.runtime.plugin_cache import PluginCache
+
+pytest.importorskip("onnxruntime_extensions")
+
+NEW_TOKENS = tiny_models.NEW_TOKENS
+K = 4
+
+
+@pytest.fixture(scope="module")
+def near_copy_draft(tmp_path_factory):
+    """The llama target's weights plus a little noise: its drafts are right about half the time, so the rows of a
+    batch accept different numbers of drafts at the same step (and then feed the draft different numbers of tokens)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    directory = tiny_models.make_model(tmp_path_factory.mktemp("near-copy") / "d", "llama", tiny_models.TARGET_SIZE, seed=0)
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    noise = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=noise) * 0.01)
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def session(tiny_pair, engine, near_copy_draft):
+    target, _ = tiny_pair("llama")
+    with Session(engine(target, near_copy_draft, K, attention="plugin", max_seq_len=96, with_ar_draft=True)) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def plain_session(tiny_pair, engine, near_copy_draft):
+    """The same pair with plain attention: its drafts must be the plugin engine's."""
+    target, _ = tiny_pair("llama")
+    with Session(engine(target, near_copy_draft, K, max_seq_len=96)) as s:
+        yield s
+
+
+def test_plugin_engine_uses_preallocated_buffers(session):
+    assert session.manifest.attention == "plugin"
+    assert all(isinstance(cache, PluginCache) for cache in session._caches.values())
+
+
+@pytest.mark.parametrize("mode", ["pard", "ar", "ar-draft"])
+def test_each_prompt_equals_target_greedy(session, references, mode):
+    for prompt_ids, expected in references("llama"):
+        result = session.generate(prompt_ids, max_new_tokens=NEW_TOKENS, mode=mode)
+        assert result.token_ids == expected, mode
+        if mode == "pard":
+            assert result.stats.mean_accepted_tokens > 1.0  # drafts were accepted, so lengths were lowered and kept
+
+
+@pytest.mark.parametrize("rows", [(0, 1), (1, 2), (0, 2)])
+def test_a_batch_of_two_equals_target_greedy_with_different_acceptance(session, plain_session, references, rows,
+                                                                       monkeypatch):
+    draft = session._caches["draft"]
+    new_per_row = []  # the draft's new tokens per row, call by call: they differ where the rows accepted differently
+    forward = draft.forward
+
+    def counting(tokens, valid, **kwargs):
+        new_per_row.append(valid.sum(1).tolist())
+        return forward(tokens, valid, **kwargs)
+
+    monkeypatch.setattr(draft, "forward", counting)
+    cases = [references("llama")[i] for i in rows]  # prompts of different lengths
+    results = session.generate_batch([ids for ids, _ in cases], max_new_tokens=NEW_TOKENS)
+    assert [r.token_ids for r in results] == [expected for _, expected in cases]
+    assert any(len(set(counts)) > 1 for counts in new_per_row[1:])  # after the prompts: different acceptance
+    # Lossless output alone would not notice wrong drafts (they are just rejected): the drafts, as their
+    # acceptance shows, must be the plain engine's too.
+    plain = plain_session.generate_batch([ids for ids, _ in cases], max_new_tokens=NEW_TOKENS)
+    assert [r.stats.per_position_accepted for r in results] == [r.stats.per_position_accepted for r in plain]
+
+
+def test_a_batch_of_three_whose_rows_finish_at_different_steps(session, references):
+    cases = references("llama")
+    results = session.generate_batch([ids for ids, _ in cases], max_new_tokens=NEW_TOKENS)
+    assert [r.token_ids for r in results] == [expected for _, expected in cases]
+    assert len({r.stats.target_forwards for r in results}) > 1  # rows left the batch at different steps
+
+
+def test_draft_cache_refeeds_shorter_rows():
+    """Rows with fewer new tokens get their last cached tokens again, from a lower past_len (no right padding
+    before the mask slots); rows without enough cached tokens go in two calls."""
+    calls = []
+
+    class Graph:
+        kv_dtype = np.float32
+
+        def run(self, feeds, skip=()):
+            calls.append({name: feeds[name].copy() for name in ("input_ids", "position_ids", "past_len")})
+            return {"draft_ids": np.zeros((len(feeds["past_len"]), K), np.int64),
+                    "kv_cache_out.0.key": feeds["kv_cache.0.key"], "kv_cache_out.0.value": feeds["kv_cache.0.value"]}
+
+    cache = PluginCache(Graph(), draft_spec(1, 1, 2, 10, K, attention="plugin"), 1, 2, capacity=32)
+    cache.start(2)
+    cache.forward(np.array([[5, 6, 7], [0, 0, 8]]), np.array([[1, 1, 1], [0, 0, 1]]))  # prefill: lengths 0 -> split
+    assert [c["input_ids"].tolist() for c in calls] == [[[5, 6], [0, 0]], [[7], [8]]]
+    assert [c["past_len"].tolist() for c in calls] == [[0, 0], [2, 0]]
+    cache.forward(np.array([[0, 9], [3, 4]]), np.array([[0, 1], [1, 1]]))  # row 0 re-feeds its last token, 7
+    assert calls[-1]["input_ids"].tolist() == [[7, 9], [3, 4]]
+    assert calls[-1]["past_len"].tolist() == [2, 1] and calls[-1]["position_ids"].tolist() == [[2, 3], [1, 2]]
+    assert cache.lengths.tolist() == [4, 3]
+    cache.forget_last(np.array([1, 0]))
+    assert cache.lengths.tolist() == [3, 3]
+
+
+def test_float16_plugin_engine_is_refused_before_onnx_runtime_runs_it(tiny_pair, engine, tmp_path):
+    target, draft = tiny_pair("llama")
+    copy = shutil.copytree(engine(target, draft, K, attention="plugin", max_seq_len=96), tmp_path / "e")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps(manifest | {"dtype": "float16"}))
+    with pytest.raises(EngineError, match="float32 only"):
+        Session(copy)
+
+
+def test_an_old_manifest_without_attention_loads_as_plain(tiny_pair, engine, tmp_path):
+    target, draft = tiny_pair("llama")
+    copy = shutil.copytree(engine(target, draft, K), tmp_path / "e")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest.pop("attention") == "plain"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with Session(copy) as s:
+        assert s.manifest.attention == "plain"
+        assert s.generate([5, 6, 7], max_new_tokens=3).token_ids
