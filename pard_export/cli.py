@@ -127,6 +127,23 @@ def _parser() -> argparse.ArgumentParser:
     recipe.add_argument("--out", help="config file (default: inside the engine directory)")
     recipe.set_defaults(run=_run_recipe)
 
+    triton = commands.add_parser("triton", help="a Triton Inference Server model repository serving the engine")
+    triton.add_argument("--engine", required=True)
+    triton.add_argument("--out", required=True, help="the model repository to write (it gets the model `pard`)")
+    triton.add_argument("--backend", help="refuse an engine built for another backend (default: the engine's)")
+    triton.add_argument("--copy-engine", action="store_true", help="copy the engine into the repository "
+                        "(default: refer to it by absolute path)")
+    triton.add_argument("--max-tokens-limit", type=int, help="largest max_tokens a request may ask for "
+                        "(default: the engine's max_seq_len - 1)")
+    triton.add_argument("--max-batch-size", type=int, default=8, help="requests decoded together at most")
+    triton.add_argument("--instances", type=int, default=1, help="model instances (each owns a Session)")
+    triton.add_argument("--kind", default="cpu", help="cpu (KIND_CPU) or gpu (KIND_GPU) instances")
+    triton.add_argument("--threads", type=int, default=0, help="onnxruntime threads per instance (0: its default)")
+    triton.add_argument("--python-path", action="append", help="a site-packages folder the server's Python adds "
+                        "(repeatable; default: this interpreter's)")
+    triton.add_argument("--force", action="store_true", help="replace --out if it exists")
+    triton.set_defaults(run=_run_triton)
+
     demo = commands.add_parser("demo", help="offline SmolLM2 demo: build if missing, then generate")
     demo.add_argument("--engines", default="engines", help="where the demo engine lives (default engines/)")
     demo.add_argument("--max-new-tokens", type=int, default=64)
@@ -223,6 +240,18 @@ def _run_recipe(args) -> int:
 
     made = recipe(args.engine, args.serve_with, tp=args.tp, out=args.out)
     print(f"wrote {made.path}\nserve with: {made.command}")
+    return 0
+
+
+def _run_triton(args) -> int:
+    from .triton_repo import write_repository
+
+    model_dir = write_repository(args.engine, args.out, backend=args.backend, copy_engine=args.copy_engine,
+                                 max_tokens_limit=args.max_tokens_limit, max_batch_size=args.max_batch_size,
+                                 instances=args.instances, kind=args.kind, threads=args.threads,
+                                 python_path=args.python_path, force=args.force)
+    print(f"wrote {model_dir} (config.pbtxt validated); serve it with: tritonserver --model-repository={args.out}\n"
+          f"or on this machine: python -m pard_export.triton_repo.server --repo {args.out}")
     return 0
 
 
