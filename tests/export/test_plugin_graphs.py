@@ -45,21 +45,31 @@ def engines(tiny_pair, engine):
     return engine(target, draft, K), engine(target, draft, K, attention="plugin", max_seq_len=64)
 
 
-def _plain(session, layers, shape, prefix, new):
-    """Outputs of `new` after `prefix` through a plain graph: (outputs by name, present caches)."""
-    b, kv_heads, head_dim = shape
-    kv = [np.zeros((b, kv_heads, 0, head_dim), np.float32) for _ in range(2 * layers)]
-    outputs, start = None, 0
+def _names(name_of, layers):
+    return [name_of(i, kind) for i in range(layers) for kind in ("key", "value")]
+
+
+def _steps(session, prefix, new, kv, cache_in, cache_out, context):
+    """Run `prefix`, then `new`; context(start, s) gives the flavour's own feeds. (outputs, caches, length)."""
+    b, outputs, start = prefix.shape[0], None, 0
     for ids in (prefix, new):
         if not ids.shape[1]:
             continue
         s = ids.shape[1]
-        feeds = {INPUT_IDS: ids, POSITION_IDS: np.tile(np.arange(start, start + s), (b, 1)),
-                 ATTENTION_MASK: np.ones((b, start + s), np.int64)}
-        feeds |= {past_name(i, kind): kv[2 * i + j] for i in range(layers) for j, kind in enumerate(("key", "value"))}
+        feeds = {INPUT_IDS: ids, POSITION_IDS: np.tile(np.arange(start, start + s), (b, 1)), **context(start, s)}
+        feeds |= dict(zip(cache_in, kv))
         outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
-        kv = [outputs[present_name(i, kind)] for i in range(layers) for kind in ("key", "value")]
+        kv = [outputs[name] for name in cache_out]
         start += s
+    return outputs, kv, start
+
+
+def _plain(session, layers, shape, prefix, new):
+    """Outputs of `new` after `prefix` through a plain graph: (outputs by name, present caches)."""
+    b, kv_heads, head_dim = shape
+    kv = [np.zeros((b, kv_heads, 0, head_dim), np.float32) for _ in range(2 * layers)]
+    outputs, kv, _ = _steps(session, prefix, new, kv, _names(past_name, layers), _names(present_name, layers),
+                            lambda start, s: {ATTENTION_MASK: np.ones((b, start + s), np.int64)})
     return outputs, kv
 
 
@@ -67,18 +77,9 @@ def _plugin(session, layers, shape, prefix, new, capacity):
     """The same through a plugin graph: (outputs by name, each cache's first P+S rows)."""
     b, kv_heads, head_dim = shape
     kv = [np.zeros((b, kv_heads, capacity, head_dim), np.float32) for _ in range(2 * layers)]
-    outputs, start = None, 0
-    for ids in (prefix, new):
-        if not ids.shape[1]:
-            continue
-        s = ids.shape[1]
-        feeds = {INPUT_IDS: ids, POSITION_IDS: np.tile(np.arange(start, start + s), (b, 1)),
-                 PAST_LEN: np.full(b, start, np.int32)}
-        feeds |= {kv_cache_name(i, kind): kv[2 * i + j] for i in range(layers) for j, kind in enumerate(("key", "value"))}
-        outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
-        kv = [outputs[kv_cache_out_name(i, kind)] for i in range(layers) for kind in ("key", "value")]
-        start += s
-    return outputs, [t[:, :, :start] for t in kv]
+    outputs, kv, length = _steps(session, prefix, new, kv, _names(kv_cache_name, layers),
+                                 _names(kv_cache_out_name, layers), lambda start, s: {PAST_LEN: np.full(b, start, np.int32)})
+    return outputs, [t[:, :, :length] for t in kv]
 
 
 def _sessions(engines, role):
