@@ -1,4 +1,4 @@
-"""GPU checks of the PardAttention Triton kernel: correctness on CUDA, timings against torch SDPA, bandwidth.
+"""GPU checks of the PardAttention Triton kernels: correctness on CUDA, timings against torch SDPA, bandwidth.
 
     python benchmarks/gpu_checks.py [--out DIR] [--sections correctness,copy,timing,tuning] [--budget-scale 1]
     python benchmarks/gpu_checks.py --cpu-smoke    # the same code paths on CPU: tiny shapes, TRITON_INTERPRET=1
@@ -6,6 +6,12 @@
 Needs torch and triton only. Sections run in order; one that fails (or runs out of its time budget,
 SECTION_BUDGET_S) prints its traceback and the others still run; the exit status is then 1. Prints markdown
 tables and writes results.json to --out (default: $OUT if set, else ./gpu_results) after every section.
+
+Two kernels: "kernel" is triton_kernel.pard_attention (KV write + attention + optional split-K combine: up to 3
+launches), "fused" is triton_fused.pard_attention_fused (one launch, no split-K), the kernel that the TensorRT AOT
+plugin embeds in a plan. Correctness checks both against the numpy reference on the same cases (the fused kernel
+once per case apart from the split count), output and whole caches (the new rows written, all others unchanged);
+a case the fused kernel cannot compile (Triton's OutOfResources, e.g. shared memory) is reported as skipped.
 
 Timings (CUDA) are "graph" timings, for the kernel and every SDPA variant alike: per shape, N copies of one
 input set (q, new K/V, caches, past_len) are made, N = ceil(ROTATE_BYTES / kv_bytes) clamped to [1, MAX_SETS]
@@ -21,7 +27,10 @@ shown). "eager µs" is the kernel alone on one set, timed with triton.testing.do
 before each run), so the Python launch overhead of its 3 launches is included. "KV GB/s" = bytes of K and V
 the kernel must read for the past + S keys / graph time; "% copy" compares it with a device-to-device copy_
 of 1 GiB timed with do_bench (read + write bytes / time; large enough for launch overhead not to matter).
-The tuning section uses graph timing only.
+"fused µs" / "fused KV GB/s" / "fused % copy" (fused_us, fused_kv_gbps, fused_pct_copy in results.json) are
+the same graph timing of the fused kernel on the same sets, after one eager call (compiles it; fused_vs_kernel_err
+= its max deviation from the kernel's output, relative to max |kernel|); a shape it cannot run gets n/a and the
+reason in "fused_skipped". The tuning section (graph timing only) tunes the multi-launch kernel alone.
 
 On CPU (--cpu-smoke) no graph can be captured: every timing is the median of 3 time.perf_counter runs after
 one warm-up, with N = 1 set, through the same code paths.
@@ -47,8 +56,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 LLAMA_HEADS = (32, 8, 128)  # Llama-3.1-8B: Hq, Hkv, D
 HEADS = [(1, 1), (3, 1), (8, 2), (8, 1)]  # (Hq, Hkv), as in tests/plugins/test_pard_attention.py
 TOLERANCE = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}  # fp32 absolute; others relative to max |expected|
-# Seconds after which a section starts no new case (it then fails as incomplete): the whole run stays < 6 min.
-SECTION_BUDGET_S = {"correctness": 150, "copy": 20, "timing": 120, "tuning": 60}
+# Seconds after which a section starts no new case (it then fails as incomplete): the whole run stays < 7 min.
+SECTION_BUDGET_S = {"correctness": 180, "copy": 20, "timing": 150, "tuning": 60}
 ROTATE_BYTES = 512 * 2**20  # graph timing: the input sets of one timed call hold at least this many KV bytes
 MAX_SETS = 256  # ... in at most this many sets
 MAX_ROTATE_BYTES = 8 * 2**30  # ... and at most this many bytes in all (N is lowered where a set is large)
@@ -77,11 +86,12 @@ class Checks:
         import torch
         import triton
 
-        from plugins.pard_attention import reference, triton_kernel
+        from plugins.pard_attention import reference, triton_fused, triton_kernel
 
         if not smoke and not torch.cuda.is_available():
             raise SystemExit("no CUDA device: run on an NVIDIA GPU, or pass --cpu-smoke")
         self.torch, self.triton, self.reference, self.kernel = torch, triton, reference, triton_kernel
+        self.fused = triton_fused
         self.smoke, self.out = smoke, out
         self.device = "cpu" if smoke else "cuda"
         self.copy_gbps = None
@@ -107,20 +117,31 @@ class Checks:
     # --- sections ---
 
     def correctness(self, rows: list) -> None:
-        print("| case | dtype | splits | max abs err | error | tolerance | ok |\n|---|---|---|---|---|---|---|")
+        """Each case with the multi-launch kernel, then (once per case apart from its split count, which it does not
+        have) with the fused kernel, interleaved so that a spent budget leaves both partly checked."""
+        print("| kernel | case | dtype | splits | max abs err | error | tolerance | ok |")
+        print("|---|---|---|---|---|---|---|---|")
+        fused_done = set()
         for case in self._correctness_cases():
             self._check_time()
-            row = self._check_case(**case)
-            rows.append(row)
-            print(
-                f"| S={row['seq']} Hq={row['q_heads']} Hkv={row['kv_heads']} D={row['head_dim']} past={row['past']} "
-                f"| {row['dtype']} | {row['num_splits']} | {row['max_abs_err']:.2e} | {row['error']:.2e} "
-                f"| {row['tolerance']:.0e} | {'yes' if row['ok'] else '**NO**'} |",
-                flush=True,
-            )
-        bad = [row for row in rows if not row["ok"]]
+            rows.append(self._check_case(**case))
+            print(self._correctness_line(rows[-1]), flush=True)
+            key = tuple(sorted((k, str(v)) for k, v in case.items() if k != "num_splits"))
+            if key not in fused_done:
+                fused_done.add(key)
+                self._check_time()
+                rows.append(self._check_case(**dict(case, num_splits=None), fused=True))
+                print(self._correctness_line(rows[-1]), flush=True)
+        bad = [row for row in rows if not row["ok"] and not row.get("skipped")]
+        skipped = [row for row in rows if row.get("skipped")]
+        print()
+        for kernel in ("kernel", "fused"):
+            ran = [row for row in rows if row["kernel"] == kernel and not row.get("skipped")]
+            print(f"{kernel}: {sum(row['ok'] for row in ran)} of {len(ran)} cases passed")
+        if skipped:
+            print(f"fused: {len(skipped)} cases could not run (out of resources; the reason is in results.json)")
         if bad:
-            raise AssertionError(f"{len(bad)} of {len(rows)} cases over tolerance")
+            raise AssertionError(f"{len(bad)} of {len(rows)} cases over tolerance or failed")
 
     def copy(self, rows: list) -> None:
         torch = self.torch
@@ -138,8 +159,11 @@ class Checks:
             batches, pasts, seqs = (1, 2), (16, 48), (1, 3)
         else:
             batches, pasts, seqs = (1, 8), (512, 1024, 2048, 4096, 8192), (1, 9, 16)
-        print("| B | past | S | kernel µs | eager µs | best SDPA µs | SDPA variant | speedup | KV GB/s | % copy |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print(
+            "| B | past | S | kernel µs | eager µs | best SDPA µs | SDPA variant | speedup | KV GB/s | % copy "
+            "| fused µs | fused KV GB/s | fused % copy |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for batch in batches:
             for past in pasts:
                 for seq in seqs:
@@ -147,8 +171,16 @@ class Checks:
                     row = self._time_shape(batch, past, seq, q_heads, kv_heads, head_dim)
                     rows.append(row)
                     print(self._timing_line(row), flush=True)
-        self.results["timing_summary"] = summary = _bandwidth_summary(rows, long_past=2048 if not self.smoke else 48)
-        for line in summary:
+        for row in rows:
+            shape = f"B={row['batch']} past={row['past']} S={row['seq']}"
+            if row.get("fused_skipped"):
+                print(f"\nfused kernel not timed at {shape}: {row['fused_skipped']}")
+            elif row.get("fused_vs_kernel_err", 0) > TOLERANCE[row["dtype"]]:
+                print(f"\nfused output differs from the kernel's at {shape}: {row['fused_vs_kernel_err']:.2e}")
+        long_past = 2048 if not self.smoke else 48
+        self.results["timing_summary"] = summary = _bandwidth_summary(rows, long_past)
+        self.results["timing_summary_fused"] = fused = _bandwidth_summary(rows, long_past, "fused_pct_copy", "fused: ")
+        for line in summary + fused:
             print(f"\n{line}")
 
     def tuning(self, rows: list) -> None:
@@ -190,20 +222,36 @@ class Checks:
         cases += [dict(llama, seq=s, num_splits=None) for s in (1, 9, 16, 200)]
         return cases
 
-    def _check_case(self, seq, heads, head_dim, past, dtype, num_splits) -> dict:
+    def _check_case(self, seq, heads, head_dim, past, dtype, num_splits, fused=False) -> dict:
+        """One case against the numpy reference: the output, and the whole caches (the new rows written, every
+        other row unchanged). fused=True: triton_fused.pard_attention_fused; a case it cannot compile or launch
+        (e.g. out of shared memory) gives a row with "skipped" and the reason, and an exception ok=False."""
         torch = self.torch
         tensors = self._inputs(seq, *heads, head_dim, past, getattr(torch, dtype), capacity=max(past) + seq + 5)
         host = [t.float().cpu().numpy().copy() if t.is_floating_point() else t.cpu().numpy() for t in tensors]
         expected = self.reference.pard_attention(*host)
-        out = self.kernel.pard_attention(*tensors, num_splits=num_splits).float().cpu().numpy()
+        row = {
+            "kernel": "fused" if fused else "kernel",
+            "seq": seq, "q_heads": heads[0], "kv_heads": heads[1], "head_dim": head_dim, "past": list(past),
+            "dtype": dtype, "num_splits": "none" if fused else num_splits or "auto", "tolerance": TOLERANCE[dtype],
+        }  # fmt: skip
+        if fused:
+            from triton.runtime.errors import OutOfResources
+
+            try:
+                out = self.fused.pard_attention_fused(*tensors).float().cpu().numpy()
+            except OutOfResources as e:
+                return dict(row, skipped=f"{type(e).__name__}: {e}"[:300], ok=False)
+            except Exception as e:  # noqa: BLE001 - reported in the row; the other cases still run
+                return dict(row, failed=f"{type(e).__name__}: {e}"[:300], ok=False)
+        else:
+            out = self.kernel.pard_attention(*tensors, num_splits=num_splits).float().cpu().numpy()
         caches_ok = all((tensors[i].float().cpu().numpy() == host[i]).all() for i in (3, 4))
         max_abs = float(abs(out - expected).max())
         error = max_abs if dtype == "float32" else max_abs / float(abs(expected).max())
-        return {
-            "seq": seq, "q_heads": heads[0], "kv_heads": heads[1], "head_dim": head_dim, "past": list(past),
-            "dtype": dtype, "num_splits": num_splits or "auto", "max_abs_err": max_abs, "error": error,
-            "tolerance": TOLERANCE[dtype], "caches_ok": caches_ok, "ok": caches_ok and error <= TOLERANCE[dtype],
-        }  # fmt: skip
+        return dict(
+            row, max_abs_err=max_abs, error=error, caches_ok=caches_ok, ok=caches_ok and error <= TOLERANCE[dtype]
+        )
 
     # --- timing ---
 
@@ -211,6 +259,7 @@ class Checks:
         sets = self._input_sets(batch, past, seq, q_heads, kv_heads, head_dim, sdpa=True)
         try:
             row = self._time_kernel(sets, past, seq, eager=True)
+            row.update(self._time_fused(sets, row["kv_bytes"]))
             row["sdpa"] = sdpa = self._time_sdpa(sets, past, seq)
         finally:
             del sets
@@ -247,6 +296,23 @@ class Checks:
             "block_n": config.block_n, "num_warps": config.num_warps, "num_stages": config.num_stages,
             "num_splits": kernel_kwargs.get("num_splits") or "auto",
         }  # fmt: skip
+
+    def _time_fused(self, sets, kv_bytes: int) -> dict:
+        """triton_fused's one launch, graph-timed on the same sets as the kernel: the "fused_*" keys of a timing row.
+        It runs once outside the graph first (compiles; its output is compared with the kernel's); a shape it cannot
+        run gives "fused_skipped" and the reason instead of the times."""
+        fused = self.fused.pard_attention_fused
+        result = {"fused_us": None, "fused_kv_gbps": None, "fused_pct_copy": None}
+        try:
+            out = fused(*sets[0]).float()
+            ours = self.kernel.pard_attention(*sets[0]).float()
+            result["fused_vs_kernel_err"] = float((out - ours).abs().max() / ours.abs().max())
+            us = 1e3 * self._graph_ms([lambda t=t: fused(*t) for t in sets])
+        except Exception as e:  # noqa: BLE001 - e.g. shared memory: reported in the row, the section goes on
+            return dict(result, fused_skipped=f"{type(e).__name__}: {e}"[:300])
+        gbps = kv_bytes / (us * 1e-6) / 1e9
+        pct = 100 * gbps / self.copy_gbps if self.copy_gbps else None
+        return dict(result, fused_us=us, fused_kv_gbps=gbps, fused_pct_copy=pct)
 
     def _time_sdpa(self, sets, past, seq) -> dict:
         """Each SDPA formulation of the same math on the filled caches; checked against the kernel, then timed."""
@@ -360,17 +426,29 @@ class Checks:
             "torch": torch.__version__, "triton": self.triton.__version__, "cuda": torch.version.cuda,
             "python": platform.python_version(), "smoke": self.smoke,
             "kernel_defaults": vars(self.kernel.KernelConfig()),
+            "fused_config": {name.lower(): getattr(self.fused, name)
+                             for name in ("BLOCK_M", "BLOCK_N", "NUM_WARPS", "NUM_STAGES")},
         }  # fmt: skip
 
     def _print_meta(self) -> None:
         meta = self.results["meta"]
         print("# PardAttention GPU checks\n\n| date | device | torch | triton | cuda |\n|---|---|---|---|---|")
         print(f"| {meta['date']} | {meta['device']} | {meta['torch']} | {meta['triton']} | {meta['cuda']} |")
-        print(f"\nkernel defaults: {meta['kernel_defaults']}")
+        print(f"\nkernel defaults: {meta['kernel_defaults']}; fused kernel: {meta['fused_config']}")
 
     def _save(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "results.json").write_text(json.dumps(self.results, indent=1, default=str))
+
+    def _correctness_line(self, row: dict) -> str:
+        case = f"S={row['seq']} Hq={row['q_heads']} Hkv={row['kv_heads']} D={row['head_dim']} past={row['past']}"
+        head = f"| {row['kernel']} | {case} | {row['dtype']} | {row['num_splits']} "
+        if "max_abs_err" not in row:
+            reason = row.get("skipped") or row.get("failed")
+            return head + f"| n/a | n/a | {row['tolerance']:.0e} | {'skipped' if row.get('skipped') else '**NO**'}: " \
+                f"{reason[:120]} |"
+        ok = "yes" if row["ok"] else "**NO**" if row["caches_ok"] else "**NO** (caches)"
+        return head + f"| {row['max_abs_err']:.2e} | {row['error']:.2e} | {row['tolerance']:.0e} | {ok} |"
 
     def _timing_line(self, row: dict) -> str:
         best = row["sdpa_best_us"]
@@ -378,7 +456,9 @@ class Checks:
             f"| {row['batch']} | {row['past']} | {row['seq']} | {row['kernel_us']:.1f} "
             f"| {_num(row['kernel_eager_us'], '.1f')} | {_num(best, '.1f')} "
             f"| {row['sdpa_best'] or 'none ran'} | {_num(best and best / row['kernel_us'], '.2f')}x "
-            f"| {row['kv_gbps']:.0f} | {_num(row['pct_of_copy'], '.0f')} |"
+            f"| {row['kv_gbps']:.0f} | {_num(row['pct_of_copy'], '.0f')} "
+            f"| {_num(row['fused_us'], '.1f')} | {_num(row['fused_kv_gbps'], '.0f')} "
+            f"| {_num(row['fused_pct_copy'], '.0f')} |"
         )
 
     def _tuning_line(self, row: dict) -> str:
@@ -389,17 +469,19 @@ class Checks:
         )
 
 
-def _bandwidth_summary(rows: list[dict], long_past: int) -> list[str]:
-    """One line per batch size: the kernel's share of copy bandwidth at past >= long_past, against the 70 % target."""
+def _bandwidth_summary(rows: list[dict], long_past: int, key: str = "pct_of_copy", prefix: str = "") -> list[str]:
+    """One line per batch size: the kernel's share of copy bandwidth at past >= long_past, against the 70 % target
+    (key="fused_pct_copy": the fused kernel's)."""
     lines = []
     for batch in sorted({row["batch"] for row in rows}):
-        shares = [row["pct_of_copy"] for row in rows if row["batch"] == batch and row["past"] >= long_past]
+        shares = [row.get(key) for row in rows if row["batch"] == batch and row["past"] >= long_past]
         if not shares or None in shares:
-            lines.append(f"B={batch}: no copy bandwidth measured at past >= {long_past}")
+            why = "" if not prefix else " (or a shape the fused kernel could not run)"
+            lines.append(f"{prefix}B={batch}: no copy bandwidth measured at past >= {long_past}{why}")
             continue
         verdict = "met" if min(shares) >= 70 else "met by some shapes" if max(shares) >= 70 else "not met"
         lines.append(
-            f"B={batch}, past >= {long_past}: {min(shares):.0f}-{max(shares):.0f} % of copy bandwidth "
+            f"{prefix}B={batch}, past >= {long_past}: {min(shares):.0f}-{max(shares):.0f} % of copy bandwidth "
             f"(median {statistics.median(shares):.0f} %); target >= 70 %: {verdict}"
         )
     return lines
