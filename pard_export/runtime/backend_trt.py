@@ -2,30 +2,39 @@
 stay the same. Imported only when a manifest says backend "tensorrt" (it needs tensorrt and cuda-python).
 
 Written against TensorRT 10's Python API (Runtime.deserialize_cuda_engine, create_execution_context,
-set_optimization_profile_async, set_input_shape, set_tensor_address, execute_async_v3) and cuda-python's runtime
-bindings. Per graph:
-- device buffers, one per IO tensor name, allocated once and grown only when a call needs more (IO binding by
-  name: the addresses stay put, which CUDA graphs need);
+set_optimization_profile_async, set_input_shape, get_tensor_shape, set_tensor_address, execute_async_v3) and
+cuda-python's runtime bindings (cudaMalloc, cudaMemsetAsync, cudaMemcpyAsync, stream capture, cudaGraphLaunch).
+Per graph:
+- IO bound by name (`io_plan`): device buffers, one per uploaded or downloaded tensor, allocated once and grown only
+  when a call needs more (the addresses stay put, which CUDA graphs need);
 - one execution context per optimization profile (tensorrt_build: "step" for decode/verify, "prefill"); a call
   runs in the first profile whose shape ranges hold its inputs;
-- static KV for the plugin flavour: each kv_cache_out.* output is bound to its kv_cache.* input's buffer (the
-  plugin aliases them), so the cache is updated in place; feeding back the array this graph returned last time
-  skips its upload;
+- static KV for the plugin flavour (`kv_in_place`): PluginCache takes its store from `kv_store()`, a DeviceKV of
+  one buffer [max_batch, Hkv, C, D] per cache, allocated once. Each buffer is bound as its kv_cache.* input and as
+  the aliased kv_cache_out.* output (the plugin writes the new rows in place), with batch B = the call's rows, so
+  a call uploads only input_ids, position_ids and past_len and downloads only logits / draft_ids / draft_logits
+  (less those skipped): no KV crosses PCIe. Rows leaving the batch are moved down on the device, one
+  device-to-device cudaMemcpyAsync per moved row and buffer. The plain flavour's past_key_values.* / present.*
+  still go up and come down every call (BatchCache: a growing cache, not aliased);
 - optional CUDA graph capture per shape bucket (`capture`: the call lengths S to capture, e.g. {1, k + 1}), replayed
-  whenever the same input shapes come again.
+  whenever the same input shapes come again; valid because no bound address changes (the KV buffers never move,
+  and a growing IO buffer drops the captured graphs).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..contract import GraphSpec
+from ..contract import INPUT_IDS, PLUGIN, GraphSpec
 from ..errors import BackendUnavailableError, EngineError
 from ..tensorrt_support import require_tensorrt
+from .plugin_cache import GraphKV
 
 CUDA_PYTHON_MISSING = "cuda-python is not installed; pip install cuda-python (the tensorrt runtime's device buffers)"
 
@@ -38,6 +47,28 @@ def graph_key(shapes: Shapes, capture: Iterable[int] | None, sequence_input: str
     if not capture or sequence_input not in shapes or shapes[sequence_input][1] not in set(capture):
         return None
     return tuple(sorted((name, tuple(shape)) for name, shape in shapes.items()))
+
+
+@dataclass(frozen=True)
+class IOPlan:
+    """Where a graph's tensors live. `uploads` go host -> device before every call and `downloads` come back after
+    it (less those the caller skips); each `static_kv` pair (kv_cache.*, kv_cache_out.*) is one buffer of the
+    graph's DeviceKV, bound as both and never copied."""
+
+    uploads: tuple[str, ...]
+    downloads: tuple[str, ...]
+    static_kv: tuple[tuple[str, str], ...]
+
+
+def io_plan(spec: GraphSpec) -> IOPlan:
+    """Plugin flavour: the caches stay on the device; plain flavour: they are ordinary inputs and outputs (present.*
+    is a new, longer tensor every call)."""
+    if spec.attention != PLUGIN:
+        return IOPlan(tuple(t.name for t in spec.inputs), tuple(t.name for t in spec.outputs), ())
+    kv = set(spec.past_names) | set(spec.present_names)
+    return IOPlan(tuple(t.name for t in spec.inputs if t.name not in kv),
+                  tuple(t.name for t in spec.outputs if t.name not in kv),
+                  tuple(zip(spec.past_names, spec.present_names)))
 
 
 def pick_profile(ranges: list[Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]]], shapes: Shapes) -> int:
@@ -70,8 +101,35 @@ def _check(result):
     return values[0] if len(values) == 1 else values
 
 
+class DeviceKV(GraphKV):
+    """The plugin caches of one plan: a device buffer [max_batch, Hkv, C, D] per kv_cache.* input, allocated (and
+    zeroed) once; the plan runs on its first `batch` rows. Moving a row is one device-to-device copy per buffer."""
+
+    def __init__(self, cuda, stream, names: Sequence[str], row_shape: tuple[int, int, int], itemsize: int,
+                 max_batch: int):
+        super().__init__(max_batch, row_shape)
+        self._cuda, self._stream = cuda, stream
+        self.row_bytes = math.prod(row_shape) * itemsize
+        self.pointers: dict[str, int] = {}  # kv_cache.* name -> device pointer
+        for name in names:
+            self.pointers[name] = _check(cuda.cudaMalloc(max_batch * self.row_bytes))
+            _check(cuda.cudaMemsetAsync(self.pointers[name], 0, max_batch * self.row_bytes, stream))
+
+    def move_row(self, source: int, target: int) -> None:
+        kind = self._cuda.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        for pointer in self.pointers.values():  # rows are contiguous: row b starts b * row_bytes into the buffer
+            _check(self._cuda.cudaMemcpyAsync(pointer + target * self.row_bytes, pointer + source * self.row_bytes,
+                                              self.row_bytes, kind, self._stream))
+
+    def free(self) -> None:
+        for pointer in self.pointers.values():
+            self._cuda.cudaFree(pointer)
+        self.pointers = {}
+
+
 class TrtGraph:
-    """A TensorRT plan behind OrtGraph's interface: run(feeds, skip) -> {output name: numpy array}."""
+    """A TensorRT plan behind OrtGraph's interface: run(feeds, skip) -> {output name: numpy array}; plugin-flavour
+    plans keep their caches on the device (`kv_in_place`, `kv_store`)."""
 
     def __init__(self, path: Path, spec: GraphSpec, *, capture: Iterable[int] | None = None):
         trt = require_tensorrt()
@@ -87,50 +145,68 @@ class TrtGraph:
                                                                  sorted(t.name for t in spec.outputs)):
             raise EngineError(f"{path} does not have the inputs/outputs its manifest declares; rebuild the engine")
         self.input_names, self.output_names = [t.name for t in spec.inputs], [t.name for t in spec.outputs]
+        self.io = io_plan(spec)
+        self.kv_in_place = bool(self.io.static_kv)  # PluginCache then takes its store from kv_store()
         self._dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.kv_dtype = self._dtypes[spec.past_names[0]] if spec.past_names else np.float32
-        # plugin flavour: kv_cache_out.* share their kv_cache.* buffers (in place); plain: present.* are new tensors
-        in_place = getattr(spec, "attention", "plain") == "plugin"
-        self._aliases = dict(zip(spec.present_names, spec.past_names)) if in_place else {}
         self._ranges = [{n: tuple(self.engine.get_tensor_profile_shape(n, p))[0::2] for n in inputs}
                         for p in range(self.engine.num_optimization_profiles)]
+        self.max_batch = max(profile[INPUT_IDS][1][0] for profile in self._ranges)
         self._stream = _check(self._cuda.cudaStreamCreate())
         self._contexts = []
         for index in range(self.engine.num_optimization_profiles):
             context = self.engine.create_execution_context()
             context.set_optimization_profile_async(index, self._stream)
             self._contexts.append(context)
-        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
-        self._resident: dict[str, np.ndarray] = {}  # inputs whose device copy equals this host array
+        self._buffers: dict[str, tuple[int, int]] = {}  # uploaded/downloaded name -> (device pointer, bytes)
+        self.kv: DeviceKV | None = None
         self._capture = set(capture or ())
         self._graphs: dict = {}  # graph_key -> instantiated CUDA graph
         self.busy_s = 0.0
 
+    def kv_store(self, kv_heads: int, head_dim: int, capacity: int) -> DeviceKV:
+        """The static device caches [max_batch, Hkv, C, D] (plugin flavour), allocated on the first call."""
+        assert self.kv_in_place, "only plugin-flavour plans keep their caches"
+        row_shape = (kv_heads, capacity, head_dim)
+        if self.kv is None or self.kv.row_shape != row_shape:
+            pick_profile(self._ranges, {past: (1, *row_shape) for past, _ in self.io.static_kv})  # a clear error now
+            if self.kv is not None:
+                self._drop_graphs()
+                self.kv.free()
+            past_names = [past for past, _ in self.io.static_kv]
+            self.kv = DeviceKV(self._cuda, self._stream, past_names, row_shape, self._dtypes[past_names[0]].itemsize,
+                               self.max_batch)
+        return self.kv
+
     def run(self, feeds: dict[str, np.ndarray], skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-        """Outputs by name (`skip` is accepted for OrtGraph's interface; TensorRT computes every output)."""
+        """Outputs by name, less those in `skip` (TensorRT computes every output; skipped ones stay on the device).
+        Plugin flavour: no cache is fed or returned; they stay in kv_store()'s buffers, on its first `batch` rows."""
         start = time.perf_counter()
-        shapes = {name: tuple(feeds[name].shape) for name in self.input_names}
+        hosted = [np.ascontiguousarray(feeds[name], dtype=self._dtypes[name]) for name in self.io.uploads]
+        shapes = {name: array.shape for name, array in zip(self.io.uploads, hosted)}
+        if self.io.static_kv:
+            assert self.kv is not None and self.kv.batch == shapes[INPUT_IDS][0], "PluginCache starts kv_store()"
+            shapes |= {past: (self.kv.batch, *self.kv.row_shape) for past, _ in self.io.static_kv}
         context = self._contexts[pick_profile(self._ranges, shapes)]
-        for name in self.input_names:
-            array = np.ascontiguousarray(feeds[name], dtype=self._dtypes[name])
+        to_device = self._cuda.cudaMemcpyKind.cudaMemcpyHostToDevice
+        for name, array in zip(self.io.uploads, hosted):
             context.set_input_shape(name, array.shape)
-            pointer = self._bind(context, name, array.nbytes)
-            if self._resident.get(name) is not feeds[name]:
-                self._copy(pointer, array.ctypes.data, array.nbytes, self._cuda.cudaMemcpyKind.cudaMemcpyHostToDevice)
+            self._copy(self._bind(context, name, array.nbytes), array.ctypes.data, array.nbytes, to_device)
+        for past, present in self.io.static_kv:  # one buffer bound as both: the plugin updates it in place
+            context.set_input_shape(past, shapes[past])
+            context.set_tensor_address(past, self.kv.pointers[past])
+            context.set_tensor_address(present, self.kv.pointers[past])
         outputs = {}
-        for name in self.output_names:
+        for name in self.io.downloads:  # every output needs an address, skipped or not
             shape = tuple(context.get_tensor_shape(name))
-            outputs[name] = np.empty(shape, dtype=self._dtypes[name])
-            if name in self._aliases:
-                context.set_tensor_address(name, self._buffers[self._aliases[name]][0])
-            else:
-                self._bind(context, name, outputs[name].nbytes)
+            self._bind(context, name, math.prod(shape) * self._dtypes[name].itemsize)
+            if name not in skip:
+                outputs[name] = np.empty(shape, dtype=self._dtypes[name])
         self._execute(context, graph_key(shapes, self._capture))
+        to_host = self._cuda.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for name, array in outputs.items():
-            pointer = self._buffers[self._aliases.get(name, name)][0]
-            self._copy(array.ctypes.data, pointer, array.nbytes, self._cuda.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+            self._copy(array.ctypes.data, self._buffers[name][0], array.nbytes, to_host)
         _check(self._cuda.cudaStreamSynchronize(self._stream))
-        self._resident = {self._aliases[n]: outputs[n] for n in self._aliases}  # fed back untouched: no upload
         self.busy_s += time.perf_counter() - start
         return outputs
 
@@ -139,7 +215,9 @@ class TrtGraph:
             self._cuda.cudaGraphExecDestroy(graph)
         for pointer, _ in self._buffers.values():
             self._cuda.cudaFree(pointer)
-        self._graphs, self._buffers, self._contexts = {}, {}, []
+        if self.kv is not None:
+            self.kv.free()
+        self._graphs, self._buffers, self._contexts, self.kv = {}, {}, [], None
 
     def _bind(self, context, name: str, nbytes: int) -> int:
         pointer, size = self._buffers.get(name, (0, 0))
@@ -149,11 +227,9 @@ class TrtGraph:
             size = max(nbytes, 2 * size, 256)
             pointer = _check(self._cuda.cudaMalloc(size))
             self._buffers[name] = (pointer, size)
-            self._resident.pop(name, None)
             self._drop_graphs()
         context.set_tensor_address(name, pointer)
         return pointer
-
     def _copy(self, dst: int, src: int, nbytes: int, kind) -> None:
         if nbytes:
             _check(self._cuda.cudaMemcpyAsync(dst, src, nbytes, kind, self._stream))

@@ -12,15 +12,25 @@ tokens than the longest are evened out (the graphs have no attention mask):
   past_len lowered by as many. Their KV is recomputed from the same prefix, so it is rewritten with the same values.
 - split, when a row has too few cached tokens to re-feed (a batch's first draft call): every row's new tokens but
   the last go in right-padded (outputs dropped), then all last tokens together (S = 1).
-On ONNX Runtime the graph returns the updated buffers as new arrays (kv_cache_out), fed back as the next call's
-inputs; TensorRT updates them in place.
+
+PluginCache keeps the tokens and lengths (the bookkeeping above); where the buffers [B, Hkv, C, D] live is a KV
+store's business, chosen by the graph (one code path for both):
+- HostKV, for graphs that return the updated caches as new arrays (ONNX Runtime: kv_cache_out.*): numpy buffers fed
+  as the kv_cache.* inputs of every call and replaced by its kv_cache_out.* outputs.
+- GraphKV, for graphs that update their caches in place (`graph.kv_in_place`; TensorRT: backend_trt.DeviceKV): the
+  graph owns static buffers [max_batch, Hkv, C, D] and runs on the first B rows; no KV goes in or comes out of a
+  call, `start` only sets B, and rows leaving the batch are moved down inside the buffers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 import numpy as np
 
 from ..contract import DRAFT_IDS, DRAFT_LOGITS, INPUT_IDS, LOGITS, PAST_LEN, POSITION_IDS, GraphSpec
+from ..errors import GenerationError
 from .backend_ort import OrtGraph
 
 PAD_ID = 0  # any id: pads only ever sit above a row's real tokens
@@ -29,8 +39,11 @@ PAD_ID = 0  # any id: pads only ever sit above a row's real tokens
 class PluginCache:
     def __init__(self, graph: OrtGraph, spec: GraphSpec, kv_heads: int, head_dim: int, capacity: int):
         self.graph = graph
-        self.past_names, self.present_names = spec.past_names, spec.present_names
         self.kv_heads, self.head_dim, self.capacity = kv_heads, head_dim, capacity
+        # An in-place graph (TensorRT) owns its caches; otherwise they live here and go in and out of every call.
+        self.kv: KVStore = (graph.kv_store(kv_heads, head_dim, capacity) if getattr(graph, "kv_in_place", False)
+                            else HostKV(spec.past_names, spec.present_names, (kv_heads, capacity, head_dim),
+                                        graph.kv_dtype))
         drafts = [t.dims[1] for t in spec.outputs if t.name == DRAFT_IDS]
         # The draft graph appends K-1 mask slots and reads its K drafts off the last K positions, so every row's
         # real tokens must end its input (no right padding).
@@ -39,8 +52,7 @@ class PluginCache:
         self.start(1)
 
     def start(self, batch: int) -> None:
-        shape = (batch, self.kv_heads, self.capacity, self.head_dim)
-        self.kv = [np.zeros(shape, dtype=self.graph.kv_dtype) for _ in self.past_names]  # each [B, Hkv, C, D]
+        self.kv.start(batch)
         self.tokens = np.zeros((batch, self.capacity), dtype=np.int64)  # [B, C]: the token at each cache row
         self.lengths = np.zeros(batch, dtype=np.int64)  # real tokens per row = the next position
 
@@ -69,9 +81,9 @@ class PluginCache:
         self.lengths = self.lengths - counts
 
     def compact_if_needed(self, keep_rows: np.ndarray | None = None) -> None:
-        """Rows that left the batch go; there are no holes to close."""
+        """Rows that left the batch go (keep_rows ascending, as Session passes them); there are no holes to close."""
         if keep_rows is not None and len(keep_rows) < len(self.lengths):
-            self.kv = [t[keep_rows] for t in self.kv]
+            self.kv.keep(keep_rows)
             self.tokens, self.lengths = self.tokens[keep_rows], self.lengths[keep_rows]
 
     def _run(self, ids: np.ndarray, past: np.ndarray, skip: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -79,10 +91,85 @@ class PluginCache:
             raise AssertionError(f"a row outgrows the {self.capacity}-row KV cache; Session limits lengths so it cannot")
         positions = past[:, None] + np.arange(ids.shape[1])  # [B, S]
         feeds = {INPUT_IDS: ids, POSITION_IDS: positions, PAST_LEN: past.astype(np.int32)}
-        feeds |= dict(zip(self.past_names, self.kv))
-        outputs = self.graph.run(feeds, skip)
-        self.kv = [outputs[name] for name in self.present_names]
+        outputs = self.graph.run(feeds | self.kv.feeds(), skip)
+        self.kv.update(outputs)
         return outputs
+
+
+class KVStore(Protocol):
+    """Where a plugin graph's caches [B, Hkv, C, D] live (one per kv_cache.* input)."""
+
+    def start(self, batch: int) -> None:
+        """B fresh rows (their old contents are never read: past_len starts at 0)."""
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """The cache inputs a call needs from the host ({} where the graph keeps them)."""
+
+    def update(self, outputs: dict[str, np.ndarray]) -> None:
+        """Take a call's updated caches from its outputs (nothing to do where the graph updated them in place)."""
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep only `rows` (ascending), as rows 0 .. len(rows)-1."""
+
+
+class HostKV:
+    """Numpy buffers fed to every call and replaced by its kv_cache_out.* outputs (ONNX Runtime)."""
+
+    def __init__(self, past_names: Sequence[str], present_names: Sequence[str], row_shape: tuple[int, int, int],
+                 dtype):
+        self.past_names, self.present_names = list(past_names), list(present_names)
+        self.row_shape, self.dtype = row_shape, dtype  # (Hkv, C, D)
+        self.start(1)
+
+    def start(self, batch: int) -> None:
+        self.buffers = [np.zeros((batch, *self.row_shape), dtype=self.dtype) for _ in self.past_names]  # [B, Hkv, C, D]
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        return dict(zip(self.past_names, self.buffers))
+
+    def update(self, outputs: dict[str, np.ndarray]) -> None:
+        self.buffers = [outputs[name] for name in self.present_names]
+
+    def keep(self, rows: np.ndarray) -> None:
+        self.buffers = [t[rows] for t in self.buffers]
+
+
+class GraphKV:
+    """Static buffers [max_batch, Hkv, C, D] owned by an in-place graph, which runs on their first `batch` rows:
+    nothing to feed, nothing to take back. Subclasses own the memory and move a row (`move_row`)."""
+
+    def __init__(self, max_batch: int, row_shape: tuple[int, int, int]):
+        self.max_batch, self.row_shape = max_batch, row_shape  # row_shape (Hkv, C, D)
+        self.batch = 1
+
+    def start(self, batch: int) -> None:
+        if batch > self.max_batch:
+            raise GenerationError(f"a batch of {batch} prompts exceeds this engine's maximum batch of "
+                                  f"{self.max_batch}; pass fewer prompts or rebuild with a larger --max-batch")
+        self.batch = batch
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def update(self, outputs: dict[str, np.ndarray]) -> None:
+        pass
+
+    def keep(self, rows: np.ndarray) -> None:
+        for source, target in row_moves(rows):
+            self.move_row(source, target)
+        self.batch = len(rows)
+
+    def move_row(self, source: int, target: int) -> None:
+        """Copy row `source` of every buffer over row `target` (target < source)."""
+        raise NotImplementedError
+
+
+def row_moves(rows: np.ndarray) -> list[tuple[int, int]]:
+    """(source, target) row copies that make `rows` rows 0 .. len(rows)-1 in place, in an order that never overwrites
+    a row still to be copied: with rows ascending, target t lies below every later source (rows[j] > rows[t] >= t)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    assert (np.diff(rows) > 0).all() and (rows >= 0).all(), f"rows to keep must be ascending, got {rows.tolist()}"
+    return [(int(source), target) for target, source in enumerate(rows) if source != target]
 
 
 def _right_pad(rows: list[np.ndarray]) -> np.ndarray:

@@ -1,5 +1,7 @@
-"""The tensorrt runtime adapter: its pure parts here (profile choice, CUDA graph buckets, the clear error without
-TensorRT, the slim import); running plans needs TensorRT and a GPU (`tensorrt`, `gpu` markers)."""
+"""The tensorrt runtime adapter: its pure parts here (profile choice, CUDA graph buckets, which tensors cross PCIe,
+the clear error without TensorRT, the slim import), and TrtGraph's calls into TensorRT and cuda-python against
+recording fakes (what is bound where, what is copied); running plans needs TensorRT and a GPU (`tensorrt`, `gpu`
+markers)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,17 @@ import re
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from pard_export.errors import BackendUnavailableError, EngineError
+from pard_export.contract import BATCH, CAPACITY, PAST, SEQUENCE, TOTAL, draft_spec, target_spec
+from pard_export.errors import BackendUnavailableError, EngineError, GenerationError
 from pard_export.runtime import Session
-from pard_export.runtime.backend_trt import graph_key, pick_profile
+from pard_export.runtime import backend_trt
+from pard_export.runtime.backend_trt import DeviceKV, IOPlan, TrtGraph, graph_key, io_plan, pick_profile
+from pard_export.runtime.plugin_cache import PluginCache
 from pard_export.tensorrt_support import TENSORRT_MISSING, tensorrt_available
 
 RANGES = [  # (min, max) per input, as TrtGraph reads them from a plan: the "step" then the "prefill" profile
@@ -36,6 +42,215 @@ def test_cuda_graphs_are_keyed_by_shape_and_only_for_captured_lengths():
     assert graph_key(decode, {1, 5}) != graph_key({"input_ids": (2, 1), "attention_mask": (2, 41)}, {1, 5})
     assert graph_key({"input_ids": (1, 60), "attention_mask": (1, 60)}, {1, 5}) is None  # prefill: not captured
     assert graph_key(decode, None) is None and graph_key(decode, ()) is None
+
+
+def test_plugin_graphs_move_no_kv_per_call():
+    spec = draft_spec(2, 2, 16, 300, 4, attention="plugin")
+    plan = io_plan(spec)
+    assert plan.uploads == ("input_ids", "position_ids", "past_len")
+    assert plan.downloads == ("draft_ids", "draft_logits")
+    assert plan.static_kv == tuple((f"kv_cache.{i}.{kind}", f"kv_cache_out.{i}.{kind}")
+                                   for i in range(2) for kind in ("key", "value"))
+    assert not {n for n in plan.uploads + plan.downloads if n.startswith("kv_cache")}
+    plain = target_spec(2, 2, 16, 300)  # its cache grows every call: no static buffers to bind
+    assert io_plan(plain) == IOPlan(tuple(t.name for t in plain.inputs), tuple(t.name for t in plain.outputs), ())
+
+
+class FakeCuda:
+    """The cuda-python runtime calls TrtGraph makes, recorded; device pointers are plain integers."""
+
+    cudaMemcpyKind = SimpleNamespace(cudaMemcpyHostToDevice="H2D", cudaMemcpyDeviceToHost="D2H",
+                                     cudaMemcpyDeviceToDevice="D2D")
+    cudaStreamCaptureMode = SimpleNamespace(cudaStreamCaptureModeThreadLocal="thread-local")
+
+    def __init__(self):
+        self.copies, self.launches, self.captures, self.memsets, self.capturing = [], [], 0, [], False
+        self.allocated, self._next = {}, 1 << 20
+
+    def cudaMalloc(self, size):
+        pointer, self._next = self._next, self._next + size + 4096
+        self.allocated[pointer] = size
+        return 0, pointer
+
+    def cudaFree(self, pointer):
+        del self.allocated[pointer]
+        return (0,)
+
+    def cudaStreamCreate(self):
+        return 0, "stream"
+
+    def cudaMemsetAsync(self, pointer, value, count, stream):
+        self.memsets.append((pointer, count))
+        return (0,)
+
+    def cudaMemcpyAsync(self, dst, src, count, kind, stream):
+        self.copies.append((kind, dst, src, count))
+        return (0,)
+
+    def cudaStreamSynchronize(self, stream):
+        return (0,)
+
+    def cudaStreamBeginCapture(self, stream, mode):
+        self.captures, self.capturing = self.captures + 1, True
+        return (0,)
+
+    def cudaStreamEndCapture(self, stream):
+        self.capturing = False
+        return 0, "graph"
+
+    def cudaGraphInstantiate(self, graph, flags):
+        return 0, f"exec{self.captures}"
+
+    def cudaGraphDestroy(self, graph):
+        return (0,)
+
+    def cudaGraphLaunch(self, graph, stream):
+        self.launches.append(graph)
+        return (0,)
+
+    def cudaGraphExecDestroy(self, graph):
+        return (0,)
+
+
+class FakeContext:
+    def __init__(self, engine):
+        self.engine, self.shapes, self.addresses = engine, {}, {}
+
+    def set_optimization_profile_async(self, index, stream):
+        return True
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def set_tensor_address(self, name, pointer):
+        self.addresses[name] = pointer
+        return True
+
+    def get_tensor_shape(self, name):
+        batch, seq = self.shapes["input_ids"]
+        capacity = next((shape[2] for n, shape in self.shapes.items() if n.startswith("kv_cache")), 0)
+        sizes = {BATCH: batch, SEQUENCE: seq, CAPACITY: capacity, PAST: 3, TOTAL: 3 + seq}  # plain: past 3
+        return tuple(sizes.get(d, d) for d in self.engine.dims[name])
+
+    def execute_async_v3(self, stream):
+        assert set(self.addresses) >= set(self.engine.dims), "TensorRT needs an address for every IO tensor"
+        self.engine.runs.append((dict(self.shapes), dict(self.addresses), self.engine.cuda.capturing))
+        return True
+
+
+class FakeEngine:
+    """A plan with `spec`'s IO and two profiles (S <= 5 and S <= 16; batch <= 2; capacity, past, total <= 64)."""
+
+    def __init__(self, spec, cuda):
+        self.cuda = cuda
+        self.io = [(t.name, "in") for t in spec.inputs] + [(t.name, "out") for t in spec.outputs]
+        self.dims = {t.name: t.dims for t in spec.inputs + spec.outputs}
+        self.dtypes = {t.name: {"int64": np.int64, "int32": np.int32}.get(t.dtype, np.float32)
+                       for t in spec.inputs + spec.outputs}
+        self.num_io_tensors, self.num_optimization_profiles, self.runs = len(self.io), 2, []
+
+    def get_tensor_name(self, index):
+        return self.io[index][0]
+
+    def get_tensor_mode(self, name):
+        return dict(self.io)[name]
+
+    def get_tensor_dtype(self, name):
+        return self.dtypes[name]
+
+    def get_tensor_profile_shape(self, name, profile):
+        top = {BATCH: 2, SEQUENCE: (5, 16)[profile]}  # other symbolic dims (capacity, past, total): up to 64
+        return [tuple(1 if isinstance(d, str) else d for d in self.dims[name]), (),
+                tuple(top.get(d, 64) if isinstance(d, str) else d for d in self.dims[name])]
+
+    def create_execution_context(self):
+        return FakeContext(self)
+
+
+@pytest.fixture
+def fake_trt_graph(monkeypatch, tmp_path):
+    """fake_trt_graph(spec) -> a TrtGraph over FakeEngine(spec), FakeCuda, capturing S in {1, 5}."""
+    def make(spec):
+        cuda = FakeCuda()
+        engine = FakeEngine(spec, cuda)
+        trt = SimpleNamespace(TensorIOMode=SimpleNamespace(INPUT="in"), nptype=lambda dtype: dtype)
+        trt.Logger = lambda level: None
+        trt.Logger.WARNING = 2
+        trt.Runtime = lambda logger: SimpleNamespace(deserialize_cuda_engine=lambda data: engine)
+        monkeypatch.setattr(backend_trt, "require_tensorrt", lambda: trt)
+        monkeypatch.setattr(backend_trt, "_cudart", lambda: cuda)
+        (tmp_path / "g.plan").write_bytes(b"plan")
+        return TrtGraph(tmp_path / "g.plan", spec, capture={1, 5}), engine, cuda
+
+    return make
+
+
+def test_trt_graph_keeps_plugin_caches_in_static_device_buffers(fake_trt_graph):
+    """KV never crosses PCIe: tokens, positions and lengths go up, logits come down; each cache is one buffer bound as
+    kv_cache.* and kv_cache_out.* on every call; rows leaving the batch move on the device."""
+    spec = target_spec(2, 2, 4, 11, attention="plugin")
+    graph, engine, cuda = fake_trt_graph(spec)
+    assert graph.kv_in_place and graph.max_batch == 2
+    with pytest.raises(EngineError, match=r"kv_cache.0.key \[1, 2, 100, 4\].*--max-seq-len"):
+        graph.kv_store(2, 4, 100)  # more cache rows than the plan's profiles take: refused before allocating
+    assert cuda.allocated == {}
+    cache = PluginCache(graph, spec, kv_heads=2, head_dim=4, capacity=40)
+    kv = cache.kv
+    assert isinstance(kv, DeviceKV) and kv is graph.kv_store(2, 4, 40)  # allocated once
+    assert sorted(kv.pointers) == sorted(spec.past_names) and len(cuda.memsets) == len(spec.past_names)
+    assert kv.row_bytes == 2 * 40 * 4 * 4
+    with pytest.raises(GenerationError, match="maximum batch of 2"):
+        cache.start(3)
+    cache.start(2)
+    cache.forward(np.array([[5, 6, 7], [0, 8, 9]]), np.array([[1, 1, 1], [0, 1, 1]]))  # prefill: S = 3, not captured
+    for _ in range(2):  # decode: S = 1, captured, then replayed
+        cache.forward(np.array([[1], [2]]), np.ones((2, 1), dtype=bool))
+    assert cuda.captures == 1 and cuda.launches == ["exec1"]
+    copies_before = len(cuda.copies)
+    cache.compact_if_needed(np.array([1]))  # row 0 finished: row 1 moves down, on the device
+    moved = cuda.copies[copies_before:]
+    assert sorted(moved) == sorted(("D2D", p, p + kv.row_bytes, kv.row_bytes) for p in kv.pointers.values())
+    cache.forward(np.array([[3]]), np.ones((1, 1), dtype=bool))
+
+    buffers = {pointer: name for name, (pointer, _) in graph._buffers.items()}
+    assert not {name for name in graph._buffers if name.startswith("kv_cache")}
+    uploads = [buffers[dst] for kind, dst, _, _ in cuda.copies if kind == "H2D"]
+    downloads = [buffers[src] for kind, _, src, _ in cuda.copies if kind == "D2H"]
+    assert uploads == ["input_ids", "position_ids", "past_len"] * 4 and downloads == ["logits"] * 4
+    # prefill; B = 2 decode run, then captured; its replay (no run); B = 1 decode run, then captured
+    assert [captured for *_, captured in engine.runs] == [False, False, True, False, True]
+    for shapes, addresses, _ in engine.runs:
+        batch = shapes["input_ids"][0]
+        for past, present in zip(spec.past_names, spec.present_names):
+            assert addresses[past] == addresses[present] == kv.pointers[past]
+            assert shapes[past] == (batch, 2, 40, 4)
+    graph.close()
+    assert cuda.allocated == {}
+
+
+def test_trt_graph_downloads_only_what_is_not_skipped(fake_trt_graph):
+    spec = draft_spec(1, 1, 4, 11, 4, attention="plugin")
+    graph, _, cuda = fake_trt_graph(spec)
+    cache = PluginCache(graph, spec, kv_heads=1, head_dim=4, capacity=40)
+    cache.start(1)
+    outputs = cache.forward(np.array([[5, 6]]), np.ones((1, 2), dtype=bool), skip=("draft_logits",))
+    assert set(outputs) == {"draft_ids"} and outputs["draft_ids"].shape == (1, 4)
+    assert "draft_logits" in graph._buffers  # bound all the same: TensorRT writes every output
+    assert [kind for kind, *_ in cuda.copies].count("D2H") == 1
+
+
+def test_trt_graph_transfers_plain_caches(fake_trt_graph):
+    """The plain flavour's caches are ordinary inputs and outputs (BatchCache feeds them back)."""
+    spec = target_spec(1, 1, 4, 11)
+    graph, _, cuda = fake_trt_graph(spec)
+    assert not graph.kv_in_place
+    feeds = {"input_ids": np.ones((1, 2), np.int64), "position_ids": np.ones((1, 2), np.int64),
+             "attention_mask": np.ones((1, 5), np.int64)}
+    feeds |= {name: np.zeros((1, 1, 3, 4), np.float32) for name in spec.past_names}
+    outputs = graph.run(feeds)
+    assert set(outputs) == {t.name for t in spec.outputs}
+    assert [kind for kind, *_ in cuda.copies] == ["H2D"] * len(spec.inputs) + ["D2H"] * len(spec.outputs)
 
 
 def test_runtime_import_stays_free_of_tensorrt():

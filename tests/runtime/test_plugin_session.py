@@ -1,6 +1,7 @@
 """Session on plugin-attention engines (PardAttention over preallocated KV buffers, on ONNX Runtime through the
 onnxruntime-extensions op): greedy output == the target's own greedy decoding, token for token, alone and in a
-batch whose rows accept different numbers of drafts."""
+batch whose rows accept different numbers of drafts. Each Session test runs with both KV stores: HostKV (what ONNX
+Runtime needs) and, through InPlaceGraph, the graph-owned store TensorRT uses (static buffers updated in place)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import numpy as np
 import pytest
 
 import tiny_models
-from pard_export.contract import draft_spec
-from pard_export.errors import EngineError
+from pard_export.contract import draft_spec, target_spec
+from pard_export.errors import EngineError, GenerationError
 from pard_export.runtime import Session
-from pard_export.runtime.plugin_cache import PluginCache
+from pard_export.runtime.plugin_cache import GraphKV, HostKV, PluginCache, row_moves
 
 pytest.importorskip("onnxruntime_extensions")
 
@@ -39,10 +40,68 @@ def near_copy_draft(tmp_path_factory):
     return directory
 
 
-@pytest.fixture(scope="module")
-def session(tiny_pair, engine, near_copy_draft):
+class NumpyKV(GraphKV):
+    """GraphKV over numpy buffers [max_batch, Hkv, C, D]; the rows past the batch are NaN (never written yet, or
+    left the batch), so a call that reads one gives NaN logits. Records its row moves."""
+
+    def __init__(self, names, row_shape, dtype, max_batch):
+        super().__init__(max_batch, row_shape)
+        self.buffers = {name: np.full((max_batch, *row_shape), np.nan, dtype=dtype) for name in names}
+        self.moves = []
+
+    def move_row(self, source, target):
+        self.moves.append((source, target))
+        for buffer in self.buffers.values():
+            buffer[target] = buffer[source]
+
+    def keep(self, rows):
+        super().keep(rows)
+        for buffer in self.buffers.values():
+            buffer[self.batch :] = np.nan
+
+
+class InPlaceGraph:
+    """An ONNX Runtime plugin graph behaving like TrtGraph: it owns its caches (a NumpyKV), runs on their first B
+    rows and copies the kv_cache_out outputs back into them (TensorRT aliases them). The caller feeds no KV."""
+
+    kv_in_place = True
+
+    def __init__(self, graph, spec, max_batch):
+        self.graph, self.spec, self.max_batch, self.kv_dtype = graph, spec, max_batch, graph.kv_dtype
+        self.kv = None
+
+    @property
+    def busy_s(self):
+        return self.graph.busy_s
+
+    def kv_store(self, kv_heads, head_dim, capacity):
+        self.kv = NumpyKV(self.spec.past_names, (kv_heads, capacity, head_dim), self.kv_dtype, self.max_batch)
+        return self.kv
+
+    def run(self, feeds, skip=()):
+        assert not set(feeds) & set(self.spec.past_names), "the caller fed KV to an in-place graph"
+        batch = len(feeds["past_len"])
+        assert batch == self.kv.batch
+        views = {name: buffer[:batch] for name, buffer in self.kv.buffers.items()}
+        outputs = self.graph.run(feeds | views, skip)
+        for past, present in zip(self.spec.past_names, self.spec.present_names):
+            views[past][...] = outputs.pop(present)
+        return outputs
+
+
+def keep_kv_in_graphs(session, max_batch=3):
+    for role, cache in session._caches.items():
+        entry = session.manifest.models[role]
+        graph = InPlaceGraph(cache.graph, entry.io, max_batch)
+        session._caches[role] = PluginCache(graph, entry.io, entry.kv_heads, entry.head_dim, cache.capacity)
+
+
+@pytest.fixture(scope="module", params=["host", "in-place"])
+def session(request, tiny_pair, engine, near_copy_draft):
     target, _ = tiny_pair("llama")
     with Session(engine(target, near_copy_draft, K, attention="plugin", max_seq_len=96, with_ar_draft=True)) as s:
+        if request.param == "in-place":
+            keep_kv_in_graphs(s)
         yield s
 
 
@@ -57,6 +116,8 @@ def plain_session(tiny_pair, engine, near_copy_draft):
 def test_plugin_engine_uses_preallocated_buffers(session):
     assert session.manifest.attention == "plugin"
     assert all(isinstance(cache, PluginCache) for cache in session._caches.values())
+    for cache in session._caches.values():  # the store the graph asks for
+        assert isinstance(cache.kv, NumpyKV if getattr(cache.graph, "kv_in_place", False) else HostKV)
 
 
 @pytest.mark.parametrize("mode", ["pard", "ar", "ar-draft"])
@@ -95,6 +156,59 @@ def test_a_batch_of_three_whose_rows_finish_at_different_steps(session, referenc
     results = session.generate_batch([ids for ids, _ in cases], max_new_tokens=NEW_TOKENS)
     assert [r.token_ids for r in results] == [expected for _, expected in cases]
     assert len({r.stats.target_forwards for r in results}) > 1  # rows left the batch at different steps
+
+
+def test_rows_leaving_the_batch_take_their_caches_along(session, references):
+    """Rows finish in the order 0, 1, 2 (per-row limits): the survivors move down twice, so a store that dropped,
+    kept or mixed the wrong rows would change their tokens (or, reading a row that left, make them NaN)."""
+    cases = references("llama")
+    limits = [5, NEW_TOKENS // 2, NEW_TOKENS]
+    results = session.generate_batch([ids for ids, _ in cases], max_new_tokens=limits)
+    assert [r.token_ids for r in results] == [expected[:n] for (_, expected), n in zip(cases, limits)]
+    for role in ("target", "draft"):  # the two graphs of pard mode
+        kv = session._caches[role].kv
+        if isinstance(kv, NumpyKV):
+            assert kv.moves[-3:] == [(1, 0), (2, 1), (1, 0)]  # 3 rows -> rows 1, 2 -> row 2
+
+
+def test_graph_kv_moves_rows_down_in_place():
+    kv = NumpyKV(["kv_cache.0.key"], (1, 2, 1), np.float32, max_batch=4)
+    kv.start(4)
+    kv.buffers["kv_cache.0.key"][:] = np.arange(4)[:, None, None, None]
+    kv.keep(np.array([0, 2, 3]))
+    kv.keep(np.array([1, 2]))
+    assert kv.batch == 2 and kv.feeds() == {}
+    assert kv.buffers["kv_cache.0.key"][:2, 0, :, 0].tolist() == [[2, 2], [3, 3]]
+    assert np.isnan(kv.buffers["kv_cache.0.key"][2:]).all()
+    assert row_moves(np.array([0, 1, 3])) == [(3, 2)] and row_moves(np.array([2])) == [(2, 0)]
+    with pytest.raises(GenerationError, match="maximum batch of 4"):
+        kv.start(5)
+
+
+def test_an_in_place_graph_gets_no_kv_from_plugin_cache():
+    """PluginCache takes its store from an in-place graph and then feeds it tokens, positions and lengths only."""
+    fed = []
+
+    class Graph:
+        kv_in_place, kv_dtype = True, np.float32
+
+        def kv_store(self, kv_heads, head_dim, capacity):
+            self.kv = NumpyKV(spec.past_names, (kv_heads, capacity, head_dim), np.float32, max_batch=2)
+            return self.kv
+
+        def run(self, feeds, skip=()):
+            fed.append(sorted(feeds))
+            return {"logits": np.zeros((*feeds["input_ids"].shape, 10), np.float32)}
+
+    spec = target_spec(2, 1, 2, 10, attention="plugin")
+    graph = Graph()
+    cache = PluginCache(graph, spec, 1, 2, capacity=32)
+    assert cache.kv is graph.kv
+    cache.start(2)
+    cache.forward(np.array([[5, 6], [0, 7]]), np.array([[1, 1], [0, 1]]))
+    cache.compact_if_needed(np.array([1]))
+    assert graph.kv.batch == 1 and graph.kv.moves == [(1, 0)] and cache.lengths.tolist() == [1]
+    assert fed == [["input_ids", "past_len", "position_ids"]]
 
 
 def test_draft_cache_refeeds_shorter_rows():
