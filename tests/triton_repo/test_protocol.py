@@ -29,7 +29,7 @@ def parse(limit=100, **values):
 def test_defaults_are_greedy_and_not_streamed():
     request = parse(text_input="héllo", max_tokens=5)
     assert (request.prompt, request.max_tokens, request.temperature, request.stream, request.seed) == ("héllo", 5, 0.0, False, None)
-    assert request.batch_key == ("greedy", False)
+    assert request.batch_key == ("greedy", False, 1.0, 0)
 
 
 def test_every_knob_is_read():

@@ -71,6 +71,12 @@ def test_a_bad_request_fails_alone(session):
     assert [r.ids() for _, r in (work[0], work[2])] == [session.generate(p, max_new_tokens=6).token_ids for p in PROMPTS[:2]]
 
 
+def test_each_greedy_request_has_its_own_knobs_checked(session):
+    work = [(Request(PROMPTS[0], 6), Recorder()), (Request(PROMPTS[1], 6, top_p=2.0), Recorder())]
+    serve(session, work)
+    assert work[0][1].error is None and "top_p must lie in (0, 1]" in work[1][1].error
+
+
 def test_sampled_requests_decode_alone_and_follow_their_seed(session):
     work = [(Request(PROMPTS[0], 10, temperature=0.8, seed=3), Recorder()),
             (Request(PROMPTS[0], 10, temperature=0.8, seed=3), Recorder()),
