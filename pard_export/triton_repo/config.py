@@ -4,7 +4,6 @@ protobuf, and checked (syntax, field names and types, then what the model needs)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import PardExportError
 from .protocol import INPUTS, OUTPUTS, Tensor
