@@ -50,9 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--mask-token-id", type=int, help="override the draft config's pard_token")
     build.add_argument("--force", action="store_true", help="replace a non-empty --out")
     build.add_argument("--with-ar-draft", action="store_true", help="also export the draft as a plain AR graph (ar-draft baseline)")
-    build.add_argument("--attention", default="plain",
-                       help="plain (default: concatenated KV, for ONNX Runtime) or plugin (PardAttention nodes over "
-                            "preallocated KV buffers)")
+    build.add_argument("--attention",
+                       help="plain (concatenated KV; the onnxruntime default) or plugin (PardAttention nodes over "
+                            "preallocated KV buffers; the tensorrt default and only choice)")
     build.add_argument("--max-batch", type=int, default=8, help="tensorrt: largest batch the plans serve (default 8)")
     build.add_argument("--prefill-chunk", type=int, default=512,
                        help="tensorrt: most tokens per call, i.e. the prefill chunk (default 512)")

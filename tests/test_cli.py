@@ -81,6 +81,7 @@ def test_k_out_of_range(capsys, tmp_path, pair, k):
 @pytest.mark.parametrize("flags, match", [
     (["--attention", "bogus"], "--attention 'bogus' is not one of plain, plugin"),
     (["--attention", "plugin", "--dtype", "float16"], "float32 only"),
+    (["--attention", "plain", "--backend", "tensorrt", "--dtype", "float16"], "plugin-attention graphs only"),
 ])
 def test_bad_attention(capsys, tmp_path, pair, flags, match):
     out = tmp_path / "o"

@@ -37,7 +37,7 @@ def build(
     mask_token_id: int | None = None,
     force: bool = False,
     with_ar_draft: bool = False,
-    attention: str = PLAIN,
+    attention: str | None = None,
     max_batch: int = 8,
     prefill_chunk: int = 512,
     timing_cache: str | Path | None = None,
@@ -45,13 +45,14 @@ def build(
 ) -> Path:
     """Export target.onnx and draft.onnx (k fixed mask slots) into an engine directory; returns its path.
     with_ar_draft adds draft_ar.onnx, the draft as a plain AR model, for the ar-draft baseline. attention="plugin"
-    exports the PardAttention flavour (preallocated KV buffers, contract.py) instead of the plain graphs.
+    exports the PardAttention flavour (preallocated KV buffers, contract.py) instead of the plain graphs (default:
+    plain for onnxruntime, plugin for tensorrt, which runs only that flavour).
     backend="tensorrt" exports that flavour and builds draft.plan / target.plan for batches up to max_batch and calls
     of up to prefill_chunk tokens, reusing the TensorRT timing cache file `timing_cache` if given."""
     checks.check_k(k)
     _check_choice("backend", backend, BACKENDS)
     _check_choice("dtype", dtype, DTYPES)
-    _check_choice("attention", attention, ATTENTIONS)
+    attention = _attention_for(backend, attention)
     if attention == PLUGIN and backend == "onnxruntime" and dtype != "float32":
         raise PardExportError(
             "plugin-attention engines run on ONNX Runtime in float32 only (onnxruntime-extensions' Python ops have no "
@@ -66,7 +67,6 @@ def build(
         from .tensorrt_build import check_tensorrt_build
 
         check_tensorrt_build(dtype)  # TensorRT importable, fp16/bf16: before anything is loaded or written
-        attention = PLUGIN  # TensorRT runs the PardAttention flavour (plugins/pard_attention/tensorrt_plugin.py)
     flavour = "-plugin" if attention == PLUGIN else ""
     out = Path(out) if out else Path("engines") / f"{_short_name(target)}-k{k}-{backend}{flavour}"
     if out.exists() and any(out.iterdir()) and not force:
@@ -242,6 +242,18 @@ def _tool_versions() -> dict[str, str]:
 def _short_name(target: str) -> str:
     name = target.rstrip("/").split("/")[-1].removesuffix(".gguf").split("@")[0]
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).lower() or "model"
+
+
+def _attention_for(backend: str, attention: str | None) -> str:
+    """The graphs' flavour: plain for ONNX Runtime unless asked; TensorRT runs the PardAttention flavour only
+    (plugins/pard_attention/tensorrt_plugin.py)."""
+    if attention is None:
+        return PLUGIN if backend == "tensorrt" else PLAIN
+    _check_choice("attention", attention, ATTENTIONS)
+    if backend == "tensorrt" and attention != PLUGIN:
+        raise PardExportError("the tensorrt backend builds plugin-attention graphs only; pass --attention plugin "
+                              "or leave it out")
+    return attention
 
 
 def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:

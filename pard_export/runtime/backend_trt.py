@@ -41,7 +41,7 @@ CUDA_PYTHON_MISSING = "cuda-python is not installed; pip install cuda-python (th
 Shapes = Mapping[str, tuple[int, ...]]
 
 
-def graph_key(shapes: Shapes, capture: Iterable[int] | None, sequence_input: str = "input_ids"):
+def graph_key(shapes: Shapes, capture: Iterable[int] | None, sequence_input: str = INPUT_IDS):
     """The CUDA graph key of a call (its input shapes, sorted by name), or None when this call is not captured:
     capture disabled, or its S (the second dim of `sequence_input`) is not one of the captured buckets."""
     if not capture or sequence_input not in shapes or shapes[sequence_input][1] not in set(capture):

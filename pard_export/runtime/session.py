@@ -14,8 +14,8 @@ from ..errors import EngineError, GenerationError
 from ..manifest import TOKENIZER_DIR, Manifest, read_manifest, verify_hashes
 from .backend_ort import OrtGraph
 from .cache import BatchCache
-from .plugin_cache import PluginCache
 from .decoding import GenerationStats, StatsRecorder, StepResult, ar_draft_step, ar_step, pard_step
+from .plugin_cache import PluginCache
 from .sampling import SamplingParams
 from .streaming import RowText
 from .text import TextCodec
