@@ -31,5 +31,18 @@ INPUTS = ("q", "k_new", "v_new", "k_cache", "v_cache", "past_len")
 OUTPUTS = ("out", "k_cache_out", "v_cache_out")
 INT_ATTRIBUTES = ("num_q_heads", "num_kv_heads", "head_size")
 STRING_ATTRIBUTES = ("plugin_namespace", "plugin_version")
+# The node as TensorRT runs it (tensorrt_plugin.py, one launch of triton_fused.py) has one more input and three
+# more outputs, all optional in the OpSchema: split-K counters (int32, zeros before and after every launch; the
+# output aliases the input) and the float32 partial results the splits leave for the one that merges them.
+TRT_INPUTS = ("sync",)
+TRT_OUTPUTS = ("sync_out", "partial", "partial_lse")
+QUERY_BLOCK = 64  # query rows (tokens x group heads) per program of the one-launch kernel
 
-__all__ = ["DOMAIN", "OP_TYPE", "OPSET_VERSION", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "pard_attention"]
+
+def sync_size(batch: int, seq: int, kv_heads: int, group: int) -> int:
+    """int32 counters one launch uses in `sync`: one per (batch row, kv head, block of QUERY_BLOCK query rows)."""
+    return batch * kv_heads * -(-seq * group // QUERY_BLOCK)
+
+
+__all__ = ["DOMAIN", "OP_TYPE", "OPSET_VERSION", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "QUERY_BLOCK", "pard_attention",
+           "sync_size"]

@@ -6,10 +6,11 @@ from __future__ import annotations
 import onnx
 from onnx.defs import OpSchema
 
-from . import DOMAIN, INPUTS, INT_ATTRIBUTES, OP_TYPE, OPSET_VERSION, OUTPUTS, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from . import (DOMAIN, INPUTS, INT_ATTRIBUTES, OP_TYPE, OPSET_VERSION, OUTPUTS, PLUGIN_NAMESPACE, PLUGIN_VERSION,
+               TRT_INPUTS, TRT_OUTPUTS)
 
 _FLOATS = ("tensor(float)", "tensor(float16)", "tensor(bfloat16)")
-_RANKS = {"q": 4, "k_new": 4, "v_new": 4, "k_cache": 4, "v_cache": 4, "past_len": 1}
+_RANKS = {"q": 4, "k_new": 4, "v_new": 4, "k_cache": 4, "v_cache": 4, "past_len": 1, "sync": 1}
 _DOCS = {
     "q": "[B, S, Hq, D] queries of the S new tokens, RoPE applied",
     "k_new": "[B, S, Hkv, D] keys of the new tokens, RoPE applied",
@@ -20,8 +21,13 @@ _DOCS = {
     "out": "[B, S, Hq, D] attention output",
     "k_cache_out": "k_cache with the new rows written (TensorRT: the same buffer as k_cache, updated in place)",
     "v_cache_out": "v_cache with the new rows written (TensorRT: the same buffer as v_cache)",
+    "sync": "optional, TensorRT only: int32 [N] split-K counters, zeros (N >= B * Hkv * ceil(S * Hq / Hkv / 64))",
+    "sync_out": "optional: sync, zeros again (TensorRT: the same buffer)",
+    "partial": "optional scratch: float32 [B, S, Hq, splits, D] partial outputs of the key splits (nobody reads it)",
+    "partial_lse": "optional scratch: float32 [B, S, Hq, splits] their log-sum-exps",
 }
-_TYPE_OF = {"past_len": "tensor(int32)"}
+_TYPE_OF = {"past_len": "tensor(int32)", "sync": "tensor(int32)", "sync_out": "tensor(int32)",
+            "partial": "tensor(float)", "partial_lse": "tensor(float)"}
 
 
 def register_schema() -> OpSchema:
@@ -47,7 +53,6 @@ def opset_import() -> onnx.OperatorSetIdProto:
 
 
 def _schema() -> OpSchema:
-    param = OpSchema.FormalParameter
     attr = OpSchema.Attribute
     schema = OpSchema(
         OP_TYPE,
@@ -55,8 +60,8 @@ def _schema() -> OpSchema:
         OPSET_VERSION,
         "Multi-token causal attention over a preallocated KV cache (plugins/pard_attention/__init__.py): writes the "
         "new keys/values at rows past_len[b].. and lets query i of row b attend to cache rows 0 .. past_len[b]+i.",
-        inputs=[param(name, _TYPE_OF.get(name, "T"), _DOCS[name]) for name in INPUTS],
-        outputs=[param(name, "T", _DOCS[name]) for name in OUTPUTS],
+        inputs=[_param(name) for name in INPUTS] + [_param(name, optional=True) for name in TRT_INPUTS],
+        outputs=[_param(name) for name in OUTPUTS] + [_param(name, optional=True) for name in TRT_OUTPUTS],
         type_constraints=[("T", list(_FLOATS), "activations and caches share one float type")],
         attributes=[
             attr("num_q_heads", OpSchema.AttrType.INT, "Hq", required=True),
@@ -71,6 +76,11 @@ def _schema() -> OpSchema:
     return schema
 
 
+def _param(name: str, optional: bool = False) -> OpSchema.FormalParameter:
+    option = OpSchema.FormalParameterOption.Optional if optional else OpSchema.FormalParameterOption.Single
+    return OpSchema.FormalParameter(name, _TYPE_OF.get(name, "T"), _DOCS[name], param_option=option)
+
+
 def _default(name: str, value: str) -> onnx.AttributeProto:
     return onnx.helper.make_attribute(name, value)
 
@@ -81,8 +91,9 @@ def _infer(ctx) -> None:
     if q_heads is not None and kv_heads and q_heads % kv_heads:
         raise onnx.shape_inference.InferenceError(
             f"{OP_TYPE}: num_q_heads {q_heads} is not a multiple of num_kv_heads {kv_heads}")
-    types = [ctx.get_input_type(i) if ctx.has_input(i) else None for i in range(len(INPUTS))]
-    for name, tp in zip(INPUTS, types):
+    names = INPUTS + TRT_INPUTS
+    types = [ctx.get_input_type(i) if ctx.has_input(i) else None for i in range(len(names))]
+    for name, tp in zip(names, types):
         if tp is not None and tp.tensor_type.HasField("shape") and len(tp.tensor_type.shape.dim) != _RANKS[name]:
             raise onnx.shape_inference.InferenceError(
                 f"{OP_TYPE}: input {name} has rank {len(tp.tensor_type.shape.dim)}, expected {_RANKS[name]}")
@@ -94,6 +105,11 @@ def _infer(ctx) -> None:
                                   (2, 4, {1: kv_heads, 3: head_size})):
         if types[source] is not None:
             ctx.set_output_type(output, _with_dims(types[source], known))
+    if ctx.has_output(3) and types[6] is not None:  # sync_out: like sync
+        ctx.set_output_type(3, types[6])
+    for output, rank in ((4, 5), (5, 4)):  # the float32 scratch: [B, S, Hq, splits, D] and [B, S, Hq, splits]
+        if ctx.has_output(output):
+            ctx.set_output_type(output, onnx.helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, [None] * rank))
 
 
 def _with_dims(tp: onnx.TypeProto, known: dict[int, int | None]) -> onnx.TypeProto:

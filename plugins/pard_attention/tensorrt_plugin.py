@@ -2,7 +2,10 @@
 
 - `register` describes the outputs from the inputs' TensorDescs: out like q, and k_cache_out / v_cache_out
   *aliased* to the k_cache / v_cache inputs (`TensorDesc.aliased()`), so TensorRT hands the plugin one buffer per
-  cache and the update is in place (the builder needs PreviewFeature.ALIASED_PLUGIN_IO_10_03).
+  cache and the update is in place (the builder needs PreviewFeature.ALIASED_PLUGIN_IO_10_03). The TensorRT form
+  of the node also takes `sync` (split-K counters, int32 zeros; sync_out aliases it) and gives two float32
+  scratch outputs, partial and partial_lse (package TRT_INPUTS / TRT_OUTPUTS): an AOT plugin has no workspace,
+  so the split-K partials live in outputs nobody reads. pard_export.export.tensorrt_lowering wires them.
 - `aot_impl` compiles the one-launch Triton kernel (`triton_fused.py`) to PTX; TensorRT embeds it in the plan, so
   running the plan needs no Python (Triton Inference Server's C++ TensorRT backend, trtexec, CUDA graphs).
 - No `autotune`: the strongly typed network fixes every dtype, and the default LINEAR format is what the kernel
@@ -22,7 +25,7 @@ from . import DOMAIN, INT_ATTRIBUTES, OP_TYPE
 
 PLUGIN_ID = f"{DOMAIN}::{OP_TYPE}"
 ATTRIBUTES = INT_ATTRIBUTES  # num_q_heads, num_kv_heads, head_size: typed `int` plugin attributes
-ALIASED_OUTPUTS = {1: 3, 2: 4}  # output index -> the input index it aliases (k_cache_out -> k_cache, v -> v)
+ALIASED_OUTPUTS = {1: 3, 2: 4, 3: 6}  # output index -> the input index it aliases (k/v caches, sync counters)
 _TRITON_DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 _registered = False
@@ -37,19 +40,23 @@ def triton_dtype_name(dtype) -> str:
     return _TRITON_DTYPES[name]
 
 
-def compile_kernel(dtype_name: str, q_heads: int, kv_heads: int, head_size: int, target: tuple[int, int] | None = None):
+def compile_kernel(dtype_name: str, q_heads: int, kv_heads: int, head_size: int, target: tuple[int, int] | None = None,
+                   sm_count: int | None = None):
     """Compile the fused kernel for one node: (kernel name, PTX, metadata dict with num_warps and shared bytes).
 
-    target=(compute capability, warp size) compiles for that GPU without one present; None: the current GPU."""
+    target=(compute capability, warp size) compiles for that GPU without one present; None: the current GPU.
+    sm_count: the streaming multiprocessors its split-K fills (None: the current GPU's)."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     from . import triton_fused
 
+    if sm_count is None:
+        sm_count = triton.runtime.driver.active.utils.get_device_properties(0)["multiprocessor_count"]
     source = triton.compiler.ASTSource(
         fn=triton_fused.pard_attention_fused_kernel,
         signature=triton_fused.signature(dtype_name),
-        constexprs=triton_fused.constexprs(q_heads, kv_heads, head_size, dtype_name),
+        constexprs=triton_fused.constexprs(q_heads, kv_heads, head_size, dtype_name, sm_count=sm_count),
     )
     options = {"num_warps": triton_fused.NUM_WARPS, "num_stages": triton_fused.NUM_STAGES}
     if target is None:
@@ -105,35 +112,42 @@ def _define() -> None:
     @trtp.register(PLUGIN_ID)
     def pard_attention_desc(
         q: trtp.TensorDesc, k_new: trtp.TensorDesc, v_new: trtp.TensorDesc, k_cache: trtp.TensorDesc,
-        v_cache: trtp.TensorDesc, past_len: trtp.TensorDesc, num_q_heads: int, num_kv_heads: int, head_size: int,
-    ) -> Tuple[trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc]:
-        return q.like(), k_cache.aliased(), v_cache.aliased()
+        v_cache: trtp.TensorDesc, past_len: trtp.TensorDesc, sync: trtp.TensorDesc, num_q_heads: int,
+        num_kv_heads: int, head_size: int,
+    ) -> Tuple[trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc]:
+        import tensorrt as trt
+
+        batch, seq = q.shape_expr[0], q.shape_expr[1]
+        partial, partial_lse = triton_fused.scratch_shapes(batch, seq, k_cache.shape_expr[2], num_q_heads, head_size,
+                                                           cdiv=trtp.cdiv, minimum=trtp.min)
+        return (q.like(), k_cache.aliased(), v_cache.aliased(), sync.aliased(),
+                trtp.from_shape_expr(partial, dtype=trt.float32), trtp.from_shape_expr(partial_lse, dtype=trt.float32))
 
     @trtp.aot_impl(PLUGIN_ID)
     def pard_attention_aot(
         q: trtp.TensorDesc, k_new: trtp.TensorDesc, v_new: trtp.TensorDesc, k_cache: trtp.TensorDesc,
-        v_cache: trtp.TensorDesc, past_len: trtp.TensorDesc, num_q_heads: int, num_kv_heads: int, head_size: int,
-        outputs: Tuple[trtp.TensorDesc], tactic: int,
+        v_cache: trtp.TensorDesc, past_len: trtp.TensorDesc, sync: trtp.TensorDesc, num_q_heads: int,
+        num_kv_heads: int, head_size: int, outputs: Tuple[trtp.TensorDesc], tactic: int,
     ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
         name, ptx, meta = compile_kernel(triton_dtype_name(q.dtype), num_q_heads, num_kv_heads, head_size)
-        batch, seq = q.shape_expr[0], q.shape_expr[1]
-        grid_x, grid_y = triton_fused.launch_grid(batch, seq, num_kv_heads, num_q_heads // num_kv_heads, cdiv=trtp.cdiv)
+        batch, seq, capacity = q.shape_expr[0], q.shape_expr[1], k_cache.shape_expr[2]
+        grid = triton_fused.launch_grid(batch, seq, capacity, num_kv_heads, num_q_heads // num_kv_heads,
+                                        cdiv=trtp.cdiv, minimum=trtp.min)
         launch = trtp.KernelLaunchParams()
-        launch.grid_x = grid_x
-        launch.grid_y = grid_y
+        launch.grid_x, launch.grid_y, launch.grid_z = grid
         launch.block_x = meta["num_warps"] * 32
         launch.shared_mem = meta["shared"]
         # the kernel's int32 scalars, between the input and the output pointers: S and the cache capacity Smax
-        extra_args = trtp.SymIntExprs.from_tuple([trtp.SymInt32(seq), trtp.SymInt32(k_cache.shape_expr[2])])
+        extra_args = trtp.SymIntExprs.from_tuple([trtp.SymInt32(seq), trtp.SymInt32(capacity)])
         return name, ptx, launch, extra_args
 
     @trtp.impl(PLUGIN_ID)
-    def pard_attention_jit(q, k_new, v_new, k_cache, v_cache, past_len, num_q_heads: int, num_kv_heads: int,
+    def pard_attention_jit(q, k_new, v_new, k_cache, v_cache, past_len, sync, num_q_heads: int, num_kv_heads: int,
                            head_size: int, outputs, stream: int) -> None:
-        # Debugging only: Python at every enqueue. The caches are aliased, so the kernel updates them in place.
+        # Debugging only: Python at every enqueue. The caches and counters are aliased, so updates are in place.
         import torch
 
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-            tensors = [torch.as_tensor(t, device="cuda") for t in (q, k_new, v_new, k_cache, v_cache, past_len)]
-            out = torch.as_tensor(outputs[0], device="cuda")
-            out.copy_(triton_fused.pard_attention_fused(*tensors))
+            inputs = [torch.as_tensor(t, device="cuda") for t in (q, k_new, v_new, k_cache, v_cache, past_len, sync)]
+            out, _, _, _, partial, partial_lse = (torch.as_tensor(t, device="cuda") for t in outputs)
+            triton_fused.pard_attention_fused(*inputs[:6], sync=inputs[6], scratch=(partial, partial_lse), out=out)

@@ -39,8 +39,12 @@ def test_schema_registers_once_and_describes_the_plugin_node():
     first, again = register_schema(), register_schema()
     assert (first.name, first.domain, first.since_version) == (again.name, again.domain, again.since_version)
     assert (first.name, first.domain) == (OP_TYPE, DOMAIN)
-    assert [i.name for i in first.inputs] == ["q", "k_new", "v_new", "k_cache", "v_cache", "past_len"]
-    assert [o.name for o in first.outputs] == ["out", "k_cache_out", "v_cache_out"]
+    assert [i.name for i in first.inputs] == ["q", "k_new", "v_new", "k_cache", "v_cache", "past_len", "sync"]
+    assert [o.name for o in first.outputs] == ["out", "k_cache_out", "v_cache_out", "sync_out", "partial",
+                                               "partial_lse"]
+    optional = onnx.defs.OpSchema.FormalParameterOption.Optional  # the TensorRT form's extras only
+    assert [p.name for p in (*first.inputs, *first.outputs) if p.option == optional] == [
+        "sync", "sync_out", "partial", "partial_lse"]
     assert {"num_q_heads", "num_kv_heads", "head_size", "plugin_namespace", "plugin_version"} <= set(first.attributes)
     node = one_node_model().graph.node[0]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}

@@ -63,24 +63,63 @@ def test_fused_kernel_bfloat16():
     assert error(out.float().cpu().numpy(), expected, torch.bfloat16) <= TOLERANCE[torch.bfloat16]
 
 
+@pytest.mark.parametrize("seq, q_heads, kv_heads, head_dim, past, dtype", [
+    (1, 4, 2, 16, (0, 300), torch.float32),  # decode: one row splits, the other does not
+    (9, 8, 2, 32, (200, 70), torch.float16),  # verify: splits that end inside the new tokens
+    (20, 8, 1, 16, (3, 150), torch.float32),  # two query blocks, each with its own counter
+])
+def test_fused_kernel_split_k_merges_in_kernel_and_leaves_the_counters_at_zero(seq, q_heads, kv_heads, head_dim,
+                                                                              past, dtype):
+    """sm_count 64 and splits of >= 16 keys: rows of 100+ keys are cut into 64-key splits whose last finisher merges
+    them. The output must still equal the reference, and every counter must be back at zero."""
+    kernel = fused()
+    inputs = make_inputs(seq, q_heads, kv_heads, head_dim, dtype=dtype, past=past, device=DEVICE)
+    expected = reference.pard_attention(*as_numpy(inputs))
+    sync = torch.zeros(kernel.sync_size(len(past), seq, kv_heads, q_heads // kv_heads) + 3, dtype=torch.int32,
+                       device=DEVICE)
+    out = kernel.pard_attention_fused(*inputs, sm_count=64, min_keys=16, sync=sync)
+    assert error(out.float().cpu().numpy(), expected, dtype) <= TOLERANCE[dtype]
+    assert not sync.any()
+    grid = kernel.launch_grid(len(past), seq, inputs[3].shape[2], kv_heads, q_heads // kv_heads, 16)
+    assert grid[2] > 1  # the launch had programs for several splits
+
+
+def test_fused_kernel_merge_is_what_the_output_comes_from():
+    """A counter left non-zero (a broken runtime) stops the merge: the output is then not the reference, so the
+    test above cannot pass without the in-kernel merge."""
+    kernel = fused()
+    inputs = make_inputs(1, 4, 2, 16, dtype=torch.float32, past=(300, 300), device=DEVICE)
+    expected = reference.pard_attention(*as_numpy(inputs))
+    sync = torch.full((8,), 1000, dtype=torch.int32, device=DEVICE)
+    out = torch.zeros_like(inputs[0])
+    kernel.pard_attention_fused(*inputs, sm_count=64, min_keys=16, sync=sync, out=out)
+    assert error(out.float().cpu().numpy(), expected, torch.float32) > 0.1
+
+
 def test_launch_grid_and_signature_follow_the_aot_argument_order():
     kernel = fused()
-    assert kernel.launch_grid(2, 9, 2, 4) == (4, 1)  # 9 tokens x 4 heads = 36 rows: one 64-row block
-    assert kernel.launch_grid(3, 20, 1, 8) == (3, 3)  # 160 rows: three blocks
+    assert kernel.launch_grid(2, 9, 40, 2, 4) == (4, 1, 1)  # 9 tokens x 4 heads = 36 rows: one 64-row block
+    assert kernel.launch_grid(3, 20, 1040, 1, 8) == (3, 3, 5)  # 160 rows: three blocks; 1040 keys: 5 splits
+    assert kernel.launch_grid(1, 1, 10**6, 8, 4)[2] == kernel.MAX_SPLITS
+    assert kernel.scratch_shapes(3, 20, 1040, 8, 64) == ((3, 20, 8, 5, 64), (3, 20, 8, 5))
     names = list(kernel.signature("fp16"))
-    inputs, scalars, outputs = names[:6], names[6:8], names[8:11]
-    assert inputs == ["Q", "KNew", "VNew", "KCache", "VCache", "PastLen"]  # the node's inputs, in order
-    assert scalars == ["seq", "capacity"] and outputs == ["Out", "KCacheOut", "VCacheOut"]
+    inputs, scalars, outputs = names[:7], names[7:9], names[9:15]
+    assert inputs == ["Q", "KNew", "VNew", "KCache", "VCache", "PastLen", "Sync"]  # the TensorRT node's inputs
+    assert scalars == ["seq", "capacity"]
+    assert outputs == ["Out", "KCacheOut", "VCacheOut", "SyncOut", "Partial", "PartialLse"]
     assert names == list(kernel.pard_attention_fused_kernel.arg_names)
-    assert all(kind == "constexpr" for kind in list(kernel.signature("fp16").values())[11:])
+    assert all(kind == "constexpr" for kind in list(kernel.signature("fp16").values())[15:])
 
 
 def test_plugin_attributes_and_outputs_match_the_onnx_node():
     from plugins import pard_attention
 
     assert tensorrt_plugin.PLUGIN_ID == "pard::PardAttention"
-    assert tensorrt_plugin.ALIASED_OUTPUTS == {1: 3, 2: 4}  # k_cache_out -> k_cache, v_cache_out -> v_cache
-    assert pard_attention.OUTPUTS[1:] == ("k_cache_out", "v_cache_out")
+    assert tensorrt_plugin.ALIASED_OUTPUTS == {1: 3, 2: 4, 3: 6}  # the caches and the counters, in place
+    names_in = pard_attention.INPUTS + pard_attention.TRT_INPUTS
+    names_out = pard_attention.OUTPUTS + pard_attention.TRT_OUTPUTS
+    assert [(names_out[o], names_in[i]) for o, i in tensorrt_plugin.ALIASED_OUTPUTS.items()] == [
+        ("k_cache_out", "k_cache"), ("v_cache_out", "v_cache"), ("sync_out", "sync")]
     assert tuple(tensorrt_plugin.ATTRIBUTES) == pard_attention.INT_ATTRIBUTES
     assert tensorrt_plugin.triton_dtype_name("float16") == "fp16"
 
@@ -98,7 +137,7 @@ import triton
 from plugins.pard_attention import tensorrt_plugin
 results = {}
 for dtype in ("fp16", "bf16"):
-    name, ptx, meta = tensorrt_plugin.compile_kernel(dtype, 8, 2, 64, target=(89, 32))
+    name, ptx, meta = tensorrt_plugin.compile_kernel(dtype, 8, 2, 64, target=(89, 32), sm_count=128)
     with tempfile.NamedTemporaryFile("wb", suffix=".ptx") as f:
         f.write(ptx)
         f.flush()
@@ -112,7 +151,7 @@ print(json.dumps(results))
 
 def test_aot_kernel_compiles_to_ptx_that_ptxas_accepts_without_a_gpu():
     """What aot_impl hands TensorRT, made for SM89 on this CPU machine (triton.compile with an explicit target, in a
-    process without TRITON_INTERPRET): PTX whose entry takes exactly the 11 arguments TensorRT's AOT launcher passes
+    process without TRITON_INTERPRET): PTX whose entry takes exactly the 15 arguments TensorRT's AOT launcher passes
     (Triton's unused hidden scratch pointers dropped), and which ptxas assembles."""
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -121,9 +160,11 @@ def test_aot_kernel_compiles_to_ptx_that_ptxas_accepts_without_a_gpu():
     assert done.returncode == 0, done.stderr[-2000:]
     for dtype, result in json.loads(done.stdout.splitlines()[-1]).items():
         assert result["name"] == "pard_attention_fused_kernel" and result["target"], dtype
-        assert result["params"] == 11 * 2, dtype  # each parameter declared once and loaded once (ld.param)
+        # each parameter declared once and loaded once (ld.param), but Sync: the kernel counts through SyncOut,
+        # the same buffer (aliased), so its input pointer is declared and never read
+        assert result["params"] == 15 + 14, dtype
         assert result["ptxas"] == 0, result["ptxas_error"]
-        assert result["meta"]["num_warps"] == 4 and result["meta"]["shared"] <= 48 * 1024
+        assert result["meta"]["num_warps"] == 4 and result["meta"]["shared"] <= 99 * 1024  # SM89: 99 KiB a block
 
 
 SYNTHETIC_PTX = """.visible .entry k(
@@ -151,10 +192,10 @@ def test_drop_hidden_params_keeps_the_launcher_arguments_only():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 def test_aot_ptx_runs_with_exactly_the_arguments_tensorrt_passes(tmp_path):
-    """The PTX aot_impl returns, loaded and launched the way TensorRT's AOT launcher does (inputs, the two int32
-    scalars, outputs; no hidden scratch pointers), through CuPy's raw module API."""
+    """The PTX aot_impl returns, loaded and launched the way TensorRT's AOT launcher does (the 7 inputs, the two
+    int32 scalars, the 6 outputs; no hidden scratch pointers), through CuPy's raw module API, with split-K."""
     cupy = pytest.importorskip("cupy")
-    seq, q_heads, kv_heads, head_dim, past = 5, 8, 2, 64, (0, 70)
+    seq, q_heads, kv_heads, head_dim, past = 5, 8, 2, 64, (0, 700)
     inputs = make_inputs(seq, q_heads, kv_heads, head_dim, dtype=torch.float16, past=past, device="cuda")
     expected = reference.pard_attention(*as_numpy(inputs))
     major, minor = torch.cuda.get_device_capability()
@@ -162,15 +203,21 @@ def test_aot_ptx_runs_with_exactly_the_arguments_tensorrt_passes(tmp_path):
     (tmp_path / "kernel.ptx").write_bytes(ptx)
     kernel = cupy.RawModule(path=str(tmp_path / "kernel.ptx")).get_function(name.decode())  # CuPy loads .ptx files
     q, k_new, v_new, k_cache, v_cache, past_len = inputs
+    batch, capacity, group = len(past), k_cache.shape[2], q_heads // kv_heads
+    sync = torch.zeros(fused().sync_size(batch, seq, kv_heads, group), dtype=torch.int32, device="cuda")
     out = torch.empty_like(q)
-    grid = fused().launch_grid(len(past), seq, kv_heads, q_heads // kv_heads)
-    pointers = [t.data_ptr() for t in (q, k_new, v_new, k_cache, v_cache, past_len)]
-    args = (*[cupy.uint64(p) for p in pointers], np.int32(seq), np.int32(k_cache.shape[2]),
-            cupy.uint64(out.data_ptr()), cupy.uint64(k_cache.data_ptr()), cupy.uint64(v_cache.data_ptr()))
+    scratch = [torch.empty(shape, dtype=torch.float32, device="cuda")
+               for shape in fused().scratch_shapes(batch, seq, capacity, q_heads, head_dim)]
+    grid = fused().launch_grid(batch, seq, capacity, kv_heads, group)
+    assert grid[2] > 1
+    pointers = [t.data_ptr() for t in (q, k_new, v_new, k_cache, v_cache, past_len, sync)]
+    outputs = [t.data_ptr() for t in (out, k_cache, v_cache, sync, *scratch)]
+    args = (*[cupy.uint64(p) for p in pointers], np.int32(seq), np.int32(capacity), *[cupy.uint64(p) for p in outputs])
     torch.cuda.synchronize()
-    kernel((grid[0], grid[1], 1), (meta["num_warps"] * 32, 1, 1), args, shared_mem=meta["shared"])
+    kernel(grid, (meta["num_warps"] * 32, 1, 1), args, shared_mem=meta["shared"])
     cupy.cuda.runtime.deviceSynchronize()
     assert error(out.float().cpu().numpy(), expected, torch.float16) <= TOLERANCE[torch.float16]
+    assert not sync.any()
 
 
 @pytest.mark.tensorrt
@@ -185,7 +232,7 @@ def test_registration_is_idempotent_with_tensorrt():
 
 class _FakeTrtPlugin:
     """Just enough of `tensorrt.plugin` to run the decorators and call what they registered, with ints for shape
-    expressions: checks the functions' annotations (real classes, 3 outputs) and what aot_impl returns."""
+    expressions: checks the functions' annotations (real classes, 6 outputs) and what aot_impl returns."""
 
     def __init__(self):
         import types
@@ -224,7 +271,8 @@ class _FakeTrtPlugin:
 
         self.module = types.SimpleNamespace(
             TensorDesc=TensorDesc, KernelLaunchParams=KernelLaunchParams, SymExprs=SymExprs, SymIntExprs=SymIntExprs,
-            SymInt32=lambda value: ("i32", value), cdiv=lambda a, b: -(-a // b),
+            SymInt32=lambda value: ("i32", value), cdiv=lambda a, b: -(-a // b), min=min,
+            from_shape_expr=lambda shape, dtype: TensorDesc(shape, dtype),
             register=decorator("register"), aot_impl=decorator("aot_impl"), impl=decorator("impl"),
         )
 
@@ -234,7 +282,9 @@ def test_registration_against_a_fake_tensorrt_plugin_module(monkeypatch):
     import typing
 
     fake = _FakeTrtPlugin()
-    monkeypatch.setitem(sys.modules, "tensorrt", type(sys)("tensorrt"))
+    trt = type(sys)("tensorrt")
+    trt.float32 = "DataType.FLOAT"
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setitem(sys.modules, "tensorrt.plugin", fake.module)
     monkeypatch.setattr("pard_export.tensorrt_support.require_tensorrt", lambda: sys.modules["tensorrt"])
     monkeypatch.setattr(tensorrt_plugin, "_registered", False)
@@ -247,19 +297,25 @@ def test_registration_against_a_fake_tensorrt_plugin_module(monkeypatch):
     signature = inspect.signature(describe)
     assert signature.parameters["q"].annotation is fake.module.TensorDesc  # classes, not strings
     assert [signature.parameters[n].annotation for n in tensorrt_plugin.ATTRIBUTES] == [int, int, int]
-    assert len(typing.get_args(signature.return_annotation)) == 3
+    assert len(typing.get_args(signature.return_annotation)) == 6
 
     TensorDesc = fake.module.TensorDesc
     batch, seq, q_heads, kv_heads, head, capacity = 3, 20, 8, 2, 64, 1040
     q, new = TensorDesc((batch, seq, q_heads, head)), TensorDesc((batch, seq, kv_heads, head))
     caches = TensorDesc((batch, kv_heads, capacity, head)), TensorDesc((batch, kv_heads, capacity, head))
-    inputs = (q, new, new, *caches, TensorDesc((batch,), "DataType.INT32"))
-    out, k_out, v_out = describe(*inputs, q_heads, kv_heads, head)
+    sync = TensorDesc((50,), "DataType.INT32")
+    inputs = (q, new, new, *caches, TensorDesc((batch,), "DataType.INT32"), sync)
+    outputs = describe(*inputs, q_heads, kv_heads, head)
+    out, k_out, v_out, sync_out, partial, partial_lse = outputs
     assert out.shape_expr == q.shape_expr and out.alias is None
-    assert k_out.alias is caches[0] and v_out.alias is caches[1]  # in place
+    assert (k_out.alias, v_out.alias, sync_out.alias) == (*caches, sync)  # in place
+    splits = -(-capacity // fused().MIN_KEYS_PER_SPLIT)  # 5
+    assert partial.shape_expr == [batch, seq, q_heads, splits, head] and partial.dtype == "DataType.FLOAT"
+    assert partial_lse.shape_expr == [batch, seq, q_heads, splits] and partial_lse.dtype == "DataType.FLOAT"
 
     aot = fake.registered[("aot_impl", "pard::PardAttention")]
-    name, ptx, launch, extra = aot(*inputs, q_heads, kv_heads, head, (out, k_out, v_out), 0)
+    name, ptx, launch, extra = aot(*inputs, q_heads, kv_heads, head, outputs, 0)
     assert (name, ptx) == (b"kernel", b"ptx")
-    assert (launch.grid_x, launch.grid_y, launch.block_x, launch.shared_mem) == (batch * kv_heads, 2, 128, 512)  # 80 rows
+    grid = (launch.grid_x, launch.grid_y, launch.grid_z)
+    assert grid == (batch * kv_heads, 2, splits) and (launch.block_x, launch.shared_mem) == (128, 512)  # 80 rows
     assert isinstance(extra, fake.module.SymExprs) and list(extra) == [("i32", seq), ("i32", capacity)]
