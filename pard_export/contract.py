@@ -13,6 +13,9 @@ Two attention flavours share every other tensor:
            same memory, updated in place). The draft's K-1 mask slots are written too, past the real rows, where
            the next call overwrites them. No attention_mask: every input token is causal over rows 0..past_len+i,
            so the caller keeps each row's real tokens contiguous (runtime/plugin_cache.py says how).
+           A TensorRT plan built from a plugin graph takes one more input, attention_sync int32 [N], and gives it
+           back as attention_sync_out (same memory): the split-K counters of its PardAttention kernels, which the
+           runtime allocates zero-filled once and the kernels leave at zero (export/tensorrt_lowering.py).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ LOGITS = "logits"  # float32 [B, S, V]
 DRAFT_IDS = "draft_ids"  # int64 [B, K]
 DRAFT_LOGITS = "draft_logits"  # float32 [B, K, V]
 PAST_LEN = "past_len"  # int32 [B]: tokens already in each row's KV cache (plugin flavour)
+ATTENTION_SYNC = "attention_sync"  # int32 [N]: TensorRT plans of the plugin flavour only (see above)
+ATTENTION_SYNC_OUT = "attention_sync_out"  # the same buffer, as the plan's output
 KV_KINDS = ("key", "value")
 
 BATCH, SEQUENCE, PAST, TOTAL = "batch", "sequence", "past_sequence", "total_sequence"

@@ -16,6 +16,9 @@ Per graph:
   (less those skipped): no KV crosses PCIe. Rows leaving the batch are moved down on the device, one
   device-to-device cudaMemcpyAsync per moved row and buffer. The plain flavour's past_key_values.* / present.*
   still go up and come down every call (BatchCache: a growing cache, not aliased);
+- the plugin flavour's split-K counters (attention_sync, a static int32 [N] the manifest does not list): one device
+  buffer per plan, zeroed once (the kernels leave it at zero), bound as attention_sync and attention_sync_out on
+  every call, never copied;
 - optional CUDA graph capture per shape bucket (`capture`: the call lengths S to capture, e.g. {1, k + 1}), replayed
   whenever the same input shapes come again; valid because no bound address changes (the KV buffers never move,
   and a growing IO buffer drops the captured graphs).
@@ -31,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import INPUT_IDS, PLUGIN, GraphSpec
+from ..contract import ATTENTION_SYNC, ATTENTION_SYNC_OUT, INPUT_IDS, PLUGIN, GraphSpec
 from ..errors import BackendUnavailableError, EngineError
 from ..tensorrt_support import require_tensorrt
 from .plugin_cache import GraphKV
@@ -141,16 +144,19 @@ class TrtGraph:
                               "rebuild the engine on this host")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        if (sorted(inputs), sorted(set(names) - set(inputs))) != (sorted(t.name for t in spec.inputs),
-                                                                 sorted(t.name for t in spec.outputs)):
+        outputs = set(names) - set(inputs)
+        sync = spec.attention == PLUGIN and ATTENTION_SYNC in inputs and ATTENTION_SYNC_OUT in outputs
+        extra_in, extra_out = ([ATTENTION_SYNC], [ATTENTION_SYNC_OUT]) if sync else ([], [])
+        if (sorted(inputs), sorted(outputs)) != (sorted([t.name for t in spec.inputs] + extra_in),
+                                                 sorted([t.name for t in spec.outputs] + extra_out)):
             raise EngineError(f"{path} does not have the inputs/outputs its manifest declares; rebuild the engine")
         self.input_names, self.output_names = [t.name for t in spec.inputs], [t.name for t in spec.outputs]
         self.io = io_plan(spec)
         self.kv_in_place = bool(self.io.static_kv)  # PluginCache then takes its store from kv_store()
         self._dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.kv_dtype = self._dtypes[spec.past_names[0]] if spec.past_names else np.float32
-        self._ranges = [{n: tuple(self.engine.get_tensor_profile_shape(n, p))[0::2] for n in inputs}
-                        for p in range(self.engine.num_optimization_profiles)]
+        self._ranges = [{n: tuple(self.engine.get_tensor_profile_shape(n, p))[0::2] for n in inputs
+                         if n != ATTENTION_SYNC} for p in range(self.engine.num_optimization_profiles)]
         self.max_batch = max(profile[INPUT_IDS][1][0] for profile in self._ranges)
         self._stream = _check(self._cuda.cudaStreamCreate())
         self._contexts = []
@@ -158,11 +164,22 @@ class TrtGraph:
             context = self.engine.create_execution_context()
             context.set_optimization_profile_async(index, self._stream)
             self._contexts.append(context)
+        self._sync = self._sync_buffer(path) if sync else 0  # device pointer of attention_sync(_out)
         self._buffers: dict[str, tuple[int, int]] = {}  # uploaded/downloaded name -> (device pointer, bytes)
         self.kv: DeviceKV | None = None
         self._capture = set(capture or ())
         self._graphs: dict = {}  # graph_key -> instantiated CUDA graph
         self.busy_s = 0.0
+
+    def _sync_buffer(self, path: Path) -> int:
+        """The split-K counters: allocated and zeroed once; the kernels leave them at zero after every call."""
+        shape = tuple(self.engine.get_tensor_shape(ATTENTION_SYNC))
+        if not shape or min(shape) < 0:
+            raise EngineError(f"{path}: {ATTENTION_SYNC} has no static shape ({list(shape)}); rebuild the engine")
+        nbytes = math.prod(shape) * self._dtypes[ATTENTION_SYNC].itemsize
+        pointer = _check(self._cuda.cudaMalloc(nbytes))
+        _check(self._cuda.cudaMemsetAsync(pointer, 0, nbytes, self._stream))
+        return pointer
 
     def kv_store(self, kv_heads: int, head_dim: int, capacity: int) -> DeviceKV:
         """The static device caches [max_batch, Hkv, C, D] (plugin flavour), allocated on the first call."""
@@ -196,6 +213,9 @@ class TrtGraph:
             context.set_input_shape(past, shapes[past])
             context.set_tensor_address(past, self.kv.pointers[past])
             context.set_tensor_address(present, self.kv.pointers[past])
+        if self._sync:  # the same address every call, so captured graphs stay valid
+            context.set_tensor_address(ATTENTION_SYNC, self._sync)
+            context.set_tensor_address(ATTENTION_SYNC_OUT, self._sync)
         outputs = {}
         for name in self.io.downloads:  # every output needs an address, skipped or not
             shape = tuple(context.get_tensor_shape(name))
@@ -217,7 +237,9 @@ class TrtGraph:
             self._cuda.cudaFree(pointer)
         if self.kv is not None:
             self.kv.free()
-        self._graphs, self._buffers, self._contexts, self.kv = {}, {}, [], None
+        if self._sync:
+            self._cuda.cudaFree(self._sync)
+        self._graphs, self._buffers, self._contexts, self.kv, self._sync = {}, {}, [], None, 0
 
     def _bind(self, context, name: str, nbytes: int) -> int:
         pointer, size = self._buffers.get(name, (0, 0))

@@ -15,7 +15,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pard_export.contract import BATCH, CAPACITY, PAST, SEQUENCE, TOTAL, draft_spec, target_spec
+from pard_export.contract import (ATTENTION_SYNC, ATTENTION_SYNC_OUT, BATCH, CAPACITY, PAST, SEQUENCE, TOTAL,
+                                  draft_spec, target_spec)
 from pard_export.errors import BackendUnavailableError, EngineError, GenerationError
 from pard_export.runtime import Session
 from pard_export.runtime import backend_trt
@@ -140,14 +141,20 @@ class FakeContext:
 
 
 class FakeEngine:
-    """A plan with `spec`'s IO and two profiles (S <= 5 and S <= 16; batch <= 2; capacity, past, total <= 64)."""
+    """A plan with `spec`'s IO and two profiles (S <= 5 and S <= 16; batch <= 2; capacity, past, total <= 64);
+    `sync` = N adds the plugin plans' static attention_sync int32 [N] input and its attention_sync_out output
+    (those of `sync_io` only)."""
 
-    def __init__(self, spec, cuda):
+    def __init__(self, spec, cuda, sync=0, sync_io=("in", "out")):
         self.cuda = cuda
         self.io = [(t.name, "in") for t in spec.inputs] + [(t.name, "out") for t in spec.outputs]
         self.dims = {t.name: t.dims for t in spec.inputs + spec.outputs}
         self.dtypes = {t.name: {"int64": np.int64, "int32": np.int32}.get(t.dtype, np.float32)
                        for t in spec.inputs + spec.outputs}
+        for name, mode in ((ATTENTION_SYNC, "in"), (ATTENTION_SYNC_OUT, "out")):
+            if sync and mode in sync_io:
+                self.io.append((name, mode))
+                self.dims[name], self.dtypes[name] = (sync,), np.int32
         self.num_io_tensors, self.num_optimization_profiles, self.runs = len(self.io), 2, []
 
     def get_tensor_name(self, index):
@@ -159,7 +166,11 @@ class FakeEngine:
     def get_tensor_dtype(self, name):
         return self.dtypes[name]
 
+    def get_tensor_shape(self, name):
+        return self.dims[name]
+
     def get_tensor_profile_shape(self, name, profile):
+        assert name != ATTENTION_SYNC, "a static input: it has no profile shapes"
         top = {BATCH: 2, SEQUENCE: (5, 16)[profile]}  # other symbolic dims (capacity, past, total): up to 64
         return [tuple(1 if isinstance(d, str) else d for d in self.dims[name]), (),
                 tuple(top.get(d, 64) if isinstance(d, str) else d for d in self.dims[name])]
@@ -170,10 +181,11 @@ class FakeEngine:
 
 @pytest.fixture
 def fake_trt_graph(monkeypatch, tmp_path):
-    """fake_trt_graph(spec) -> a TrtGraph over FakeEngine(spec), FakeCuda, capturing S in {1, 5}."""
-    def make(spec):
+    """fake_trt_graph(spec, **options) -> a TrtGraph over FakeEngine(spec, **options), FakeCuda, capturing S in
+    {1, 5}."""
+    def make(spec, **options):
         cuda = FakeCuda()
-        engine = FakeEngine(spec, cuda)
+        engine = FakeEngine(spec, cuda, **options)
         trt = SimpleNamespace(TensorIOMode=SimpleNamespace(INPUT="in"), nptype=lambda dtype: dtype)
         trt.Logger = lambda level: None
         trt.Logger.WARNING = 2
@@ -227,6 +239,40 @@ def test_trt_graph_keeps_plugin_caches_in_static_device_buffers(fake_trt_graph):
             assert shapes[past] == (batch, 2, 40, 4)
     graph.close()
     assert cuda.allocated == {}
+
+
+def test_trt_graph_binds_one_zeroed_sync_buffer_as_both_sync_tensors(fake_trt_graph):
+    """A plugin plan's split-K counters: one buffer of N int32, allocated and zeroed once, bound as attention_sync and
+    attention_sync_out on every call (captured ones too), never copied, freed by close()."""
+    spec = target_spec(2, 2, 4, 11, attention="plugin")
+    graph, engine, cuda = fake_trt_graph(spec, sync=12)
+    assert list(cuda.allocated.values()) == [12 * 4] and len(cuda.memsets) == 1
+    (sync,) = cuda.allocated
+    assert cuda.memsets == [(sync, 12 * 4)]
+    assert all(ATTENTION_SYNC not in profile for profile in graph._ranges)  # static: not part of a profile
+    cache = PluginCache(graph, spec, kv_heads=2, head_dim=4, capacity=40)
+    cache.start(2)
+    cache.forward(np.array([[5, 6, 7], [0, 8, 9]]), np.array([[1, 1, 1], [0, 1, 1]]))  # prefill: profile 1
+    for _ in range(3):  # decode, profile 0: run, then captured, then replayed twice
+        cache.forward(np.array([[1], [2]]), np.ones((2, 1), dtype=bool))
+    assert cuda.captures == 1 and cuda.launches == ["exec1", "exec1"]
+    assert [captured for *_, captured in engine.runs] == [False, False, True]
+    for _, addresses, _ in engine.runs:
+        assert addresses[ATTENTION_SYNC] == addresses[ATTENTION_SYNC_OUT] == sync
+    assert [pointer for pointer, _ in cuda.memsets].count(sync) == 1  # never zeroed again
+    assert sync in cuda.allocated and ATTENTION_SYNC not in graph._buffers
+    assert not [copy for copy in cuda.copies if sync in copy[1:3]]  # neither uploaded nor downloaded
+    graph.close()
+    assert cuda.allocated == {}
+
+
+@pytest.mark.parametrize("attention, sync_io", [("plugin", ("in",)), ("plugin", ("out",)), ("plain", ("in", "out"))])
+def test_trt_graph_refuses_a_plan_with_stray_sync_io(fake_trt_graph, attention, sync_io):
+    """attention_sync comes with attention_sync_out, and only in plugin plans (the plain flavour has no
+    PardAttention)."""
+    spec = target_spec(1, 1, 4, 11, attention=attention)
+    with pytest.raises(EngineError, match="inputs/outputs its manifest declares; rebuild the engine"):
+        fake_trt_graph(spec, sync=12, sync_io=sync_io)
 
 
 def test_trt_graph_downloads_only_what_is_not_skipped(fake_trt_graph):
