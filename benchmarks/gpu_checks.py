@@ -1,6 +1,7 @@
 """GPU checks of the PardAttention Triton kernels: correctness on CUDA, timings against torch SDPA, bandwidth.
 
-    python benchmarks/gpu_checks.py [--out DIR] [--sections correctness,copy,timing,tuning] [--budget-scale 1]
+    python benchmarks/gpu_checks.py [--out DIR] [--sections correctness,fused_correctness,copy,timing,tuning]
+                                    [--budget-scale 1]
     python benchmarks/gpu_checks.py --cpu-smoke    # the same code paths on CPU: tiny shapes, TRITON_INTERPRET=1
 
 Needs torch and triton only. Sections run in order; one that fails (or runs out of its time budget,
@@ -8,10 +9,12 @@ SECTION_BUDGET_S) prints its traceback and the others still run; the exit status
 tables and writes results.json to --out (default: $OUT if set, else ./gpu_results) after every section.
 
 Two kernels: "kernel" is triton_kernel.pard_attention (KV write + attention + optional split-K combine: up to 3
-launches), "fused" is triton_fused.pard_attention_fused (one launch, no split-K), the kernel that the TensorRT AOT
-plugin embeds in a plan. Correctness checks both against the numpy reference on the same cases (the fused kernel
-once per case apart from the split count), output and whole caches (the new rows written, all others unchanged);
-a case the fused kernel cannot compile (Triton's OutOfResources, e.g. shared memory) is reported as skipped.
+launches), "fused" is triton_fused.pard_attention_fused (one launch: KV write, attention and split-K merge), the
+kernel that the TensorRT AOT plugin embeds in a plan. Correctness checks both against the numpy reference on the
+same cases (the fused kernel once per case apart from the split count), output and whole caches (the new rows
+written, all others unchanged), plus fused-only cases with long, unequal pasts and short splits (min_keys 64), so
+that its in-kernel merge runs with many splits; after each fused case its split counters must be back at zero.
+A case the fused kernel cannot compile (Triton's OutOfResources, e.g. shared memory) is reported as skipped.
 
 Timings (CUDA) are "graph" timings, for the kernel and every SDPA variant alike: per shape, N copies of one
 input set (q, new K/V, caches, past_len) are made, N = ceil(ROTATE_BYTES / kv_bytes) clamped to [1, MAX_SETS]
@@ -30,7 +33,10 @@ of 1 GiB timed with do_bench (read + write bytes / time; large enough for launch
 "fused µs" / "fused KV GB/s" / "fused % copy" (fused_us, fused_kv_gbps, fused_pct_copy in results.json) are
 the same graph timing of the fused kernel on the same sets, after one eager call (compiles it; fused_vs_kernel_err
 = its max deviation from the kernel's output, relative to max |kernel|); a shape it cannot run gets n/a and the
-reason in "fused_skipped". The tuning section (graph timing only) tunes the multi-launch kernel alone.
+reason in "fused_skipped". "copy µs (same bytes)" is a device-to-device copy_ of kv_bytes / 2 (so kv_bytes of
+traffic, read + write), graph-timed over rotating buffers like the kernels: the bandwidth a single launch can
+reach at this size. The tuning section (graph timing only) tunes the fused kernel's tiles and split-K settings
+(module constants of triton_fused, set for the duration of a case) at the shapes where it matters most.
 
 On CPU (--cpu-smoke) no graph can be captured: every timing is the median of 3 time.perf_counter runs after
 one warm-up, with N = 1 set, through the same code paths.
@@ -56,8 +62,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 LLAMA_HEADS = (32, 8, 128)  # Llama-3.1-8B: Hq, Hkv, D
 HEADS = [(1, 1), (3, 1), (8, 2), (8, 1)]  # (Hq, Hkv), as in tests/plugins/test_pard_attention.py
 TOLERANCE = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}  # fp32 absolute; others relative to max |expected|
-# Seconds after which a section starts no new case (it then fails as incomplete): the whole run stays < 7 min.
-SECTION_BUDGET_S = {"correctness": 180, "copy": 20, "timing": 150, "tuning": 60}
+# Seconds after which a section starts no new case (it then fails as incomplete): the whole run stays < 9 min.
+SECTION_BUDGET_S = {"correctness": 120, "fused_correctness": 150, "copy": 15, "timing": 150, "tuning": 60}
 ROTATE_BYTES = 512 * 2**20  # graph timing: the input sets of one timed call hold at least this many KV bytes
 MAX_SETS = 256  # ... in at most this many sets
 MAX_ROTATE_BYTES = 8 * 2**30  # ... and at most this many bytes in all (N is lowered where a set is large)
@@ -143,6 +149,21 @@ class Checks:
         if bad:
             raise AssertionError(f"{len(bad)} of {len(rows)} cases over tolerance or failed")
 
+    def fused_correctness(self, rows: list) -> None:
+        """The fused kernel alone: its split-K merge cases, then the CPU test's small cases (past [0, 17])."""
+        print("| kernel | case | dtype | splits | max abs err | error | tolerance | ok |")
+        print("|---|---|---|---|---|---|---|---|")
+        cases = self._fused_split_cases()
+        cases += [dict(c, min_keys=None) for c in self._correctness_cases() if c["num_splits"] is None]
+        for case in cases:
+            self._check_time()
+            rows.append(self._check_case(**case, fused=True))
+            print(self._correctness_line(rows[-1]), flush=True)
+        bad = [row for row in rows if not row["ok"]]
+        print(f"\nfused: {len(rows) - len(bad)} of {len(rows)} cases passed")
+        if bad:
+            raise AssertionError(f"{len(bad)} of {len(rows)} cases over tolerance, failed or skipped")
+
     def copy(self, rows: list) -> None:
         torch = self.torch
         nbytes = (64 if self.smoke else 1024) * 2**20
@@ -158,12 +179,12 @@ class Checks:
         if self.smoke:
             batches, pasts, seqs = (1, 2), (16, 48), (1, 3)
         else:
-            batches, pasts, seqs = (1, 8), (512, 1024, 2048, 4096, 8192), (1, 9, 16)
+            batches, pasts, seqs = (1, 8), (512, 2048, 4096, 8192), (1, 9, 16)
         print(
             "| B | past | S | kernel µs | eager µs | best SDPA µs | SDPA variant | speedup | KV GB/s | % copy "
-            "| fused µs | fused KV GB/s | fused % copy |"
+            "| fused µs | fused KV GB/s | fused % copy | copy µs (same bytes) | same-bytes copy % |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for batch in batches:
             for past in pasts:
                 for seq in seqs:
@@ -184,27 +205,43 @@ class Checks:
             print(f"\n{line}")
 
     def tuning(self, rows: list) -> None:
-        """Tile sizes and split counts around the defaults, at the longest past: which is fastest here."""
+        """The fused kernel's tiles and split-K settings around its defaults, at the shapes where they matter."""
         q_heads, kv_heads, head_dim = (4, 2, 64) if self.smoke else LLAMA_HEADS
-        past = 48 if self.smoke else 8192
-        config = self.kernel.KernelConfig
-        configs = [config(block_n=16), config(block_n=32, num_warps=2)] if self.smoke else [
-            config(block_n=n, num_warps=w, num_stages=st) for n in (32, 64, 128) for w in (4, 8) for st in (2, 3)
-        ]
-        print("| B | past | S | block_n | warps | stages | splits | kernel µs | KV GB/s | % copy |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for batch, seq in ((1, 1), (8, 1), (1, 16)) if not self.smoke else ((1, 1), (2, 3)):
-            for cfg in configs:
+        if self.smoke:
+            shapes, configs = ((1, 48, 1),), [dict(BLOCK_N=16), dict(BLOCK_N=32, NUM_WARPS=2)]
+        else:
+            shapes = ((1, 8192, 1), (1, 8192, 16), (8, 8192, 1), (8, 8192, 16), (1, 2048, 1))
+            configs = [{}, dict(BLOCK_N=32), dict(NUM_STAGES=2), dict(PROGRAMS_PER_SM=2),
+                       dict(MIN_KEYS_PER_SPLIT=512)]  # the defaults, then one change each
+        print("| B | past | S | config | fused µs | KV GB/s | % copy |")
+        print("|---|---|---|---|---|---|---|")
+        for batch, past, seq in shapes:
+            for config in configs:
                 self._check_time()
-                rows.append(self._time_kernel_alone(batch, past, seq, q_heads, kv_heads, head_dim, config=cfg))
-                print(self._tuning_line(rows[-1]), flush=True)
-        for split_past in (48,) if self.smoke else (1024, 8192):
-            for splits in (1, 2, 4) if self.smoke else (1, 4, 8, 16, 32, 64):
-                self._check_time()
-                rows.append(
-                    self._time_kernel_alone(1, split_past, 1, q_heads, kv_heads, head_dim, num_splits=splits)
-                )
-                print(self._tuning_line(rows[-1]), flush=True)
+                rows.append(self._time_fused_config(batch, past, seq, q_heads, kv_heads, head_dim, config))
+                row = rows[-1]
+                print(f"| {batch} | {past} | {seq} | {config} | {_num(row.get('fused_us'), '.1f')} "
+                      f"| {_num(row.get('fused_kv_gbps'), '.0f')} | {_num(row.get('fused_pct_copy'), '.0f')} |"
+                      + (f" {row['fused_skipped'][:100]}" if row.get("fused_skipped") else ""), flush=True)
+
+    def _time_fused_config(self, batch, past, seq, q_heads, kv_heads, head_dim, config: dict) -> dict:
+        """Graph timing of the fused kernel with some of triton_fused's module constants replaced (restored after)."""
+        saved = {name: getattr(self.fused, name) for name in config}
+        sets = self._input_sets(batch, past, seq, q_heads, kv_heads, head_dim, sdpa=False)
+        kv_bytes = _kv_bytes(batch, kv_heads, past + seq, head_dim, sets[0][0].element_size())
+        try:
+            for name, value in config.items():
+                setattr(self.fused, name, value)
+            min_keys = self.fused.MIN_KEYS_PER_SPLIT
+            fused = self.fused.pard_attention_fused
+            self.kernel.pard_attention(*sets[0])  # the reference output comes from the multi-launch kernel
+            result = self._time_fused(sets, kv_bytes, lambda *t: fused(*t, min_keys=min_keys))
+        finally:
+            for name, value in saved.items():
+                setattr(self.fused, name, value)
+            del sets
+            self._free()
+        return {"batch": batch, "past": past, "seq": seq, "config": config, "kv_bytes": kv_bytes, **result}
 
     # --- correctness ---
 
@@ -222,7 +259,19 @@ class Checks:
         cases += [dict(llama, seq=s, num_splits=None) for s in (1, 9, 16, 200)]
         return cases
 
-    def _check_case(self, seq, heads, head_dim, past, dtype, num_splits, fused=False) -> dict:
+    def _fused_split_cases(self) -> list[dict]:
+        """The fused kernel's split-K merge: long unequal pasts cut into splits of >= 64 keys (up to MAX_SPLITS)."""
+        if self.smoke:
+            return [dict(seq=s, heads=(8, 2), head_dim=64, past=(5, 150), dtype="float32", num_splits=None,
+                         min_keys=16) for s in (1, 9)]
+        variants = (((8, 2), 64, "float32"), ((8, 1), 128, "float16"), (LLAMA_HEADS[:2], 128, "bfloat16"),
+                    (LLAMA_HEADS[:2], 128, "float16"), ((3, 1), 64, "bfloat16"))
+        cases = [dict(seq=s, heads=h, head_dim=d, past=(5, 1500), dtype=t, num_splits=None, min_keys=64)
+                 for s in (1, 9, 33) for h, d, t in variants]
+        return cases + [dict(seq=s, heads=LLAMA_HEADS[:2], head_dim=128, past=(8190, 2), dtype="bfloat16",
+                             num_splits=None, min_keys=256) for s in (1, 16)]
+
+    def _check_case(self, seq, heads, head_dim, past, dtype, num_splits, fused=False, min_keys=None) -> dict:
         """One case against the numpy reference: the output, and the whole caches (the new rows written, every
         other row unchanged). fused=True: triton_fused.pard_attention_fused; a case it cannot compile or launch
         (e.g. out of shared memory) gives a row with "skipped" and the reason, and an exception ok=False."""
@@ -233,25 +282,28 @@ class Checks:
         row = {
             "kernel": "fused" if fused else "kernel",
             "seq": seq, "q_heads": heads[0], "kv_heads": heads[1], "head_dim": head_dim, "past": list(past),
-            "dtype": dtype, "num_splits": "none" if fused else num_splits or "auto", "tolerance": TOLERANCE[dtype],
+            "dtype": dtype, "tolerance": TOLERANCE[dtype],
+            "num_splits": f"auto, min_keys {min_keys or self.fused.MIN_KEYS_PER_SPLIT}" if fused else num_splits or "auto",
         }  # fmt: skip
+        counters_ok = True
         if fused:
             from triton.runtime.errors import OutOfResources
 
             try:
-                out = self.fused.pard_attention_fused(*tensors).float().cpu().numpy()
+                kwargs = {"min_keys": min_keys} if min_keys else {}
+                out = self.fused.pard_attention_fused(*tensors, **kwargs).float().cpu().numpy()
+                counters_ok = all(int(c.abs().sum()) == 0 for c in self.fused._COUNTERS.values())
             except OutOfResources as e:
                 return dict(row, skipped=f"{type(e).__name__}: {e}"[:300], ok=False)
             except Exception as e:  # noqa: BLE001 - reported in the row; the other cases still run
                 return dict(row, failed=f"{type(e).__name__}: {e}"[:300], ok=False)
         else:
             out = self.kernel.pard_attention(*tensors, num_splits=num_splits).float().cpu().numpy()
-        caches_ok = all((tensors[i].float().cpu().numpy() == host[i]).all() for i in (3, 4))
+        caches_ok = counters_ok and all((tensors[i].float().cpu().numpy() == host[i]).all() for i in (3, 4))
         max_abs = float(abs(out - expected).max())
         error = max_abs if dtype == "float32" else max_abs / float(abs(expected).max())
-        return dict(
-            row, max_abs_err=max_abs, error=error, caches_ok=caches_ok, ok=caches_ok and error <= TOLERANCE[dtype]
-        )
+        return dict(row, max_abs_err=max_abs, error=error, caches_ok=caches_ok, counters_ok=counters_ok,
+                    ok=caches_ok and error <= TOLERANCE[dtype])
 
     # --- timing ---
 
@@ -260,6 +312,7 @@ class Checks:
         try:
             row = self._time_kernel(sets, past, seq, eager=True)
             row.update(self._time_fused(sets, row["kv_bytes"]))
+            row.update(self._time_same_bytes_copy(row["kv_bytes"]))
             row["sdpa"] = sdpa = self._time_sdpa(sets, past, seq)
         finally:
             del sets
@@ -268,15 +321,6 @@ class Checks:
         row["sdpa_best_us"] = fastest["us"] if fastest else None
         row["sdpa_best"] = next((k for k, v in sdpa.items() if v is fastest), None)
         return row
-
-    def _time_kernel_alone(self, batch, past, seq, q_heads, kv_heads, head_dim, **kernel_kwargs) -> dict:
-        """The tuning section's timing: graph timing only, on sets made for this case and freed after it."""
-        sets = self._input_sets(batch, past, seq, q_heads, kv_heads, head_dim, sdpa=False)
-        try:
-            return self._time_kernel(sets, past, seq, eager=False, **kernel_kwargs)
-        finally:
-            del sets
-            self._free()
 
     def _time_kernel(self, sets, past, seq, eager, **kernel_kwargs) -> dict:
         kernel = self.kernel.pard_attention
@@ -297,11 +341,11 @@ class Checks:
             "num_splits": kernel_kwargs.get("num_splits") or "auto",
         }  # fmt: skip
 
-    def _time_fused(self, sets, kv_bytes: int) -> dict:
+    def _time_fused(self, sets, kv_bytes: int, fused=None) -> dict:
         """triton_fused's one launch, graph-timed on the same sets as the kernel: the "fused_*" keys of a timing row.
         It runs once outside the graph first (compiles; its output is compared with the kernel's); a shape it cannot
         run gives "fused_skipped" and the reason instead of the times."""
-        fused = self.fused.pard_attention_fused
+        fused = fused or self.fused.pard_attention_fused
         result = {"fused_us": None, "fused_kv_gbps": None, "fused_pct_copy": None}
         try:
             out = fused(*sets[0]).float()
@@ -313,6 +357,22 @@ class Checks:
         gbps = kv_bytes / (us * 1e-6) / 1e9
         pct = 100 * gbps / self.copy_gbps if self.copy_gbps else None
         return dict(result, fused_us=us, fused_kv_gbps=gbps, fused_pct_copy=pct)
+
+    def _time_same_bytes_copy(self, kv_bytes: int) -> dict:
+        """copy_ of kv_bytes / 2 (kv_bytes of traffic), graph-timed over rotating buffers like the kernels."""
+        torch = self.torch
+        half = kv_bytes // 2
+        count = 1 if self.device != "cuda" else max(1, min(math.ceil(ROTATE_BYTES / kv_bytes), MAX_SETS))
+        pairs = [(torch.empty(half, dtype=torch.uint8, device=self.device),
+                  torch.empty(half, dtype=torch.uint8, device=self.device)) for _ in range(count)]
+        try:
+            us = 1e3 * self._graph_ms([lambda p=p: p[1].copy_(p[0]) for p in pairs])
+        finally:
+            del pairs
+            self._free()
+        gbps = 2 * half / (us * 1e-6) / 1e9
+        return {"copy_same_bytes_us": us, "copy_same_bytes_gbps": gbps,
+                "copy_same_bytes_pct": 100 * gbps / self.copy_gbps if self.copy_gbps else None}
 
     def _time_sdpa(self, sets, past, seq) -> dict:
         """Each SDPA formulation of the same math on the filled caches; checked against the kernel, then timed."""
@@ -426,8 +486,9 @@ class Checks:
             "torch": torch.__version__, "triton": self.triton.__version__, "cuda": torch.version.cuda,
             "python": platform.python_version(), "smoke": self.smoke,
             "kernel_defaults": vars(self.kernel.KernelConfig()),
-            "fused_config": {name.lower(): getattr(self.fused, name)
-                             for name in ("BLOCK_M", "BLOCK_N", "NUM_WARPS", "NUM_STAGES")},
+            "fused_config": {name.lower(): getattr(self.fused, name) for name in
+                             ("BLOCK_M", "BLOCK_N", "NUM_WARPS", "NUM_STAGES", "MAX_SPLITS", "MIN_KEYS_PER_SPLIT",
+                              "PROGRAMS_PER_SM")},
         }  # fmt: skip
 
     def _print_meta(self) -> None:
@@ -458,14 +519,8 @@ class Checks:
             f"| {row['sdpa_best'] or 'none ran'} | {_num(best and best / row['kernel_us'], '.2f')}x "
             f"| {row['kv_gbps']:.0f} | {_num(row['pct_of_copy'], '.0f')} "
             f"| {_num(row['fused_us'], '.1f')} | {_num(row['fused_kv_gbps'], '.0f')} "
-            f"| {_num(row['fused_pct_copy'], '.0f')} |"
-        )
-
-    def _tuning_line(self, row: dict) -> str:
-        return (
-            f"| {row['batch']} | {row['past']} | {row['seq']} | {row['block_n']} | {row['num_warps']} "
-            f"| {row['num_stages']} | {row['num_splits']} | {row['kernel_us']:.1f} | {row['kv_gbps']:.0f} "
-            f"| {_num(row['pct_of_copy'], '.0f')} |"
+            f"| {_num(row['fused_pct_copy'], '.0f')} | {_num(row.get('copy_same_bytes_us'), '.1f')} "
+            f"| {_num(row.get('copy_same_bytes_pct'), '.0f')} |"
         )
 
 
