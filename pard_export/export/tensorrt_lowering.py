@@ -42,13 +42,13 @@ def lower_model(model, max_batch: int, max_sequence: int) -> int:
     """Rewrite an onnx.ModelProto in place (see the module docstring); returns the number of counters N."""
     import onnx
 
-    from plugins.pard_attention import DOMAIN, OP_TYPE, TRT_INPUTS, TRT_OUTPUTS, sync_size
+    from plugins.pard_attention import DOMAIN, INPUTS, OP_TYPE, OUTPUTS, TRT_OUTPUTS, sync_size
 
     nodes = [node for node in model.graph.node if (node.domain, node.op_type) == (DOMAIN, OP_TYPE)]
     if not nodes:
         raise TrtBuildError(f"the graph has no {DOMAIN}::{OP_TYPE} node: the tensorrt backend builds from the plugin "
                             "flavour (pard-export build --attention plugin)")
-    if any(len(node.input) != 6 or len(node.output) != 3 for node in nodes):
+    if any(len(node.input) != len(INPUTS) or len(node.output) != len(OUTPUTS) for node in nodes):
         raise TrtBuildError(f"a {OP_TYPE} node already has its TensorRT inputs/outputs: the graph is lowered already")
     size = max(sync_size(max_batch, max_sequence, _attribute(node, "num_kv_heads"),
                          _attribute(node, "num_q_heads") // _attribute(node, "num_kv_heads")) for node in nodes)
@@ -59,7 +59,7 @@ def lower_model(model, max_batch: int, max_sequence: int) -> int:
         outputs = [f"{prefix}/{output}" for output in TRT_OUTPUTS]  # sync_out, partial, partial_lse
         if index == len(nodes) - 1:
             outputs[0] = ATTENTION_SYNC_OUT
-        node.input.extend([sync] * len(TRT_INPUTS))
+        node.input.append(sync)  # TRT_INPUTS: just sync
         node.output.extend(outputs)
         sync = outputs[0]
     model.graph.output.append(onnx.helper.make_tensor_value_info(ATTENTION_SYNC_OUT, onnx.TensorProto.INT32, [size]))
