@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+import tiny_models
 from pard_export.contract import (ATTENTION_SYNC, ATTENTION_SYNC_OUT, BATCH, CAPACITY, PAST, SEQUENCE, TOTAL,
                                   draft_spec, target_spec)
 from pard_export.errors import BackendUnavailableError, EngineError, GenerationError
@@ -343,3 +344,21 @@ def test_trt_graph_matches_onnxruntime_on_the_plain_target(tiny_pair, engine, tm
         for name in graph.output_names:
             np.testing.assert_allclose(found[name], expected[name], atol=2e-3, rtol=2e-3)
     graph.close()
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_tensorrt_engine_is_lossless_end_to_end(tiny_pair, tmp_path):
+    """On a TensorRT host: `build --backend tensorrt` (plugin graphs, lowered, PardAttention as an AOT plugin), then
+    Session: PARD's greedy output equals the same plan's own AR greedy output, alone and as a batch of two."""
+    from pard_export.export import build
+
+    target, draft = tiny_pair("llama")
+    root = build(str(target), 4, draft=str(draft), out=tmp_path / "trt", backend="tensorrt", dtype="float16",
+                 max_batch=2, prefill_chunk=32, max_seq_len=128, progress=False)
+    session = Session(root)
+    prompts = list(tiny_models.PROMPTS[:2])
+    own = [session.generate(p, max_new_tokens=tiny_models.NEW_TOKENS, mode="ar").token_ids for p in prompts]
+    assert [session.generate(p, max_new_tokens=tiny_models.NEW_TOKENS).token_ids for p in prompts] == own
+    batch = session.generate(prompts, max_new_tokens=tiny_models.NEW_TOKENS)
+    assert [result.token_ids for result in batch] == own
