@@ -488,7 +488,7 @@ class Checks:
             "kernel_defaults": vars(self.kernel.KernelConfig()),
             "fused_config": {name.lower(): getattr(self.fused, name) for name in
                              ("BLOCK_M", "BLOCK_N", "NUM_WARPS", "NUM_STAGES", "MAX_SPLITS", "MIN_KEYS_PER_SPLIT",
-                              "PROGRAMS_PER_SM")},
+                              "PROGRAMS_PER_SM", "SCRATCH_ROWS")},
         }  # fmt: skip
 
     def _print_meta(self) -> None:

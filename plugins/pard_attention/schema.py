@@ -23,8 +23,8 @@ _DOCS = {
     "v_cache_out": "v_cache with the new rows written (TensorRT: the same buffer as v_cache)",
     "sync": "optional, TensorRT only: int32 [N] split-K counters, zeros (N >= B * Hkv * ceil(S * Hq / Hkv / 64))",
     "sync_out": "optional: sync, zeros again (TensorRT: the same buffer)",
-    "partial": "optional scratch: float32 [B, S, Hq, splits, D] partial outputs of the key splits (nobody reads it)",
-    "partial_lse": "optional scratch: float32 [B, S, Hq, splits] their log-sum-exps",
+    "partial": "optional scratch: float32 [R, D], partial outputs of the key splits (R fixed; nobody reads it)",
+    "partial_lse": "optional scratch: float32 [R], their log-sum-exps",
 }
 _TYPE_OF = {"past_len": "tensor(int32)", "sync": "tensor(int32)", "sync_out": "tensor(int32)",
             "partial": "tensor(float)", "partial_lse": "tensor(float)"}
@@ -107,7 +107,7 @@ def _infer(ctx) -> None:
             ctx.set_output_type(output, _with_dims(types[source], known))
     if ctx.has_output(3) and types[6] is not None:  # sync_out: like sync
         ctx.set_output_type(3, types[6])
-    for output, rank in ((4, 5), (5, 4)):  # the float32 scratch: [B, S, Hq, splits, D] and [B, S, Hq, splits]
+    for output, rank in ((4, 2), (5, 1)):  # the float32 scratch: [R, D] and [R]
         if ctx.has_output(output):
             ctx.set_output_type(output, onnx.helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, [None] * rank))
 

@@ -40,23 +40,19 @@ def triton_dtype_name(dtype) -> str:
     return _TRITON_DTYPES[name]
 
 
-def compile_kernel(dtype_name: str, q_heads: int, kv_heads: int, head_size: int, target: tuple[int, int] | None = None,
-                   sm_count: int | None = None):
+def compile_kernel(dtype_name: str, q_heads: int, kv_heads: int, head_size: int, target: tuple[int, int] | None = None):
     """Compile the fused kernel for one node: (kernel name, PTX, metadata dict with num_warps and shared bytes).
 
-    target=(compute capability, warp size) compiles for that GPU without one present; None: the current GPU.
-    sm_count: the streaming multiprocessors its split-K fills (None: the current GPU's)."""
+    target=(compute capability, warp size) compiles for that GPU without one present; None: the current GPU."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     from . import triton_fused
 
-    if sm_count is None:
-        sm_count = triton.runtime.driver.active.utils.get_device_properties(0)["multiprocessor_count"]
     source = triton.compiler.ASTSource(
         fn=triton_fused.pard_attention_fused_kernel,
         signature=triton_fused.signature(dtype_name),
-        constexprs=triton_fused.constexprs(q_heads, kv_heads, head_size, dtype_name, sm_count=sm_count),
+        constexprs=triton_fused.constexprs(q_heads, kv_heads, head_size, dtype_name),
     )
     options = {"num_warps": triton_fused.NUM_WARPS, "num_stages": triton_fused.NUM_STAGES}
     if target is None:
@@ -67,6 +63,13 @@ def compile_kernel(dtype_name: str, q_heads: int, kv_heads: int, head_size: int,
     name = compiled.metadata.name
     ptx = drop_hidden_params(compiled.asm["ptx"], name, len(triton_fused.RUNTIME_ARGS))
     return name.encode(), ptx.encode(), meta
+
+
+def current_sm_count() -> int:
+    """Streaming multiprocessors of the GPU the plan is built on (and, TensorRT plans being per-GPU, runs on)."""
+    import triton
+
+    return triton.runtime.driver.active.utils.get_device_properties(0)["multiprocessor_count"]
 
 
 def drop_hidden_params(ptx: str, kernel_name: str, count: int) -> str:
@@ -117,9 +120,7 @@ def _define() -> None:
     ) -> Tuple[trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc]:
         import tensorrt as trt
 
-        batch, seq = q.shape_expr[0], q.shape_expr[1]
-        partial, partial_lse = triton_fused.scratch_shapes(batch, seq, k_cache.shape_expr[2], num_q_heads, head_size,
-                                                           cdiv=trtp.cdiv, minimum=trtp.min)
+        partial, partial_lse = triton_fused.scratch_shapes(head_size)
         return (q.like(), k_cache.aliased(), v_cache.aliased(), sync.aliased(),
                 trtp.from_shape_expr(partial, dtype=trt.float32), trtp.from_shape_expr(partial_lse, dtype=trt.float32))
 
@@ -132,6 +133,7 @@ def _define() -> None:
         name, ptx, meta = compile_kernel(triton_dtype_name(q.dtype), num_q_heads, num_kv_heads, head_size)
         batch, seq, capacity = q.shape_expr[0], q.shape_expr[1], k_cache.shape_expr[2]
         grid = triton_fused.launch_grid(batch, seq, capacity, num_kv_heads, num_q_heads // num_kv_heads,
+                                        triton_fused.target_programs(current_sm_count()),
                                         cdiv=trtp.cdiv, minimum=trtp.min)
         launch = trtp.KernelLaunchParams()
         launch.grid_x, launch.grid_y, launch.grid_z = grid

@@ -9,9 +9,10 @@ the input pointers, then int32 scalars, then the output pointers. So this kernel
 - the program of split 0, query block 0 copies the S new keys/values into the caches at rows past_len[b]..;
   attention reads cached keys 0..past_len[b]-1 from the cache and the new keys straight from k_new/v_new, so no
   program reads a cache row that another program of the same launch writes (no race, no grid-wide barrier);
-- split-K without a second launch: each program decides at run time how many splits its query block uses (enough
-  to give the GPU about TARGET_PROGRAMS programs, none shorter than MIN_KEYS_PER_SPLIT keys), writes its partial
-  softmax to the `partial` / `partial_lse` scratch outputs, and bumps the block's counter in `sync`; the program
+- split-K without a second launch: the grid offers each query block enough split programs to give the GPU about
+  PROGRAMS_PER_SM programs per SM; at run time a block uses as many as its keys are worth (none shorter than
+  MIN_KEYS_PER_SPLIT keys) and the fixed-size scratch allows. Each writes its partial softmax to the `partial` /
+  `partial_lse` scratch outputs and bumps the block's counter in `sync`; the program
   that arrives last merges the partials by log-sum-exp, writes the output and puts the counter back to 0.
   `sync` must therefore hold zeros before the first launch (the runtime owns and zero-fills it; it stays zero
   between launches). Nobody waits on anybody, so a wrong counter can give a wrong output but never a hang.
@@ -39,7 +40,8 @@ BLOCK_M = QUERY_BLOCK  # query rows (tokens x group heads) per program: fixed, s
 BLOCK_N = 64  # keys per tile
 NUM_WARPS = 4
 NUM_STAGES = 3  # software pipelining depth (H200: 3 beat 2 at every timed shape, docs/gpu-pard-attention.md)
-MAX_SPLITS = 64  # key splits per query block, at most (the scratch outputs' fourth dimension)
+MAX_SPLITS = 64  # key splits per query block, at most
+SCRATCH_ROWS = 32768  # rows of the scratch outputs: B * S * Hq * splits never exceeds it (fewer splits if need be)
 MIN_KEYS_PER_SPLIT = 256  # a split never holds fewer keys than this (unless the block sees fewer)
 PROGRAMS_PER_SM = 1  # split-K aims at this many programs per streaming multiprocessor (fewer splits: shorter merge)
 
@@ -49,29 +51,30 @@ OUTPUTS = ("Out", "KCacheOut", "VCacheOut", "SyncOut", "Partial", "PartialLse")
 RUNTIME_ARGS = INPUTS + SCALARS + OUTPUTS
 
 
-def launch_grid(batch, seq, capacity, kv_heads: int, group: int, min_keys: int = MIN_KEYS_PER_SPLIT, *,
-                cdiv=triton.cdiv, minimum=builtins.min):
-    """(x, y, z) programs: B * Hkv (row, kv head) pairs, query blocks of BLOCK_M rows, key splits. With
+def launch_grid(batch, seq, capacity, kv_heads: int, group: int, target_programs: int,
+                min_keys: int = MIN_KEYS_PER_SPLIT, *, cdiv=triton.cdiv, minimum=builtins.min):
+    """(x, y, z) programs: B * Hkv (row, kv head) pairs, query blocks of BLOCK_M rows, and key splits: as many as a
+    full cache may use, but no more than target_programs (the kernel's TARGET_PROGRAMS) asks for. With
     cdiv=tensorrt.plugin.cdiv and minimum=tensorrt.plugin.min it takes TensorRT's symbolic shape expressions."""
-    return batch * kv_heads, cdiv(seq * group, BLOCK_M), max_splits(capacity, min_keys, cdiv=cdiv, minimum=minimum)
+    pairs, query_blocks = batch * kv_heads, cdiv(seq * group, BLOCK_M)
+    splits = minimum(minimum(cdiv(capacity, min_keys), MAX_SPLITS), cdiv(target_programs, pairs * query_blocks))
+    return pairs, query_blocks, splits
 
 
-def max_splits(capacity, min_keys: int = MIN_KEYS_PER_SPLIT, *, cdiv=triton.cdiv, minimum=builtins.min):
-    """The grid's split dimension (and the scratch outputs' fourth): enough splits for a full cache."""
-    return minimum(cdiv(capacity, min_keys), MAX_SPLITS)
+def scratch_shapes(head_size: int) -> tuple[tuple[int, int], tuple[int]]:
+    """Shapes of the float32 scratch outputs: partial [SCRATCH_ROWS, D] and partial_lse [SCRATCH_ROWS]. Fixed,
+    so their memory does not grow with the batch, the chunk or the cache (the kernel splits less instead)."""
+    return (SCRATCH_ROWS, head_size), (SCRATCH_ROWS,)
 
 
-def scratch_shapes(batch, seq, capacity, q_heads: int, head_size: int, min_keys: int = MIN_KEYS_PER_SPLIT,
-                   **symbolic) -> tuple[tuple, tuple]:
-    """Shapes of the float32 scratch outputs `partial` [B, S, Hq, splits, D] and `partial_lse` [B, S, Hq, splits]."""
-    splits = max_splits(capacity, min_keys, **symbolic)
-    return (batch, seq, q_heads, splits, head_size), (batch, seq, q_heads, splits)
+def target_programs(sm_count: int) -> int:
+    """How many programs split-K aims at on a GPU with sm_count streaming multiprocessors."""
+    return PROGRAMS_PER_SM * sm_count
 
 
-def constexprs(q_heads: int, kv_heads: int, head_size: int, dtype_name: str, *, sm_count: int,
-               min_keys: int = MIN_KEYS_PER_SPLIT, interpreted: bool = False) -> dict:
-    """The kernel's compile-time constants for one node (its attributes), dtype ("fp16", "bf16", "fp32") and the
-    GPU it will run on (sm_count streaming multiprocessors, which sets how far split-K goes)."""
+def constexprs(q_heads: int, kv_heads: int, head_size: int, dtype_name: str, *, min_keys: int = MIN_KEYS_PER_SPLIT,
+               interpreted: bool = False) -> dict:
+    """The kernel's compile-time constants for one node (its attributes) and dtype ("fp16", "bf16", "fp32")."""
     if q_heads % kv_heads:
         raise ValueError(f"num_q_heads {q_heads} is not a multiple of num_kv_heads {kv_heads}")
     if head_size < 16:
@@ -80,7 +83,7 @@ def constexprs(q_heads: int, kv_heads: int, head_size: int, dtype_name: str, *, 
         "GROUP": q_heads // kv_heads, "KV_HEADS": kv_heads, "HEAD_D": head_size,
         "BLOCK_D": triton.next_power_of_2(head_size), "BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N,
         "SCALE_LOG2": math.log2(math.e) / math.sqrt(head_size),
-        "TARGET_PROGRAMS": PROGRAMS_PER_SM * sm_count, "MIN_KEYS": min_keys,
+        "MIN_KEYS": min_keys, "SCRATCH_ROWS": SCRATCH_ROWS,
         "DOT_PRECISION": "ieee" if dtype_name == "fp32" else "tf32",
         "DOT_IN_FP32": dtype_name == "bf16" and interpreted,
     }
@@ -92,7 +95,7 @@ def signature(dtype_name: str) -> dict[str, str]:
     types = {"PastLen": "*i32", "Sync": "*i32", "SyncOut": "*i32", "Partial": "*fp32", "PartialLse": "*fp32",
              "seq": "i32", "capacity": "i32"}
     runtime = {name: types.get(name, f"*{dtype_name}") for name in RUNTIME_ARGS}
-    return {**runtime, **{name: "constexpr" for name in constexprs(1, 1, 16, dtype_name, sm_count=1)}}
+    return {**runtime, **{name: "constexpr" for name in constexprs(1, 1, 16, dtype_name)}}
 
 
 def pard_attention_fused(q, k_new, v_new, k_cache, v_cache, past_len, *, sm_count=None,
@@ -101,7 +104,7 @@ def pard_attention_fused(q, k_new, v_new, k_cache, v_cache, past_len, *, sm_coun
 
     sm_count: the streaming multiprocessors split-K fills (None: the GPU's own; 1 under the CPU interpreter);
     min_keys: the shortest split. sync (int32 zeros, at least sync_size(...) of them), scratch (partial,
-    partial_lse: float32 of scratch_shapes(...)) and out: buffers to use, as TensorRT hands them to the plugin;
+    partial_lse: float32 of scratch_shapes(D)) and out: buffers to use, as TensorRT hands them to the plugin;
     None allocates the scratch and out per call and takes the counters from a per-device buffer kept between calls."""
     check_shapes(q, k_new, v_new, k_cache, v_cache, past_len)
     batch, seq, q_heads, head_size = q.shape
@@ -113,16 +116,14 @@ def pard_attention_fused(q, k_new, v_new, k_cache, v_cache, past_len, *, sm_coun
     interpreted = isinstance(pard_attention_fused_kernel, InterpretedFunction)
     if sm_count is None:
         sm_count = 1 if interpreted else torch.cuda.get_device_properties(q.device).multi_processor_count
-    consts = constexprs(q_heads, kv_heads, head_size, name, sm_count=sm_count, min_keys=min_keys,
-                        interpreted=interpreted)
+    consts = constexprs(q_heads, kv_heads, head_size, name, min_keys=min_keys, interpreted=interpreted)
     group = q_heads // kv_heads
     if sync is None:
         sync = zeroed_counters(q.device, sync_size(batch, seq, kv_heads, group))
     if scratch is None:
-        shapes = scratch_shapes(batch, seq, capacity, q_heads, head_size, min_keys)
-        scratch = [torch.empty(shape, dtype=torch.float32, device=q.device) for shape in shapes]
+        scratch = [torch.empty(shape, dtype=torch.float32, device=q.device) for shape in scratch_shapes(head_size)]
     out = torch.empty_like(q) if out is None else out
-    grid = launch_grid(batch, seq, capacity, kv_heads, group, min_keys)
+    grid = launch_grid(batch, seq, capacity, kv_heads, group, target_programs(sm_count), min_keys)
     pard_attention_fused_kernel[grid](q, k_new, v_new, k_cache, v_cache, past_len, sync, seq, capacity,
                                       out, k_cache, v_cache, sync, *scratch,
                                       **consts, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
@@ -164,7 +165,7 @@ def pard_attention_fused_kernel(
     Out, KCacheOut, VCacheOut, SyncOut, Partial, PartialLse,
     GROUP: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SCALE_LOG2: tl.constexpr,
-    TARGET_PROGRAMS: tl.constexpr, MIN_KEYS: tl.constexpr,
+    MIN_KEYS: tl.constexpr, SCRATCH_ROWS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
 ):  # fmt: skip
     pair = tl.program_id(0)  # (batch row, kv head)
@@ -185,8 +186,10 @@ def pard_attention_fused_kernel(
 
     # This block's keys: the cache's `past` rows, then new keys up to its last query token.
     n_keys = past + tl.minimum(seq - 1, ((q_block + 1) * BLOCK_M - 1) // GROUP) + 1
-    wanted = (TARGET_PROGRAMS + tl.num_programs(0) * tl.num_programs(1) - 1) // (tl.num_programs(0) * tl.num_programs(1))
-    splits = tl.maximum(1, tl.minimum(tl.minimum(tl.num_programs(2), wanted), (n_keys + MIN_KEYS - 1) // MIN_KEYS))
+    # Every block may use split_cap splits (the scratch row stride); this one uses what its keys are worth.
+    out_rows = (tl.num_programs(0) // KV_HEADS) * seq * (KV_HEADS * GROUP)  # B * S * Hq
+    split_cap = tl.maximum(1, tl.minimum(tl.num_programs(2), SCRATCH_ROWS // out_rows))
+    splits = tl.maximum(1, tl.minimum(split_cap, (n_keys + MIN_KEYS - 1) // MIN_KEYS))
     chunk = ((n_keys + splits - 1) // splits + BLOCK_N - 1) // BLOCK_N * BLOCK_N
     splits = (n_keys + chunk - 1) // chunk  # after rounding chunks to whole tiles, no split is empty
     if split < splits:
@@ -206,7 +209,7 @@ def pard_attention_fused_kernel(
             out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # every real row sees key 0
             tl.store(Out + out_row[:, None] * HEAD_D + dims[None, :], out.to(Out.dtype.element_ty), mask=out_mask)
         else:
-            part_row = out_row * tl.num_programs(2) + split
+            part_row = out_row * split_cap + split
             has_keys = l_i > 0.0  # false for a row that sees none of this split's keys
             tl.store(Partial + part_row[:, None] * HEAD_D + dims[None, :],
                      acc / tl.where(has_keys, l_i, 1.0)[:, None], mask=out_mask)
@@ -215,7 +218,7 @@ def pard_attention_fused_kernel(
             tl.debug_barrier()  # every thread's partial is stored before the counter says so
             counter = SyncOut + pair * tl.num_programs(1) + q_block
             if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == splits - 1:  # the last split to finish
-                _merge_splits(Partial, PartialLse, Out, out_row, row_ok, out_mask, splits, tl.num_programs(2),
+                _merge_splits(Partial, PartialLse, Out, out_row, row_ok, out_mask, splits, split_cap,
                               dims, HEAD_D, BLOCK_M, BLOCK_D)
                 tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # zero again for the next launch
 

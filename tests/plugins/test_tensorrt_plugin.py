@@ -80,8 +80,24 @@ def test_fused_kernel_split_k_merges_in_kernel_and_leaves_the_counters_at_zero(s
     out = kernel.pard_attention_fused(*inputs, sm_count=64, min_keys=16, sync=sync)
     assert error(out.float().cpu().numpy(), expected, dtype) <= TOLERANCE[dtype]
     assert not sync.any()
-    grid = kernel.launch_grid(len(past), seq, inputs[3].shape[2], kv_heads, q_heads // kv_heads, 16)
+    grid = kernel.launch_grid(len(past), seq, inputs[3].shape[2], kv_heads, q_heads // kv_heads, 64, 16)
     assert grid[2] > 1  # the launch had programs for several splits
+
+
+@pytest.mark.parametrize("scratch_rows", [100, 400])  # B * S * Hq = 144 rows: no split, or 2 splits at most
+def test_fused_kernel_splits_less_rather_than_write_past_its_fixed_scratch(monkeypatch, scratch_rows):
+    kernel = fused()
+    monkeypatch.setattr(kernel, "SCRATCH_ROWS", scratch_rows)
+    inputs = make_inputs(9, 8, 2, 32, dtype=torch.float32, past=(200, 300), device=DEVICE)
+    expected = reference.pard_attention(*as_numpy(inputs))
+    guard = 64  # rows past the scratch that must stay NaN
+    partial = torch.full((scratch_rows + guard, 32), float("nan"), device=DEVICE)
+    partial_lse = torch.full((scratch_rows + guard,), float("nan"), device=DEVICE)
+    out = kernel.pard_attention_fused(*inputs, sm_count=64, min_keys=16,
+                                      scratch=(partial[:scratch_rows], partial_lse[:scratch_rows]))
+    assert error(out.float().cpu().numpy(), expected, torch.float32) <= TOLERANCE[torch.float32]
+    assert partial[scratch_rows:].isnan().all() and partial_lse[scratch_rows:].isnan().all()
+    assert partial_lse[:scratch_rows].isnan().all() == (scratch_rows < 144)  # used only where splitting fits
 
 
 def test_fused_kernel_merge_is_what_the_output_comes_from():
@@ -98,10 +114,11 @@ def test_fused_kernel_merge_is_what_the_output_comes_from():
 
 def test_launch_grid_and_signature_follow_the_aot_argument_order():
     kernel = fused()
-    assert kernel.launch_grid(2, 9, 40, 2, 4) == (4, 1, 1)  # 9 tokens x 4 heads = 36 rows: one 64-row block
-    assert kernel.launch_grid(3, 20, 1040, 1, 8) == (3, 3, 5)  # 160 rows: three blocks; 1040 keys: 5 splits
-    assert kernel.launch_grid(1, 1, 10**6, 8, 4)[2] == kernel.MAX_SPLITS
-    assert kernel.scratch_shapes(3, 20, 1040, 8, 64) == ((3, 20, 8, 5, 64), (3, 20, 8, 5))
+    assert kernel.launch_grid(2, 9, 40, 2, 4, 132) == (4, 1, 1)  # 36 rows: one 64-row block; 40 keys: one split
+    assert kernel.launch_grid(3, 20, 1040, 1, 8, 132) == (3, 3, 5)  # 160 rows: three blocks; 1040 keys: 5 splits
+    assert kernel.launch_grid(3, 20, 1040, 1, 8, 18) == (3, 3, 2)  # 9 programs, 18 wanted: 2 splits each
+    assert kernel.launch_grid(1, 1, 10**6, 1, 4, 10**4)[2] == kernel.MAX_SPLITS
+    assert kernel.scratch_shapes(64) == ((kernel.SCRATCH_ROWS, 64), (kernel.SCRATCH_ROWS,))
     names = list(kernel.signature("fp16"))
     inputs, scalars, outputs = names[:7], names[7:9], names[9:15]
     assert inputs == ["Q", "KNew", "VNew", "KCache", "VCache", "PastLen", "Sync"]  # the TensorRT node's inputs
@@ -137,7 +154,7 @@ import triton
 from plugins.pard_attention import tensorrt_plugin
 results = {}
 for dtype in ("fp16", "bf16"):
-    name, ptx, meta = tensorrt_plugin.compile_kernel(dtype, 8, 2, 64, target=(89, 32), sm_count=128)
+    name, ptx, meta = tensorrt_plugin.compile_kernel(dtype, 8, 2, 64, target=(89, 32))
     with tempfile.NamedTemporaryFile("wb", suffix=".ptx") as f:
         f.write(ptx)
         f.flush()
@@ -206,9 +223,9 @@ def test_aot_ptx_runs_with_exactly_the_arguments_tensorrt_passes(tmp_path):
     batch, capacity, group = len(past), k_cache.shape[2], q_heads // kv_heads
     sync = torch.zeros(fused().sync_size(batch, seq, kv_heads, group), dtype=torch.int32, device="cuda")
     out = torch.empty_like(q)
-    scratch = [torch.empty(shape, dtype=torch.float32, device="cuda")
-               for shape in fused().scratch_shapes(batch, seq, capacity, q_heads, head_dim)]
-    grid = fused().launch_grid(batch, seq, capacity, kv_heads, group)
+    scratch = [torch.empty(shape, dtype=torch.float32, device="cuda") for shape in fused().scratch_shapes(head_dim)]
+    grid = fused().launch_grid(batch, seq, capacity, kv_heads, group,
+                               fused().target_programs(tensorrt_plugin.current_sm_count()))
     assert grid[2] > 1
     pointers = [t.data_ptr() for t in (q, k_new, v_new, k_cache, v_cache, past_len, sync)]
     outputs = [t.data_ptr() for t in (out, k_cache, v_cache, sync, *scratch)]
@@ -289,6 +306,7 @@ def test_registration_against_a_fake_tensorrt_plugin_module(monkeypatch):
     monkeypatch.setattr("pard_export.tensorrt_support.require_tensorrt", lambda: sys.modules["tensorrt"])
     monkeypatch.setattr(tensorrt_plugin, "_registered", False)
     monkeypatch.setattr(tensorrt_plugin, "compile_kernel", lambda *a, **k: (b"kernel", b"ptx", {"num_warps": 4, "shared": 512}))
+    monkeypatch.setattr(tensorrt_plugin, "current_sm_count", lambda: 4)  # 4 programs wanted
     tensorrt_plugin.register()
     tensorrt_plugin.register()  # idempotent: defined once
     assert set(fake.registered) == {(kind, "pard::PardAttention") for kind in ("register", "aot_impl", "impl")}
@@ -309,13 +327,15 @@ def test_registration_against_a_fake_tensorrt_plugin_module(monkeypatch):
     out, k_out, v_out, sync_out, partial, partial_lse = outputs
     assert out.shape_expr == q.shape_expr and out.alias is None
     assert (k_out.alias, v_out.alias, sync_out.alias) == (*caches, sync)  # in place
-    splits = -(-capacity // fused().MIN_KEYS_PER_SPLIT)  # 5
-    assert partial.shape_expr == [batch, seq, q_heads, splits, head] and partial.dtype == "DataType.FLOAT"
-    assert partial_lse.shape_expr == [batch, seq, q_heads, splits] and partial_lse.dtype == "DataType.FLOAT"
+    rows = fused().SCRATCH_ROWS  # fixed: the kernel splits less rather than use more
+    assert partial.shape_expr == [rows, head] and partial.dtype == "DataType.FLOAT"
+    assert partial_lse.shape_expr == [rows] and partial_lse.dtype == "DataType.FLOAT"
 
     aot = fake.registered[("aot_impl", "pard::PardAttention")]
     name, ptx, launch, extra = aot(*inputs, q_heads, kv_heads, head, outputs, 0)
     assert (name, ptx) == (b"kernel", b"ptx")
     grid = (launch.grid_x, launch.grid_y, launch.grid_z)
-    assert grid == (batch * kv_heads, 2, splits) and (launch.block_x, launch.shared_mem) == (128, 512)  # 80 rows
+    assert grid == (batch * kv_heads, 2, 1) and (launch.block_x, launch.shared_mem) == (128, 512)  # 80 rows
+    monkeypatch.setattr(tensorrt_plugin, "current_sm_count", lambda: 132)  # 11 splits wanted, 1040 keys give 5
+    assert aot(*inputs, q_heads, kv_heads, head, outputs, 0)[2].grid_z == 5
     assert isinstance(extra, fake.module.SymExprs) and list(extra) == [("i32", seq), ("i32", capacity)]
