@@ -336,7 +336,7 @@ def check_tensorrt_build(dtype: str) -> None:
 def compile_plans(staging: Path, specs: Mapping[str, GraphSpec], settings: TrtBuildSettings) -> dict[str, str]:
     """Build <role>.plan from each exported <role>.onnx (plugin flavour) in `staging`, through its TensorRT form
     (tensorrt_lowering), then remove the ONNX files (the plans hold the weights). Returns {role: plan file name}."""
-    from .tensorrt_lowering import lower_for_tensorrt, lowered_path
+    from .tensorrt_lowering import lower_for_tensorrt
 
     _register_plugins()
     plans = {}
@@ -344,10 +344,11 @@ def compile_plans(staging: Path, specs: Mapping[str, GraphSpec], settings: TrtBu
         lowered = lower_for_tensorrt(staging / f"{role}.onnx", settings.max_batch, settings.chunk)
         plan_path = staging / f"{role}{PLAN_SUFFIX}"
         build_plan(lowered, plan_path, optimization_profiles(spec, settings), settings)
+        lowered.unlink()
         plans[role] = plan_path.name
     for role in specs:
-        for leftover in [*staging.glob(f"{role}.onnx*"), lowered_path(staging / f"{role}.onnx")]:
-            leftover.unlink(missing_ok=True)
+        for leftover in staging.glob(f"{role}.onnx*"):
+            leftover.unlink()
     return plans
 
 

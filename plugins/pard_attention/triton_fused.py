@@ -54,7 +54,7 @@ RUNTIME_ARGS = INPUTS + SCALARS + OUTPUTS
 def launch_grid(batch, seq, capacity, kv_heads: int, group: int, target_programs: int,
                 min_keys: int = MIN_KEYS_PER_SPLIT, *, cdiv=triton.cdiv, minimum=builtins.min):
     """(x, y, z) programs: B * Hkv (row, kv head) pairs, query blocks of BLOCK_M rows, and key splits: as many as a
-    full cache may use, but no more than target_programs (the kernel's TARGET_PROGRAMS) asks for. With
+    full cache may use, but no more than target_programs (target_programs(sm_count)) asks for. With
     cdiv=tensorrt.plugin.cdiv and minimum=tensorrt.plugin.min it takes TensorRT's symbolic shape expressions."""
     pairs, query_blocks = batch * kv_heads, cdiv(seq * group, BLOCK_M)
     splits = minimum(minimum(cdiv(capacity, min_keys), MAX_SPLITS), cdiv(target_programs, pairs * query_blocks))
@@ -189,7 +189,7 @@ def pard_attention_fused_kernel(
     # Every block may use split_cap splits (the scratch row stride); this one uses what its keys are worth.
     out_rows = (tl.num_programs(0) // KV_HEADS) * seq * (KV_HEADS * GROUP)  # B * S * Hq
     split_cap = tl.maximum(1, tl.minimum(tl.num_programs(2), SCRATCH_ROWS // out_rows))
-    splits = tl.maximum(1, tl.minimum(split_cap, (n_keys + MIN_KEYS - 1) // MIN_KEYS))
+    splits = tl.minimum(split_cap, (n_keys + MIN_KEYS - 1) // MIN_KEYS)  # n_keys >= 1: at least one
     chunk = ((n_keys + splits - 1) // splits + BLOCK_N - 1) // BLOCK_N * BLOCK_N
     splits = (n_keys + chunk - 1) // chunk  # after rounding chunks to whole tiles, no split is empty
     if split < splits:
