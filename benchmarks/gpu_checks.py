@@ -23,7 +23,7 @@ runs the op once on each set in turn; triton.testing.do_bench_cudagraph captures
 to last about GRAPH_REP_MS), replays that 10 times and gives the median; the time per op is that / N. So no
 launch overhead is counted (as in a TensorRT plan or CUDA graph in deployment), and since consecutive ops
 touch different buffers, >= ROTATE_BYTES of KV in all (far more than the L2 cache), each op reads its KV
-cache from HBM. Sets are freed after each shape (tuning: each case). "kernel µs" is the whole op (KV write +
+cache from HBM. Sets are freed after each shape. "kernel µs" is the whole op (KV write +
 attention + split-K combine); SDPA only attends over the caches, filled first by running the kernel once on
 each set, in each formulation that this torch can run and that matches the kernel's output (the fastest is
 shown). "eager µs" is the kernel alone on one set, timed with triton.testing.do_bench (median; it flushes L2
@@ -35,8 +35,11 @@ the same graph timing of the fused kernel on the same sets, after one eager call
 = its max deviation from the kernel's output, relative to max |kernel|); a shape it cannot run gets n/a and the
 reason in "fused_skipped". "copy µs (same bytes)" is a device-to-device copy_ of kv_bytes / 2 (so kv_bytes of
 traffic, read + write), graph-timed over rotating buffers like the kernels: the bandwidth a single launch can
-reach at this size. The tuning section (graph timing only) tunes the fused kernel's tiles and split-K settings
-(module constants of triton_fused, set for the duration of a case) at the shapes where it matters most.
+reach at this size. The tuning section (graph timing only) times the fused kernel under each of
+FUSED_TUNING_CONFIGS (module constants of triton_fused: tiles, split-K and merge options, set for the duration of
+a timing) at TUNING_SHAPES, checks each output against the kernel's, and names the fastest config per shape
+("tuning_best"). fused_correctness also runs its split-K cases under FUSED_CHECK_CONFIG (every option not yet
+on by default). benchmarks/kernel_resources.py gives the same configs' registers and spills without a GPU.
 
 On CPU (--cpu-smoke) no graph can be captured: every timing is the median of 3 time.perf_counter runs after
 one warm-up, with N = 1 set, through the same code paths.
@@ -45,6 +48,7 @@ one warm-up, with N = 1 set, through the same code paths.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -63,7 +67,19 @@ LLAMA_HEADS = (32, 8, 128)  # Llama-3.1-8B: Hq, Hkv, D
 HEADS = [(1, 1), (3, 1), (8, 2), (8, 1)]  # (Hq, Hkv), as in tests/plugins/test_pard_attention.py
 TOLERANCE = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}  # fp32 absolute; others relative to max |expected|
 # Seconds after which a section starts no new case (it then fails as incomplete): the whole run stays < 9 min.
-SECTION_BUDGET_S = {"correctness": 120, "fused_correctness": 150, "copy": 15, "timing": 150, "tuning": 60}
+SECTION_BUDGET_S = {"correctness": 120, "fused_correctness": 150, "copy": 15, "timing": 150, "tuning": 150}
+# The fused kernel's tuning: its defaults, then one change or two at a time. The first five are the options not yet
+# timed on a GPU (off by default); BLOCK_N 32 and MIN_KEYS_PER_SPLIT 512 were promising in earlier runs.
+FUSED_TUNING_CONFIGS = [
+    {}, dict(MERGE_TREE=True), dict(SPLITS_ROUND_DOWN=True), dict(MERGE_STAGES=2),
+    dict(MERGE_TREE=True, SPLITS_ROUND_DOWN=True), dict(MERGE_TREE=True, MERGE_STAGES=2),
+    dict(BLOCK_N=32), dict(MIN_KEYS_PER_SPLIT=512),
+]
+# (B, past, S): where the fused kernel missed the 70 % target in run 3, plus B 8, past 8192, S 16 (met: 76 %)
+TUNING_SHAPES = ((1, 2048, 16), (1, 8192, 1), (1, 8192, 16), (8, 2048, 1), (8, 2048, 16), (8, 4096, 16),
+                 (8, 8192, 16))
+# every code path of the untimed options at once, for the fused_correctness section
+FUSED_CHECK_CONFIG = dict(MERGE_TREE=True, SPLITS_ROUND_DOWN=True, MERGE_STAGES=2)
 ROTATE_BYTES = 512 * 2**20  # graph timing: the input sets of one timed call hold at least this many KV bytes
 MAX_SETS = 256  # ... in at most this many sets
 MAX_ROTATE_BYTES = 8 * 2**30  # ... and at most this many bytes in all (N is lowered where a set is large)
@@ -154,6 +170,7 @@ class Checks:
         print("| kernel | case | dtype | splits | max abs err | error | tolerance | ok |")
         print("|---|---|---|---|---|---|---|---|")
         cases = self._fused_split_cases()
+        cases += [dict(c, config=FUSED_CHECK_CONFIG) for c in cases if c["dtype"] != "float16"]
         cases += [dict(c, min_keys=None) for c in self._correctness_cases() if c["num_splits"] is None]
         for case in cases:
             self._check_time()
@@ -205,43 +222,45 @@ class Checks:
             print(f"\n{line}")
 
     def tuning(self, rows: list) -> None:
-        """The fused kernel's tiles and split-K settings around its defaults, at the shapes where they matter."""
+        """The fused kernel under each of FUSED_TUNING_CONFIGS at TUNING_SHAPES (one set of inputs per shape), its
+        output checked against the multi-launch kernel's each time; then the fastest config per shape."""
         q_heads, kv_heads, head_dim = (4, 2, 64) if self.smoke else LLAMA_HEADS
-        if self.smoke:
-            shapes, configs = ((1, 48, 1),), [dict(BLOCK_N=16), dict(BLOCK_N=32, NUM_WARPS=2)]
-        else:
-            shapes = ((1, 8192, 1), (1, 8192, 16), (8, 8192, 1), (8, 8192, 16), (1, 2048, 1))
-            configs = [{}, dict(BLOCK_N=32), dict(NUM_STAGES=2), dict(PROGRAMS_PER_SM=2),
-                       dict(MIN_KEYS_PER_SPLIT=512)]  # the defaults, then one change each
-        print("| B | past | S | config | fused µs | KV GB/s | % copy |")
-        print("|---|---|---|---|---|---|---|")
+        shapes = ((1, 48, 1), (2, 48, 3)) if self.smoke else TUNING_SHAPES
+        configs = FUSED_TUNING_CONFIGS + ([dict(BLOCK_N=16, MERGE_TREE=True)] if self.smoke else [])
+        print("| B | past | S | config | fused µs | KV GB/s | % copy | error vs kernel |")
+        print("|---|---|---|---|---|---|---|---|")
         for batch, past, seq in shapes:
-            for config in configs:
-                self._check_time()
-                rows.append(self._time_fused_config(batch, past, seq, q_heads, kv_heads, head_dim, config))
-                row = rows[-1]
-                print(f"| {batch} | {past} | {seq} | {config} | {_num(row.get('fused_us'), '.1f')} "
-                      f"| {_num(row.get('fused_kv_gbps'), '.0f')} | {_num(row.get('fused_pct_copy'), '.0f')} |"
+            self._check_time()
+            for row in self._time_fused_configs(batch, past, seq, q_heads, kv_heads, head_dim, configs):
+                rows.append(row)
+                print(f"| {batch} | {past} | {seq} | {row['config'] or 'defaults'} | {_num(row.get('fused_us'), '.1f')} "
+                      f"| {_num(row.get('fused_kv_gbps'), '.0f')} | {_num(row.get('fused_pct_copy'), '.0f')} "
+                      f"| {_num(row.get('fused_vs_kernel_err'), '.1e')} |"
                       + (f" {row['fused_skipped'][:100]}" if row.get("fused_skipped") else ""), flush=True)
+        self.results["tuning_best"] = best = _fastest_configs(rows)
+        for line in best:
+            print(line)
 
-    def _time_fused_config(self, batch, past, seq, q_heads, kv_heads, head_dim, config: dict) -> dict:
-        """Graph timing of the fused kernel with some of triton_fused's module constants replaced (restored after)."""
-        saved = {name: getattr(self.fused, name) for name in config}
+    def _time_fused_configs(self, batch, past, seq, q_heads, kv_heads, head_dim, configs: list[dict]) -> list[dict]:
+        """Graph timings of the fused kernel on one shape's input sets, once per config: some of triton_fused's
+        module constants replaced for the duration of its timing (restored after). A spent budget ends the list."""
         sets = self._input_sets(batch, past, seq, q_heads, kv_heads, head_dim, sdpa=False)
         kv_bytes = _kv_bytes(batch, kv_heads, past + seq, head_dim, sets[0][0].element_size())
+        rows = []
         try:
-            for name, value in config.items():
-                setattr(self.fused, name, value)
-            min_keys = self.fused.MIN_KEYS_PER_SPLIT
-            fused = self.fused.pard_attention_fused
-            self.kernel.pard_attention(*sets[0])  # the reference output comes from the multi-launch kernel
-            result = self._time_fused(sets, kv_bytes, lambda *t: fused(*t, min_keys=min_keys))
+            for config in configs:
+                if rows:
+                    self._check_time()
+                with _overridden(self.fused, config):
+                    min_keys = self.fused.MIN_KEYS_PER_SPLIT
+                    fused = self.fused.pard_attention_fused
+                    result = self._time_fused(sets, kv_bytes, lambda *t: fused(*t, min_keys=min_keys))
+                rows.append({"batch": batch, "past": past, "seq": seq, "config": config, "kv_bytes": kv_bytes,
+                             "dtype": str(sets[0][0].dtype).removeprefix("torch."), **result})
         finally:
-            for name, value in saved.items():
-                setattr(self.fused, name, value)
             del sets
             self._free()
-        return {"batch": batch, "past": past, "seq": seq, "config": config, "kv_bytes": kv_bytes, **result}
+        return rows
 
     # --- correctness ---
 
@@ -271,10 +290,12 @@ class Checks:
         return cases + [dict(seq=s, heads=LLAMA_HEADS[:2], head_dim=128, past=(8190, 2), dtype="bfloat16",
                              num_splits=None, min_keys=256) for s in (1, 16)]
 
-    def _check_case(self, seq, heads, head_dim, past, dtype, num_splits, fused=False, min_keys=None) -> dict:
+    def _check_case(self, seq, heads, head_dim, past, dtype, num_splits, fused=False, min_keys=None,
+                    config=None) -> dict:
         """One case against the numpy reference: the output, and the whole caches (the new rows written, every
-        other row unchanged). fused=True: triton_fused.pard_attention_fused; a case it cannot compile or launch
-        (e.g. out of shared memory) gives a row with "skipped" and the reason, and an exception ok=False."""
+        other row unchanged). fused=True: triton_fused.pard_attention_fused, with the module constants in
+        `config` overridden; a case it cannot compile or launch (e.g. out of shared memory) gives a row with
+        "skipped" and the reason, and an exception ok=False."""
         torch = self.torch
         tensors = self._inputs(seq, *heads, head_dim, past, getattr(torch, dtype), capacity=max(past) + seq + 5)
         host = [t.float().cpu().numpy().copy() if t.is_floating_point() else t.cpu().numpy() for t in tensors]
@@ -284,6 +305,7 @@ class Checks:
             "seq": seq, "q_heads": heads[0], "kv_heads": heads[1], "head_dim": head_dim, "past": list(past),
             "dtype": dtype, "tolerance": TOLERANCE[dtype],
             "num_splits": f"auto, min_keys {min_keys or self.fused.MIN_KEYS_PER_SPLIT}" if fused else num_splits or "auto",
+            **({"config": config} if config else {}),
         }  # fmt: skip
         counters_ok = True
         if fused:
@@ -291,7 +313,8 @@ class Checks:
 
             try:
                 kwargs = {"min_keys": min_keys} if min_keys else {}
-                out = self.fused.pard_attention_fused(*tensors, **kwargs).float().cpu().numpy()
+                with _overridden(self.fused, config or {}):
+                    out = self.fused.pard_attention_fused(*tensors, **kwargs).float().cpu().numpy()
                 counters_ok = all(int(c.abs().sum()) == 0 for c in self.fused._COUNTERS.values())
             except OutOfResources as e:
                 return dict(row, skipped=f"{type(e).__name__}: {e}"[:300], ok=False)
@@ -488,6 +511,7 @@ class Checks:
             "kernel_defaults": vars(self.kernel.KernelConfig()),
             "fused_config": {name.lower(): getattr(self.fused, name) for name in
                              ("BLOCK_M", "BLOCK_N", "NUM_WARPS", "NUM_STAGES", "MAX_SPLITS", "MIN_KEYS_PER_SPLIT",
+                              "SPLITS_ROUND_DOWN", "MERGE_TREE", "MERGE_STAGES",
                               "PROGRAMS_PER_SM", "SCRATCH_ROWS")},
         }  # fmt: skip
 
@@ -503,7 +527,8 @@ class Checks:
 
     def _correctness_line(self, row: dict) -> str:
         case = f"S={row['seq']} Hq={row['q_heads']} Hkv={row['kv_heads']} D={row['head_dim']} past={row['past']}"
-        head = f"| {row['kernel']} | {case} | {row['dtype']} | {row['num_splits']} "
+        splits = f"{row['num_splits']}" + (f", {row['config']}" if row.get("config") else "")
+        head = f"| {row['kernel']} | {case} | {row['dtype']} | {splits} "
         if "max_abs_err" not in row:
             reason = row.get("skipped") or row.get("failed")
             return head + f"| n/a | n/a | {row['tolerance']:.0e} | {'skipped' if row.get('skipped') else '**NO**'}: " \
@@ -522,6 +547,35 @@ class Checks:
             f"| {_num(row['fused_pct_copy'], '.0f')} | {_num(row.get('copy_same_bytes_us'), '.1f')} "
             f"| {_num(row.get('copy_same_bytes_pct'), '.0f')} |"
         )
+
+
+@contextlib.contextmanager
+def _overridden(module, constants: dict):
+    """Set some of a module's constants for the duration of a with block (restored after, even on error)."""
+    saved = {name: getattr(module, name) for name in constants}
+    try:
+        for name, value in constants.items():
+            setattr(module, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
+
+
+def _fastest_configs(rows: list[dict]) -> list[str]:
+    """Per tuned shape, the fastest config whose output matched the kernel's, against the defaults' time."""
+    lines = []
+    for shape in dict.fromkeys((row["batch"], row["past"], row["seq"]) for row in rows):
+        timed = [row for row in rows if (row["batch"], row["past"], row["seq"]) == shape and row.get("fused_us")
+                 and row.get("fused_vs_kernel_err", 1.0) <= TOLERANCE[row["dtype"]]]
+        defaults = next((row for row in timed if not row["config"]), None)
+        if not timed or defaults is None:
+            continue
+        best = min(timed, key=lambda row: row["fused_us"])
+        lines.append(f"B={shape[0]} past={shape[1]} S={shape[2]}: fastest {best['config'] or 'defaults'} "
+                     f"{best['fused_us']:.1f} µs, defaults {defaults['fused_us']:.1f} µs "
+                     f"({defaults['fused_us'] / best['fused_us']:.2f}x)")
+    return lines
 
 
 def _bandwidth_summary(rows: list[dict], long_past: int, key: str = "pct_of_copy", prefix: str = "") -> list[str]:

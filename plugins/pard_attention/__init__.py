@@ -37,12 +37,15 @@ STRING_ATTRIBUTES = ("plugin_namespace", "plugin_version")
 TRT_INPUTS = ("sync",)
 TRT_OUTPUTS = ("sync_out", "partial", "partial_lse")
 QUERY_BLOCK = 64  # query rows (tokens x group heads) per program of the one-launch kernel
+MERGE_GROUPS = 8  # split groups a query block's two-level merge may use: one counter each, plus one for the block
+COUNTERS_PER_BLOCK = 1 + MERGE_GROUPS
 
 
 def sync_size(batch: int, seq: int, kv_heads: int, group: int) -> int:
-    """int32 counters one launch uses in `sync`: one per (batch row, kv head, block of QUERY_BLOCK query rows)."""
-    return batch * kv_heads * -(-seq * group // QUERY_BLOCK)
+    """int32 counters one launch uses in `sync`: COUNTERS_PER_BLOCK per (batch row, kv head, block of QUERY_BLOCK
+    query rows)."""
+    return batch * kv_heads * -(-seq * group // QUERY_BLOCK) * COUNTERS_PER_BLOCK
 
 
-__all__ = ["DOMAIN", "OP_TYPE", "OPSET_VERSION", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "QUERY_BLOCK", "pard_attention",
-           "sync_size"]
+__all__ = ["DOMAIN", "OP_TYPE", "OPSET_VERSION", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "QUERY_BLOCK", "MERGE_GROUPS",
+           "COUNTERS_PER_BLOCK", "pard_attention", "sync_size"]

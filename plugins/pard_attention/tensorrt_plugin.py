@@ -41,7 +41,8 @@ def triton_dtype_name(dtype) -> str:
 
 
 def compile_kernel(dtype_name: str, q_heads: int, kv_heads: int, head_size: int, target: tuple[int, int] | None = None):
-    """Compile the fused kernel for one node: (kernel name, PTX, metadata dict with num_warps and shared bytes).
+    """Compile the fused kernel for one node (pointers 16-byte aligned): (kernel name, PTX, metadata dict with
+    num_warps and shared bytes).
 
     target=(compute capability, warp size) compiles for that GPU without one present; None: the current GPU."""
     import triton
@@ -49,10 +50,12 @@ def compile_kernel(dtype_name: str, q_heads: int, kv_heads: int, head_size: int,
 
     from . import triton_fused
 
+    signature = triton_fused.signature(dtype_name)
     source = triton.compiler.ASTSource(
         fn=triton_fused.pard_attention_fused_kernel,
-        signature=triton_fused.signature(dtype_name),
+        signature=signature,
         constexprs=triton_fused.constexprs(q_heads, kv_heads, head_size, dtype_name),
+        attrs=aligned_pointers(signature),
     )
     options = {"num_warps": triton_fused.NUM_WARPS, "num_stages": triton_fused.NUM_STAGES}
     if target is None:
@@ -65,11 +68,28 @@ def compile_kernel(dtype_name: str, q_heads: int, kv_heads: int, head_size: int,
     return name.encode(), ptx.encode(), meta
 
 
+def aligned_pointers(signature: dict[str, str]) -> dict:
+    """Triton attrs declaring every pointer argument 16-byte aligned, as Triton's JIT specialises an aligned one.
+
+    TensorRT's I/O addresses are at least 256-byte aligned (IExecutionContext::setTensorAddress) and so are the
+    buffers it allocates. Without the hint Triton must assume 2-byte alignment: scalar loads that it cannot
+    software-pipeline (no cp.async; NUM_STAGES would change nothing), where the JIT-launched kernel
+    that benchmarks/gpu_checks.py times gets 16-byte, pipelined loads."""
+    return {(index,): [["tt.divisibility", 16]] for index, kind in enumerate(signature.values()) if kind.startswith("*")}
+
+
 def current_sm_count() -> int:
     """Streaming multiprocessors of the GPU the plan is built on (and, TensorRT plans being per-GPU, runs on)."""
     import triton
 
     return triton.runtime.driver.active.utils.get_device_properties(0)["multiprocessor_count"]
+
+
+def current_max_shared_memory() -> int:
+    """Bytes of shared memory one program (thread block) may use on the build GPU, opting in beyond 48 KiB."""
+    import triton
+
+    return triton.runtime.driver.active.utils.get_device_properties(0)["max_shared_mem"]
 
 
 def drop_hidden_params(ptx: str, kernel_name: str, count: int) -> str:
@@ -131,10 +151,13 @@ def _define() -> None:
         num_kv_heads: int, head_size: int, outputs: Tuple[trtp.TensorDesc], tactic: int,
     ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
         name, ptx, meta = compile_kernel(triton_dtype_name(q.dtype), num_q_heads, num_kv_heads, head_size)
+        if meta["shared"] > current_max_shared_memory():  # else every launch in the plan would fail
+            raise ValueError(f"PardAttention (head size {head_size}) needs {meta['shared']} bytes of shared memory a "
+                             f"program; this GPU allows {current_max_shared_memory()}: lower triton_fused.NUM_STAGES")
         batch, seq, capacity = q.shape_expr[0], q.shape_expr[1], k_cache.shape_expr[2]
         grid = triton_fused.launch_grid(batch, seq, capacity, num_kv_heads, num_q_heads // num_kv_heads,
                                         triton_fused.target_programs(current_sm_count()),
-                                        cdiv=trtp.cdiv, minimum=trtp.min)
+                                        cdiv=trtp.cdiv, minimum=trtp.min, maximum=trtp.max)
         launch = trtp.KernelLaunchParams()
         launch.grid_x, launch.grid_y, launch.grid_z = grid
         launch.block_x = meta["num_warps"] * 32

@@ -12,10 +12,15 @@ the input pointers, then int32 scalars, then the output pointers. So this kernel
 - split-K without a second launch: the grid offers each query block enough split programs to give the GPU about
   PROGRAMS_PER_SM programs per SM; at run time a block uses as many as its keys are worth (none shorter than
   MIN_KEYS_PER_SPLIT keys) and the fixed-size scratch allows. Each writes its partial softmax to the `partial` /
-  `partial_lse` scratch outputs and bumps the block's counter in `sync`; the program
-  that arrives last merges the partials by log-sum-exp, writes the output and puts the counter back to 0.
+  `partial_lse` scratch outputs and bumps its group's counter in `sync`; the program that arrives last in the
+  group merges the group's partials by log-sum-exp (its own from registers) and puts the counter back to 0.
+  With one group (the default) that merger writes the output. With MERGE_TREE, a block of n splits has about
+  sqrt(n) groups whose mergers run in parallel, store the group's result and bump the block's counter; the last
+  of them merges the groups: two serial merges of ~sqrt(n) partials instead of one of n.
   `sync` must therefore hold zeros before the first launch (the runtime owns and zero-fills it; it stays zero
-  between launches). Nobody waits on anybody, so a wrong counter can give a wrong output but never a hang.
+  between launches). Nobody waits on anybody, so a wrong counter can give a wrong output but never a hang;
+- a past_len outside [0, Smax - S] is clamped into it, so no launch reads or writes outside the caches (the
+  runtime never passes one, but TensorRT may run a plugin on arbitrary data while it builds a plan).
 
 Tensors are contiguous (TensorRT's LINEAR format), so strides follow from the shapes: S and Smax are runtime
 scalars, the head counts and head size are compile-time constants (the node's attributes).
@@ -32,7 +37,7 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-from . import QUERY_BLOCK, sync_size
+from . import COUNTERS_PER_BLOCK, MERGE_GROUPS, QUERY_BLOCK, sync_size
 from .reference import check_shapes
 from .triton_kernel import _add, _dot, _larger
 
@@ -44,6 +49,10 @@ MAX_SPLITS = 64  # key splits per query block, at most
 SCRATCH_ROWS = 32768  # rows of the scratch outputs: B * S * Hq * splits never exceeds it (fewer splits if need be)
 MIN_KEYS_PER_SPLIT = 256  # a split never holds fewer keys than this (unless the block sees fewer)
 PROGRAMS_PER_SM = 1  # split-K aims at this many programs per streaming multiprocessor (fewer splits: shorter merge)
+# Not measured on a GPU yet, so off: benchmarks/gpu_checks.py's tuning section times them (docs/gpu-pard-attention.md).
+SPLITS_ROUND_DOWN = False  # offer floor (not ceil) of target / blocks splits: no partial second wave of programs
+MERGE_TREE = False  # merge the splits in two levels of ~sqrt(splits) partials each (see the module docstring)
+MERGE_STAGES = 0  # > 0: software-pipeline the merge loop this deep (tl.range num_stages); 0: a plain loop
 
 INPUTS = ("Q", "KNew", "VNew", "KCache", "VCache", "PastLen", "Sync")
 SCALARS = ("seq", "capacity")
@@ -52,12 +61,15 @@ RUNTIME_ARGS = INPUTS + SCALARS + OUTPUTS
 
 
 def launch_grid(batch, seq, capacity, kv_heads: int, group: int, target_programs: int,
-                min_keys: int = MIN_KEYS_PER_SPLIT, *, cdiv=triton.cdiv, minimum=builtins.min):
+                min_keys: int = MIN_KEYS_PER_SPLIT, *, cdiv=triton.cdiv, minimum=builtins.min, maximum=builtins.max):
     """(x, y, z) programs: B * Hkv (row, kv head) pairs, query blocks of BLOCK_M rows, and key splits: as many as a
-    full cache may use, but no more than target_programs (target_programs(sm_count)) asks for. With
-    cdiv=tensorrt.plugin.cdiv and minimum=tensorrt.plugin.min it takes TensorRT's symbolic shape expressions."""
+    full cache may use, but no more than target_programs (target_programs(sm_count)) asks for (rounded up, or down
+    with SPLITS_ROUND_DOWN). With tensorrt.plugin's cdiv, min and max it takes TensorRT's symbolic shape
+    expressions."""
     pairs, query_blocks = batch * kv_heads, cdiv(seq * group, BLOCK_M)
-    splits = minimum(minimum(cdiv(capacity, min_keys), MAX_SPLITS), cdiv(target_programs, pairs * query_blocks))
+    blocks = pairs * query_blocks
+    wanted = maximum(cdiv(target_programs + 1, blocks) - 1, 1) if SPLITS_ROUND_DOWN else cdiv(target_programs, blocks)
+    splits = minimum(minimum(cdiv(capacity, min_keys), MAX_SPLITS), wanted)
     return pairs, query_blocks, splits
 
 
@@ -83,7 +95,8 @@ def constexprs(q_heads: int, kv_heads: int, head_size: int, dtype_name: str, *, 
         "GROUP": q_heads // kv_heads, "KV_HEADS": kv_heads, "HEAD_D": head_size,
         "BLOCK_D": triton.next_power_of_2(head_size), "BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N,
         "SCALE_LOG2": math.log2(math.e) / math.sqrt(head_size),
-        "MIN_KEYS": min_keys, "SCRATCH_ROWS": SCRATCH_ROWS,
+        "MIN_KEYS": min_keys, "SCRATCH_ROWS": SCRATCH_ROWS, "COUNTERS": COUNTERS_PER_BLOCK,
+        "MERGE_GROUPS": MERGE_GROUPS if MERGE_TREE else 1, "MERGE_STAGES": MERGE_STAGES,
         "DOT_PRECISION": "ieee" if dtype_name == "fp32" else "tf32",
         "DOT_IN_FP32": dtype_name == "bf16" and interpreted,
     }
@@ -118,8 +131,12 @@ def pard_attention_fused(q, k_new, v_new, k_cache, v_cache, past_len, *, sm_coun
         sm_count = 1 if interpreted else torch.cuda.get_device_properties(q.device).multi_processor_count
     consts = constexprs(q_heads, kv_heads, head_size, name, min_keys=min_keys, interpreted=interpreted)
     group = q_heads // kv_heads
+    counters = sync_size(batch, seq, kv_heads, group)
     if sync is None:
-        sync = zeroed_counters(q.device, sync_size(batch, seq, kv_heads, group))
+        sync = zeroed_counters(q.device, counters)
+    elif sync.dtype != torch.int32 or sync.numel() < counters:
+        raise ValueError(f"sync: expected at least {counters} int32 counters (sync_size), found {sync.numel()} "
+                         f"{sync.dtype}")
     if scratch is None:
         scratch = [torch.empty(shape, dtype=torch.float32, device=q.device) for shape in scratch_shapes(head_size)]
     out = torch.empty_like(q) if out is None else out
@@ -158,22 +175,24 @@ def _online_step(q, k, v, visible, m_i, l_i, acc, SCALE_LOG2: tl.constexpr, DOT_
     return m_new, l_i, acc
 
 
-@triton.jit
+# S and Smax unspecialised, as in the AOT compile (tensorrt_plugin.compile_kernel): the kernel launched from torch,
+# which benchmarks/gpu_checks.py times, is then the very code a TensorRT plan runs (pointers 16-byte aligned in both).
+@triton.jit(do_not_specialize=["seq", "capacity"])
 def pard_attention_fused_kernel(
     Q, KNew, VNew, KCache, VCache, PastLen, Sync,
     seq, capacity,
     Out, KCacheOut, VCacheOut, SyncOut, Partial, PartialLse,
     GROUP: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SCALE_LOG2: tl.constexpr,
-    MIN_KEYS: tl.constexpr, SCRATCH_ROWS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    MIN_KEYS: tl.constexpr, SCRATCH_ROWS: tl.constexpr, COUNTERS: tl.constexpr, MERGE_GROUPS: tl.constexpr,
+    MERGE_STAGES: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
 ):  # fmt: skip
     pair = tl.program_id(0)  # (batch row, kv head)
     b = (pair // KV_HEADS).to(tl.int64)
     kv_head = pair % KV_HEADS
     q_block = tl.program_id(1)
     split = tl.program_id(2)
-    past = tl.load(PastLen + b)
+    past = tl.minimum(tl.maximum(tl.load(PastLen + b), 0), tl.maximum(capacity - seq, 0))
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < HEAD_D
     new_row = KV_HEADS * HEAD_D  # elements between consecutive tokens of k_new/v_new [B, S, Hkv, D]
@@ -181,7 +200,7 @@ def pard_attention_fused_kernel(
     cache_base = (b * KV_HEADS + kv_head) * capacity * HEAD_D  # caches [B, Hkv, Smax, D]
 
     if (q_block == 0) & (split == 0):
-        _write_new_rows(KNew, VNew, KCacheOut, VCacheOut, new_base, cache_base, past, seq, dims, dim_ok,
+        _write_new_rows(KNew, VNew, KCacheOut, VCacheOut, new_base, cache_base, past, seq, capacity, dims, dim_ok,
                         new_row, HEAD_D, BLOCK_N)
 
     # This block's keys: the cache's `past` rows, then new keys up to its last query token.
@@ -205,31 +224,60 @@ def pard_attention_fused_kernel(
         m_i, l_i, acc = _attend_keys(q, KNew, VNew, KCache, VCache, new_base, cache_base, past, start, end, token,
                                      row_ok, dims, dim_ok, new_row, SCALE_LOG2, DOT_PRECISION, DOT_IN_FP32,
                                      HEAD_D, BLOCK_M, BLOCK_N, BLOCK_D)
+        out_ptrs = Out + out_row[:, None] * HEAD_D + dims[None, :]
+        has_keys = l_i > 0.0  # false for a row that sees none of this split's keys
+        part = acc / tl.where(has_keys, l_i, 1.0)[:, None]  # normalised: every real row sees key 0 when unsplit
         if splits == 1:
-            out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # every real row sees key 0
-            tl.store(Out + out_row[:, None] * HEAD_D + dims[None, :], out.to(Out.dtype.element_ty), mask=out_mask)
+            tl.store(out_ptrs, part.to(Out.dtype.element_ty), mask=out_mask)
         else:
-            part_row = out_row * split_cap + split
-            has_keys = l_i > 0.0  # false for a row that sees none of this split's keys
-            tl.store(Partial + part_row[:, None] * HEAD_D + dims[None, :],
-                     acc / tl.where(has_keys, l_i, 1.0)[:, None], mask=out_mask)
-            tl.store(PartialLse + part_row, tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)),
-                                                     float("-inf")), mask=row_ok)
-            tl.debug_barrier()  # every thread's partial is stored before the counter says so
-            counter = SyncOut + pair * tl.num_programs(1) + q_block
-            if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == splits - 1:  # the last split to finish
-                _merge_splits(Partial, PartialLse, Out, out_row, row_ok, out_mask, splits, split_cap,
-                              dims, HEAD_D, BLOCK_M, BLOCK_D)
-                tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # zero again for the next launch
+            lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+            counters = SyncOut + (pair * tl.num_programs(1) + q_block) * COUNTERS  # [the block's, one per group]
+            _store_partial(Partial, PartialLse, out_row * split_cap + split, part, lse, row_ok, out_mask, dims, HEAD_D)
+            if MERGE_GROUPS == 1:  # one group: the last split to arrive merges them all
+                if tl.atomic_add(counters + 1, 1, sem="acq_rel", scope="gpu") == splits - 1:
+                    part, lse = _merge_partials(part, lse, Partial, PartialLse, out_row * split_cap, splits, 1, split,
+                                                row_ok, out_mask, dims, HEAD_D, MERGE_STAGES)
+                    tl.store(out_ptrs, part.to(Out.dtype.element_ty), mask=out_mask)
+                    tl.atomic_xchg(counters + 1, 0, sem="relaxed", scope="gpu")  # zero for the next launch
+            else:
+                _merge_in_two_levels(part, lse, Partial, PartialLse, out_ptrs, counters, out_row * split_cap, split,
+                                     splits, row_ok, out_mask, dims, HEAD_D, MERGE_GROUPS, MERGE_STAGES)
 
 
 @triton.jit
-def _write_new_rows(KNew, VNew, KCacheOut, VCacheOut, new_base, cache_base, past, seq, dims, dim_ok,
+def _merge_in_two_levels(part, lse, Partial, PartialLse, out_ptrs, counters, base_row, split, splits, row_ok,
+                         out_mask, dims, HEAD_D: tl.constexpr, MERGE_GROUPS: tl.constexpr,
+                         MERGE_STAGES: tl.constexpr):
+    """MERGE_TREE: ~sqrt(splits) groups of consecutive splits. The last of a group to arrive merges the group and
+    leaves the result in the group's first scratch rows; the last group to finish merges the groups' results."""
+    groups = tl.minimum(tl.sqrt_rn(splits.to(tl.float32)).to(tl.int32), MERGE_GROUPS)  # floor: 1 .. MERGE_GROUPS
+    group_size = (splits + groups - 1) // groups
+    groups = (splits + group_size - 1) // group_size
+    group = split // group_size
+    first = group * group_size
+    members = tl.minimum(group_size, splits - first)
+    if tl.atomic_add(counters + 1 + group, 1, sem="acq_rel", scope="gpu") == members - 1:  # the group's last
+        part, lse = _merge_partials(part, lse, Partial, PartialLse, base_row + first, members, 1, split - first,
+                                    row_ok, out_mask, dims, HEAD_D, MERGE_STAGES)
+        tl.atomic_xchg(counters + 1 + group, 0, sem="relaxed", scope="gpu")  # zero for the next launch
+        if groups == 1:
+            tl.store(out_ptrs, part.to(out_ptrs.dtype.element_ty), mask=out_mask)
+        else:
+            _store_partial(Partial, PartialLse, base_row + first, part, lse, row_ok, out_mask, dims, HEAD_D)
+            if tl.atomic_add(counters, 1, sem="acq_rel", scope="gpu") == groups - 1:  # the last group
+                part, lse = _merge_partials(part, lse, Partial, PartialLse, base_row, groups, group_size, group,
+                                            row_ok, out_mask, dims, HEAD_D, MERGE_STAGES)
+                tl.store(out_ptrs, part.to(out_ptrs.dtype.element_ty), mask=out_mask)
+                tl.atomic_xchg(counters, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def _write_new_rows(KNew, VNew, KCacheOut, VCacheOut, new_base, cache_base, past, seq, capacity, dims, dim_ok,
                     new_row, HEAD_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Copy the S new rows of one (row, kv head) into the caches at rows past..past+S-1."""
+    """Copy the S new rows of one (row, kv head) into the caches at rows past..past+S-1 (those that fit)."""
     for start in range(0, seq, BLOCK_N):
         tokens = start + tl.arange(0, BLOCK_N)
-        ok = (tokens < seq)[:, None] & dim_ok[None, :]
+        ok = ((tokens < seq) & (past + tokens < capacity))[:, None] & dim_ok[None, :]
         src = new_base + tokens[:, None] * new_row + dims[None, :]
         dst = cache_base + (past + tokens).to(tl.int64)[:, None] * HEAD_D + dims[None, :]
         tl.store(KCacheOut + dst, tl.load(KNew + src, mask=ok), mask=ok)
@@ -267,25 +315,44 @@ def _attend_keys(q, KNew, VNew, KCache, VCache, new_base, cache_base, past, star
 
 
 @triton.jit
-def _merge_splits(Partial, PartialLse, Out, out_row, row_ok, out_mask, splits, split_stride, dims,
-                  HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Merge the block's `splits` partial softmaxes (base-2 log-sum-exp weights) into the output rows.
+def _store_partial(Partial, PartialLse, part_row, part, lse, row_ok, out_mask, dims, HEAD_D: tl.constexpr):
+    """Leave one normalised partial softmax (and its base-2 log-sum-exp) in the scratch rows part_row."""
+    tl.store(Partial + part_row[:, None] * HEAD_D + dims[None, :], part, mask=out_mask)
+    tl.store(PartialLse + part_row, lse, mask=row_ok)
+    tl.debug_barrier()  # every thread's partial is stored before a counter says so
+
+
+@triton.jit
+def _merge_partials(part, lse, Partial, PartialLse, base_row, count, stride, own, row_ok, out_mask, dims,
+                    HEAD_D: tl.constexpr, MERGE_STAGES: tl.constexpr):
+    """Merge `count` normalised partials, at scratch rows base_row + i * stride, by base-2 log-sum-exp weights:
+    number `own` is (part, lse), already in registers; the others are read. Returns the merged (part, lse).
     ".cg" loads read L2, where the other programs' partials are, never a stale L1 line. (Loading every weight
     first and unrolling this loop measured slower on an H200: docs/gpu-pard-attention.md.)"""
-    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    total = tl.full([BLOCK_M], 0.0, tl.float32)
-    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
-    for split in range(0, splits):
-        part_row = out_row * split_stride + split
-        lse = tl.load(PartialLse + part_row, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
-        part = tl.load(Partial + part_row[:, None] * HEAD_D + dims[None, :], mask=out_mask, other=0.0,
-                       cache_modifier=".cg")
-        m_new = tl.maximum(m, lse)
-        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m - shift)
-        weight = tl.exp2(lse - shift)
-        acc = acc * alpha[:, None] + part * weight[:, None]
-        total = total * alpha + weight
-        m = m_new
-    out = acc / tl.where(total > 0.0, total, 1.0)[:, None]
-    tl.store(Out + out_row[:, None] * HEAD_D + dims[None, :], out.to(Out.dtype.element_ty), mask=out_mask)
+    m = lse
+    total = tl.where(lse > float("-inf"), 1.0, 0.0)
+    acc = part * total[:, None]
+    if MERGE_STAGES > 0:
+        for step in tl.range(1, count, num_stages=MERGE_STAGES):
+            m, total, acc = _merge_step(m, total, acc, Partial, PartialLse, base_row + ((own + step) % count) * stride,
+                                        row_ok, out_mask, dims, HEAD_D)
+    else:
+        for step in range(1, count):
+            m, total, acc = _merge_step(m, total, acc, Partial, PartialLse, base_row + ((own + step) % count) * stride,
+                                        row_ok, out_mask, dims, HEAD_D)
+    has_keys = total > 0.0
+    return (acc / tl.where(has_keys, total, 1.0)[:, None],
+            tl.where(has_keys, m + tl.log2(tl.where(has_keys, total, 1.0)), float("-inf")))
+
+
+@triton.jit
+def _merge_step(m, total, acc, Partial, PartialLse, part_row, row_ok, out_mask, dims, HEAD_D: tl.constexpr):
+    """Add the partial at scratch rows part_row to the running (max, weight sum, weighted sum)."""
+    lse = tl.load(PartialLse + part_row, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
+    part = tl.load(Partial + part_row[:, None] * HEAD_D + dims[None, :], mask=out_mask, other=0.0,
+                   cache_modifier=".cg")
+    m_new = tl.maximum(m, lse)
+    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m - shift)
+    weight = tl.exp2(lse - shift)
+    return m_new, total * alpha + weight, acc * alpha[:, None] + part * weight[:, None]

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from pard_export.contract import ATTENTION_SYNC, ATTENTION_SYNC_OUT
 from pard_export.export.tensorrt_build import TrtBuildError
 from pard_export.export.tensorrt_lowering import lower_for_tensorrt, lowered_path
-from plugins.pard_attention import DOMAIN, OP_TYPE, sync_size
+from plugins.pard_attention import COUNTERS_PER_BLOCK, DOMAIN, OP_TYPE, sync_size
 from plugins.pard_attention.schema import register_schema
 
 K = 4
@@ -46,7 +46,7 @@ def test_lowering_chains_the_counters_and_adds_unread_scratch_outputs(plugin_eng
     assert len(nodes) >= 2
     kv_heads, q_heads = attribute(nodes[0], "num_kv_heads"), attribute(nodes[0], "num_q_heads")
     size = sync_size(3, 20, kv_heads, q_heads // kv_heads)
-    assert size == 3 * kv_heads * -(-20 * (q_heads // kv_heads) // 64)
+    assert size == 3 * kv_heads * -(-20 * (q_heads // kv_heads) // 64) * COUNTERS_PER_BLOCK
     inputs = {i.name: i for i in model.graph.input}
     outputs = {o.name: o for o in model.graph.output}
     for tensor in (inputs[ATTENTION_SYNC], outputs[ATTENTION_SYNC_OUT]):

@@ -100,13 +100,82 @@ def test_fused_kernel_splits_less_rather_than_write_past_its_fixed_scratch(monke
     assert partial_lse[:scratch_rows].isnan().all() == (scratch_rows < 144)  # used only where splitting fits
 
 
+@pytest.fixture
+def shuffled_programs(monkeypatch):
+    """Triton's CPU interpreter runs a launch's programs in a fixed order (split 0 first, the last split last), so
+    the last split always merges. This runs them in a random order instead, like a GPU may: any split, and any
+    group, can be the one that arrives last."""
+    if DEVICE != "cpu":
+        pytest.skip("the program order is the GPU's own")
+    from triton.runtime import interpreter
+
+    builder, rng = interpreter.interpreter_builder, np.random.default_rng(0)
+    set_dim, set_idx = builder.set_grid_dim, builder.set_grid_idx
+    order = []
+
+    def grid_dim(nx, ny, nz):
+        order[:] = [tuple(int(i) for i in np.unravel_index(k, (nx, ny, nz))) for k in rng.permutation(nx * ny * nz)]
+        set_dim(nx, ny, nz)
+
+    monkeypatch.setattr(builder, "set_grid_dim", grid_dim)
+    monkeypatch.setattr(builder, "set_grid_idx", lambda x, y, z: set_idx(*order.pop()))
+
+
+@pytest.mark.parametrize("merge_tree", [False, True])
+@pytest.mark.parametrize("seq, past", [(3, (300, 40)), (1, (600, 250))])
+def test_fused_kernel_merges_splits_finishing_in_any_order(monkeypatch, shuffled_programs, merge_tree, seq, past):
+    """16-key tiles, splits of >= 16 keys, 16 splits offered: the rows use 10, 3, 13 and 16 splits (with MERGE_TREE
+    groups of 4+4+2, one group, 5+5+3, 4+4+4+4). The output and the counters must not depend on who is last."""
+    kernel = fused()
+    monkeypatch.setattr(kernel, "BLOCK_N", 16)
+    monkeypatch.setattr(kernel, "MERGE_TREE", merge_tree)
+    inputs = make_inputs(seq, 4, 2, 16, dtype=torch.float32, past=past, device=DEVICE)
+    expected = reference.pard_attention(*as_numpy(inputs))
+    sync = torch.zeros(kernel.sync_size(2, seq, 2, 2), dtype=torch.int32, device=DEVICE)
+    out = kernel.pard_attention_fused(*inputs, sm_count=64, min_keys=16, sync=sync)
+    assert error(out.float().cpu().numpy(), expected, torch.float32) <= TOLERANCE[torch.float32]
+    assert not sync.any()
+
+
+def test_fused_kernel_clamps_a_past_len_outside_the_cache():
+    """A past_len below 0 or above Smax - S (never from the runtime, but TensorRT may run a plugin on arbitrary
+    data while it builds) acts as the nearest valid one: nothing outside the caches is read or written."""
+    kernel = fused()
+    seq, capacity = 4, 40
+    inputs = list(make_inputs(seq, 4, 2, 16, dtype=torch.float32, past=(0, 0), device=DEVICE))
+    # off by a few rows, so that without the clamp the kernel would touch the guard rows or the other head's rows
+    # (far-off values would be clamped the same way, but unclamped they would crash the interpreter, not fail)
+    inputs[5] = torch.tensor([-7, capacity - seq + 5], dtype=torch.int32, device=DEVICE)
+    guarded = []  # each cache inside a NaN-filled buffer one batch row longer at each end
+    for cache in inputs[3:5]:
+        buffer = torch.full((4, 2, capacity, 16), float("nan"), device=DEVICE)
+        buffer[1:3] = torch.randn(2, 2, capacity, 16)
+        guarded.append(buffer)
+    inputs[3], inputs[4] = guarded[0][1:3], guarded[1][1:3]
+    expected_inputs = as_numpy(inputs)
+    expected_inputs[5] = np.array([0, capacity - seq], dtype=np.int32)
+    expected = reference.pard_attention(*expected_inputs)
+    out = kernel.pard_attention_fused(*inputs)
+    assert error(out.float().cpu().numpy(), expected, torch.float32) <= TOLERANCE[torch.float32]
+    np.testing.assert_array_equal(inputs[3].cpu().numpy(), expected_inputs[3])
+    for buffer in guarded:
+        assert buffer[0].isnan().all() and buffer[3].isnan().all()
+
+
+def test_fused_kernel_refuses_too_few_counters():
+    kernel = fused()
+    inputs = make_inputs(1, 4, 2, 16, dtype=torch.float32, past=(3, 3), device=DEVICE)
+    with pytest.raises(ValueError, match="at least 36 int32 counters"):
+        kernel.pard_attention_fused(*inputs, sync=torch.zeros(8, dtype=torch.int32, device=DEVICE))
+
+
 def test_fused_kernel_merge_is_what_the_output_comes_from():
     """A counter left non-zero (a broken runtime) stops the merge: the output is then not the reference, so the
     test above cannot pass without the in-kernel merge."""
     kernel = fused()
     inputs = make_inputs(1, 4, 2, 16, dtype=torch.float32, past=(300, 300), device=DEVICE)
     expected = reference.pard_attention(*as_numpy(inputs))
-    sync = torch.full((8,), 1000, dtype=torch.int32, device=DEVICE)
+    sync = torch.full((kernel.sync_size(2, 1, 2, 2),), 1000, dtype=torch.int32, device=DEVICE)
     out = torch.zeros_like(inputs[0])
     kernel.pard_attention_fused(*inputs, sm_count=64, min_keys=16, sync=sync, out=out)
     assert error(out.float().cpu().numpy(), expected, torch.float32) > 0.1
@@ -117,6 +186,17 @@ def test_launch_grid_and_signature_follow_the_aot_argument_order():
     assert kernel.launch_grid(2, 9, 40, 2, 4, 132) == (4, 1, 1)  # 36 rows: one 64-row block; 40 keys: one split
     assert kernel.launch_grid(3, 20, 1040, 1, 8, 132) == (3, 3, 5)  # 160 rows: three blocks; 1040 keys: 5 splits
     assert kernel.launch_grid(3, 20, 1040, 1, 8, 18) == (3, 3, 2)  # 9 programs, 18 wanted: 2 splits each
+    assert kernel.launch_grid(1, 1, 10**6, 1, 4, 10**4)[2] == kernel.MAX_SPLITS
+    assert kernel.launch_grid(8, 16, 8208, 8, 4, 132) == (64, 1, 3)  # Llama-8B, batch 8: 192 programs for 132 SMs
+
+
+def test_launch_grid_rounds_the_splits_down_when_asked(monkeypatch):
+    kernel = fused()
+    monkeypatch.setattr(kernel, "SPLITS_ROUND_DOWN", True)
+    assert kernel.launch_grid(8, 16, 8208, 8, 4, 132) == (64, 1, 2)  # 128 programs: no second, partial wave
+    assert kernel.launch_grid(8, 16, 8208, 8, 4, 128) == (64, 1, 2)
+    assert kernel.launch_grid(8, 16, 8208, 8, 4, 127) == (64, 1, 1)
+    assert kernel.launch_grid(8, 16, 8208, 8, 4, 20) == (64, 1, 1)  # fewer programs wanted than blocks: one split
     assert kernel.launch_grid(1, 1, 10**6, 1, 4, 10**4)[2] == kernel.MAX_SPLITS
     assert kernel.scratch_shapes(64) == ((kernel.SCRATCH_ROWS, 64), (kernel.SCRATCH_ROWS,))
     names = list(kernel.signature("fp16"))
@@ -161,7 +241,8 @@ for dtype in ("fp16", "bf16"):
         ptxas = triton.knobs.nvidia.ptxas.path
         done = subprocess.run([ptxas, "-arch=sm_89", f.name, "-o", f.name + ".cubin"], capture_output=True, text=True)
     results[dtype] = dict(name=name.decode(), params=ptx.decode().count(name.decode() + "_param_"), meta=meta,
-                          ptxas=done.returncode, ptxas_error=done.stderr[-300:], target="sm_89" in ptx.decode())
+                          ptxas=done.returncode, ptxas_error=done.stderr[-300:], target="sm_89" in ptx.decode(),
+                          async_copies=ptx.decode().count("cp.async.cg.shared.global"))
 print(json.dumps(results))
 """
 
@@ -169,7 +250,7 @@ print(json.dumps(results))
 def test_aot_kernel_compiles_to_ptx_that_ptxas_accepts_without_a_gpu():
     """What aot_impl hands TensorRT, made for SM89 on this CPU machine (triton.compile with an explicit target, in a
     process without TRITON_INTERPRET): PTX whose entry takes exactly the 15 arguments TensorRT's AOT launcher passes
-    (Triton's unused hidden scratch pointers dropped), and which ptxas assembles."""
+    (Triton's unused hidden scratch pointers dropped), whose K/V loads are pipelined, and which ptxas assembles."""
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(Path(__file__).parents[2])
@@ -181,6 +262,9 @@ def test_aot_kernel_compiles_to_ptx_that_ptxas_accepts_without_a_gpu():
         # the same buffer (aliased), so its input pointer is declared and never read
         assert result["params"] == 15 + 14, dtype
         assert result["ptxas"] == 0, result["ptxas_error"]
+        # pointers declared 16-byte aligned: 16-byte K/V loads that Triton software-pipelines (cp.async); without
+        # the hint it emits scalar loads and no pipeline at all
+        assert result["async_copies"] > 0, dtype
         assert result["meta"]["num_warps"] == 4 and result["meta"]["shared"] <= 99 * 1024  # SM89: 99 KiB a block
 
 
@@ -219,6 +303,9 @@ def test_aot_ptx_runs_with_exactly_the_arguments_tensorrt_passes(tmp_path):
     name, ptx, meta = tensorrt_plugin.compile_kernel("fp16", q_heads, kv_heads, head_dim, target=(major * 10 + minor, 32))
     (tmp_path / "kernel.ptx").write_bytes(ptx)
     kernel = cupy.RawModule(path=str(tmp_path / "kernel.ptx")).get_function(name.decode())  # CuPy loads .ptx files
+    # over 48 KiB of dynamic shared memory (the pipelined K/V tiles) needs the function's limit raised first, as a
+    # launcher given KernelLaunchParams.shared_mem must do
+    cupy.cuda.driver.funcSetAttribute(kernel.ptr, 8, meta["shared"])  # 8: CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
     q, k_new, v_new, k_cache, v_cache, past_len = inputs
     batch, capacity, group = len(past), k_cache.shape[2], q_heads // kv_heads
     sync = torch.zeros(fused().sync_size(batch, seq, kv_heads, group), dtype=torch.int32, device="cuda")
@@ -288,7 +375,7 @@ class _FakeTrtPlugin:
 
         self.module = types.SimpleNamespace(
             TensorDesc=TensorDesc, KernelLaunchParams=KernelLaunchParams, SymExprs=SymExprs, SymIntExprs=SymIntExprs,
-            SymInt32=lambda value: ("i32", value), cdiv=lambda a, b: -(-a // b), min=min,
+            SymInt32=lambda value: ("i32", value), cdiv=lambda a, b: -(-a // b), min=min, max=max,
             from_shape_expr=lambda shape, dtype: TensorDesc(shape, dtype),
             register=decorator("register"), aot_impl=decorator("aot_impl"), impl=decorator("impl"),
         )
@@ -307,6 +394,7 @@ def test_registration_against_a_fake_tensorrt_plugin_module(monkeypatch):
     monkeypatch.setattr(tensorrt_plugin, "_registered", False)
     monkeypatch.setattr(tensorrt_plugin, "compile_kernel", lambda *a, **k: (b"kernel", b"ptx", {"num_warps": 4, "shared": 512}))
     monkeypatch.setattr(tensorrt_plugin, "current_sm_count", lambda: 4)  # 4 programs wanted
+    monkeypatch.setattr(tensorrt_plugin, "current_max_shared_memory", lambda: 99 * 1024)
     tensorrt_plugin.register()
     tensorrt_plugin.register()  # idempotent: defined once
     assert set(fake.registered) == {(kind, "pard::PardAttention") for kind in ("register", "aot_impl", "impl")}
@@ -338,4 +426,7 @@ def test_registration_against_a_fake_tensorrt_plugin_module(monkeypatch):
     assert grid == (batch * kv_heads, 2, 1) and (launch.block_x, launch.shared_mem) == (128, 512)  # 80 rows
     monkeypatch.setattr(tensorrt_plugin, "current_sm_count", lambda: 132)  # 11 splits wanted, 1040 keys give 5
     assert aot(*inputs, q_heads, kv_heads, head, outputs, 0)[2].grid_z == 5
+    monkeypatch.setattr(tensorrt_plugin, "current_max_shared_memory", lambda: 256)  # the kernel asks for 512 bytes
+    with pytest.raises(ValueError, match="needs 512 bytes of shared memory a program; this GPU allows 256"):
+        aot(*inputs, q_heads, kv_heads, head, outputs, 0)
     assert isinstance(extra, fake.module.SymExprs) and list(extra) == [("i32", seq), ("i32", capacity)]
