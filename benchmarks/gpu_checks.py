@@ -233,8 +233,9 @@ class Checks:
             self._check_time()
             for row in self._time_fused_configs(batch, past, seq, q_heads, kv_heads, head_dim, configs):
                 rows.append(row)
-                print(f"| {batch} | {past} | {seq} | {row['config'] or 'defaults'} | {_num(row.get('fused_us'), '.1f')} "
-                      f"| {_num(row.get('fused_kv_gbps'), '.0f')} | {_num(row.get('fused_pct_copy'), '.0f')} "
+                print(f"| {batch} | {past} | {seq} | {row['config'] or 'defaults'} "
+                      f"| {_num(row.get('fused_us'), '.1f')} | {_num(row.get('fused_kv_gbps'), '.0f')} "
+                      f"| {_num(row.get('fused_pct_copy'), '.0f')} "
                       f"| {_num(row.get('fused_vs_kernel_err'), '.1e')} |"
                       + (f" {row['fused_skipped'][:100]}" if row.get("fused_skipped") else ""), flush=True)
         self.results["tuning_best"] = best = _fastest_configs(rows)
@@ -251,10 +252,8 @@ class Checks:
             for config in configs:
                 if rows:
                     self._check_time()
-                with _overridden(self.fused, config):
-                    min_keys = self.fused.MIN_KEYS_PER_SPLIT
-                    fused = self.fused.pard_attention_fused
-                    result = self._time_fused(sets, kv_bytes, lambda *t: fused(*t, min_keys=min_keys))
+                with overridden(self.fused, config):  # pard_attention_fused reads the constants at every call
+                    result = self._time_fused(sets, kv_bytes)
                 rows.append({"batch": batch, "past": past, "seq": seq, "config": config, "kv_bytes": kv_bytes,
                              "dtype": str(sets[0][0].dtype).removeprefix("torch."), **result})
         finally:
@@ -313,7 +312,7 @@ class Checks:
 
             try:
                 kwargs = {"min_keys": min_keys} if min_keys else {}
-                with _overridden(self.fused, config or {}):
+                with overridden(self.fused, config or {}):
                     out = self.fused.pard_attention_fused(*tensors, **kwargs).float().cpu().numpy()
                 counters_ok = all(int(c.abs().sum()) == 0 for c in self.fused._COUNTERS.values())
             except OutOfResources as e:
@@ -550,7 +549,7 @@ class Checks:
 
 
 @contextlib.contextmanager
-def _overridden(module, constants: dict):
+def overridden(module, constants: dict):
     """Set some of a module's constants for the duration of a with block (restored after, even on error)."""
     saved = {name: getattr(module, name) for name in constants}
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.gpu_checks import FUSED_TUNING_CONFIGS  # noqa: E402
+from benchmarks.gpu_checks import FUSED_TUNING_CONFIGS, overridden  # noqa: E402
 
 
 def main() -> int:
@@ -54,14 +54,8 @@ def resources(config: dict, dtype: str, q_heads: int, kv_heads: int, head_size: 
 
     from plugins.pard_attention import tensorrt_plugin, triton_fused
 
-    saved = {name: getattr(triton_fused, name) for name in config}
-    try:
-        for name, value in config.items():
-            setattr(triton_fused, name, value)
+    with overridden(triton_fused, config):
         _, ptx, meta = tensorrt_plugin.compile_kernel(dtype, q_heads, kv_heads, head_size, target=(arch, 32))
-    finally:
-        for name, value in saved.items():
-            setattr(triton_fused, name, value)
     suffix = "a" if arch >= 90 else ""  # sm_90a: the wgmma/TMA features Triton's sm_90 PTX uses
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "kernel.ptx"

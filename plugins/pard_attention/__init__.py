@@ -11,6 +11,8 @@ capacity, Hq query heads, Hkv key/value heads (Hq a multiple of Hkv: GQA), D hea
 
 Query i of row b attends to cache positions 0 .. past_len[b]+i (causal, aligned bottom-right), with
 scale 1/sqrt(D) and the softmax in float32. Rows past past_len[b]+S-1 are neither read nor written.
+past_len[b] must lie in [0, Smax - S]: the reference raises otherwise; the one-launch kernel a TensorRT plan embeds
+(`triton_fused.py`) clamps it into that range, so it never touches memory outside the caches.
 
 `reference.pard_attention` is the numpy reference; `triton_kernel.pard_attention` the GPU kernel (import it
 explicitly: it needs torch and triton). As an ONNX node (one per decoder layer): `schema.py` registers its OpSchema
@@ -47,5 +49,5 @@ def sync_size(batch: int, seq: int, kv_heads: int, group: int) -> int:
     return batch * kv_heads * -(-seq * group // QUERY_BLOCK) * COUNTERS_PER_BLOCK
 
 
-__all__ = ["DOMAIN", "OP_TYPE", "OPSET_VERSION", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "QUERY_BLOCK", "MERGE_GROUPS",
-           "COUNTERS_PER_BLOCK", "pard_attention", "sync_size"]
+__all__ = ["COUNTERS_PER_BLOCK", "DOMAIN", "MERGE_GROUPS", "OP_TYPE", "OPSET_VERSION", "PLUGIN_NAMESPACE",
+           "PLUGIN_VERSION", "QUERY_BLOCK", "pard_attention", "sync_size"]

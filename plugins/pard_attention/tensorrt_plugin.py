@@ -71,11 +71,12 @@ def compile_kernel(dtype_name: str, q_heads: int, kv_heads: int, head_size: int,
 def aligned_pointers(signature: dict[str, str]) -> dict:
     """Triton attrs declaring every pointer argument 16-byte aligned, as Triton's JIT specialises an aligned one.
 
-    TensorRT's I/O addresses are at least 256-byte aligned (IExecutionContext::setTensorAddress) and so are the
-    buffers it allocates. Without the hint Triton must assume 2-byte alignment: scalar loads that it cannot
-    software-pipeline (no cp.async; NUM_STAGES would change nothing), where the JIT-launched kernel
-    that benchmarks/gpu_checks.py times gets 16-byte, pipelined loads."""
-    return {(index,): [["tt.divisibility", 16]] for index, kind in enumerate(signature.values()) if kind.startswith("*")}
+    TensorRT's I/O addresses are at least 256-byte aligned (IExecutionContext::setTensorAddress); that the tensors
+    it allocates between layers are too (at least 16 bytes) is assumed, not documented. Without the hint Triton must
+    assume 2-byte alignment: scalar loads that it cannot software-pipeline (no cp.async; NUM_STAGES would change
+    nothing), where the JIT-launched kernel that benchmarks/gpu_checks.py times gets 16-byte, pipelined loads."""
+    pointers = [index for index, kind in enumerate(signature.values()) if kind.startswith("*")]
+    return {(index,): [["tt.divisibility", 16]] for index in pointers}
 
 
 def current_sm_count() -> int:

@@ -61,11 +61,12 @@ RUNTIME_ARGS = INPUTS + SCALARS + OUTPUTS
 
 
 def launch_grid(batch, seq, capacity, kv_heads: int, group: int, target_programs: int,
-                min_keys: int = MIN_KEYS_PER_SPLIT, *, cdiv=triton.cdiv, minimum=builtins.min, maximum=builtins.max):
+                min_keys: int | None = None, *, cdiv=triton.cdiv, minimum=builtins.min, maximum=builtins.max):
     """(x, y, z) programs: B * Hkv (row, kv head) pairs, query blocks of BLOCK_M rows, and key splits: as many as a
     full cache may use, but no more than target_programs (target_programs(sm_count)) asks for (rounded up, or down
     with SPLITS_ROUND_DOWN). With tensorrt.plugin's cdiv, min and max it takes TensorRT's symbolic shape
     expressions."""
+    min_keys = MIN_KEYS_PER_SPLIT if min_keys is None else min_keys
     pairs, query_blocks = batch * kv_heads, cdiv(seq * group, BLOCK_M)
     blocks = pairs * query_blocks
     wanted = maximum(cdiv(target_programs + 1, blocks) - 1, 1) if SPLITS_ROUND_DOWN else cdiv(target_programs, blocks)
@@ -84,7 +85,7 @@ def target_programs(sm_count: int) -> int:
     return PROGRAMS_PER_SM * sm_count
 
 
-def constexprs(q_heads: int, kv_heads: int, head_size: int, dtype_name: str, *, min_keys: int = MIN_KEYS_PER_SPLIT,
+def constexprs(q_heads: int, kv_heads: int, head_size: int, dtype_name: str, *, min_keys: int | None = None,
                interpreted: bool = False) -> dict:
     """The kernel's compile-time constants for one node (its attributes) and dtype ("fp16", "bf16", "fp32")."""
     if q_heads % kv_heads:
@@ -95,7 +96,8 @@ def constexprs(q_heads: int, kv_heads: int, head_size: int, dtype_name: str, *, 
         "GROUP": q_heads // kv_heads, "KV_HEADS": kv_heads, "HEAD_D": head_size,
         "BLOCK_D": triton.next_power_of_2(head_size), "BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N,
         "SCALE_LOG2": math.log2(math.e) / math.sqrt(head_size),
-        "MIN_KEYS": min_keys, "SCRATCH_ROWS": SCRATCH_ROWS, "COUNTERS": COUNTERS_PER_BLOCK,
+        "MIN_KEYS": MIN_KEYS_PER_SPLIT if min_keys is None else min_keys,
+        "SCRATCH_ROWS": SCRATCH_ROWS, "COUNTERS": COUNTERS_PER_BLOCK,
         "MERGE_GROUPS": MERGE_GROUPS if MERGE_TREE else 1, "MERGE_STAGES": MERGE_STAGES,
         "DOT_PRECISION": "ieee" if dtype_name == "fp32" else "tf32",
         "DOT_IN_FP32": dtype_name == "bf16" and interpreted,
@@ -112,13 +114,14 @@ def signature(dtype_name: str) -> dict[str, str]:
 
 
 def pard_attention_fused(q, k_new, v_new, k_cache, v_cache, past_len, *, sm_count=None,
-                         min_keys=MIN_KEYS_PER_SPLIT, sync=None, scratch=None, out=None):
+                         min_keys=None, sync=None, scratch=None, out=None):
     """Same contract as `triton_kernel.pard_attention` (caches updated in place; returns out), in one launch.
 
     sm_count: the streaming multiprocessors split-K fills (None: the GPU's own; 1 under the CPU interpreter);
-    min_keys: the shortest split. sync (int32 zeros, at least sync_size(...) of them), scratch (partial,
-    partial_lse: float32 of scratch_shapes(D)) and out: buffers to use, as TensorRT hands them to the plugin;
-    None allocates the scratch and out per call and takes the counters from a per-device buffer kept between calls."""
+    min_keys: the shortest split (None: MIN_KEYS_PER_SPLIT). sync (int32 zeros, at least sync_size(...) of
+    them), scratch (partial, partial_lse: float32 of scratch_shapes(D)) and out: buffers to use, as TensorRT hands
+    them to the plugin; None allocates the scratch and out per call and takes the counters from a per-device buffer
+    kept between calls."""
     check_shapes(q, k_new, v_new, k_cache, v_cache, past_len)
     batch, seq, q_heads, head_size = q.shape
     kv_heads, capacity = k_cache.shape[1], k_cache.shape[2]

@@ -106,7 +106,7 @@ def shuffled_programs(monkeypatch):
     the last split always merges. This runs them in a random order instead, like a GPU may: any split, and any
     group, can be the one that arrives last."""
     if DEVICE != "cpu":
-        pytest.skip("the program order is the GPU's own")
+        return  # the GPU picks its own order
     from triton.runtime import interpreter
 
     builder, rng = interpreter.interpreter_builder, np.random.default_rng(0)
@@ -121,14 +121,19 @@ def shuffled_programs(monkeypatch):
     monkeypatch.setattr(builder, "set_grid_idx", lambda x, y, z: set_idx(*order.pop()))
 
 
-@pytest.mark.parametrize("merge_tree", [False, True])
+MERGE_OPTIONS = [  # the default merge, then the options that are off until a GPU times them
+    {}, dict(MERGE_TREE=True), dict(MERGE_STAGES=2), dict(MERGE_TREE=True, MERGE_STAGES=2, SPLITS_ROUND_DOWN=True)]
+
+
+@pytest.mark.parametrize("options", MERGE_OPTIONS, ids=lambda o: ",".join(o) or "defaults")
 @pytest.mark.parametrize("seq, past", [(3, (300, 40)), (1, (600, 250))])
-def test_fused_kernel_merges_splits_finishing_in_any_order(monkeypatch, shuffled_programs, merge_tree, seq, past):
+def test_fused_kernel_merges_splits_finishing_in_any_order(monkeypatch, shuffled_programs, options, seq, past):
     """16-key tiles, splits of >= 16 keys, 16 splits offered: the rows use 10, 3, 13 and 16 splits (with MERGE_TREE
     groups of 4+4+2, one group, 5+5+3, 4+4+4+4). The output and the counters must not depend on who is last."""
     kernel = fused()
     monkeypatch.setattr(kernel, "BLOCK_N", 16)
-    monkeypatch.setattr(kernel, "MERGE_TREE", merge_tree)
+    for name, value in options.items():
+        monkeypatch.setattr(kernel, name, value)
     inputs = make_inputs(seq, 4, 2, 16, dtype=torch.float32, past=past, device=DEVICE)
     expected = reference.pard_attention(*as_numpy(inputs))
     sync = torch.zeros(kernel.sync_size(2, seq, 2, 2), dtype=torch.int32, device=DEVICE)
@@ -162,6 +167,24 @@ def test_fused_kernel_clamps_a_past_len_outside_the_cache():
         assert buffer[0].isnan().all() and buffer[3].isnan().all()
 
 
+def test_fused_kernel_writes_only_the_new_rows_that_fit_a_cache_shorter_than_the_chunk():
+    """S 6 into a 4-row cache (a shape TensorRT may try while building): past_len is clamped to 0, the first 4 new
+    rows are written, nothing outside the caches is touched, and every query still sees its own new keys."""
+    kernel = fused()
+    seq, capacity = 6, 4
+    inputs = list(make_inputs(seq, 4, 2, 16, dtype=torch.float32, past=(0,), device=DEVICE))
+    buffers = [torch.full((3, 2, capacity, 16), float("nan"), device=DEVICE) for _ in range(2)]
+    inputs[3], inputs[4] = buffers[0][1:2], buffers[1][1:2]
+    inputs[5] = torch.tensor([2], dtype=torch.int32, device=DEVICE)
+    out = kernel.pard_attention_fused(*inputs)
+    padded = [torch.zeros(1, 2, seq, 16, device=DEVICE) for _ in range(2)]  # the same op on a cache that fits
+    expected = reference.pard_attention(*as_numpy(inputs[:3] + padded + [torch.tensor([0], dtype=torch.int32)]))
+    assert error(out.float().cpu().numpy(), expected, torch.float32) <= TOLERANCE[torch.float32]
+    for buffer, new in zip(buffers, inputs[1:3]):
+        assert torch.equal(buffer[1, :, :, :], new[0, :capacity].transpose(0, 1))
+        assert buffer[0].isnan().all() and buffer[2].isnan().all()
+
+
 def test_fused_kernel_refuses_too_few_counters():
     kernel = fused()
     inputs = make_inputs(1, 4, 2, 16, dtype=torch.float32, past=(3, 3), device=DEVICE)
@@ -188,6 +211,14 @@ def test_launch_grid_and_signature_follow_the_aot_argument_order():
     assert kernel.launch_grid(3, 20, 1040, 1, 8, 18) == (3, 3, 2)  # 9 programs, 18 wanted: 2 splits each
     assert kernel.launch_grid(1, 1, 10**6, 1, 4, 10**4)[2] == kernel.MAX_SPLITS
     assert kernel.launch_grid(8, 16, 8208, 8, 4, 132) == (64, 1, 3)  # Llama-8B, batch 8: 192 programs for 132 SMs
+    assert kernel.scratch_shapes(64) == ((kernel.SCRATCH_ROWS, 64), (kernel.SCRATCH_ROWS,))
+    names = list(kernel.signature("fp16"))
+    inputs, scalars, outputs = names[:7], names[7:9], names[9:15]
+    assert inputs == ["Q", "KNew", "VNew", "KCache", "VCache", "PastLen", "Sync"]  # the TensorRT node's inputs
+    assert scalars == ["seq", "capacity"]
+    assert outputs == ["Out", "KCacheOut", "VCacheOut", "SyncOut", "Partial", "PartialLse"]
+    assert names == list(kernel.pard_attention_fused_kernel.arg_names)
+    assert all(kind == "constexpr" for kind in list(kernel.signature("fp16").values())[15:])
 
 
 def test_launch_grid_rounds_the_splits_down_when_asked(monkeypatch):
@@ -198,14 +229,6 @@ def test_launch_grid_rounds_the_splits_down_when_asked(monkeypatch):
     assert kernel.launch_grid(8, 16, 8208, 8, 4, 127) == (64, 1, 1)
     assert kernel.launch_grid(8, 16, 8208, 8, 4, 20) == (64, 1, 1)  # fewer programs wanted than blocks: one split
     assert kernel.launch_grid(1, 1, 10**6, 1, 4, 10**4)[2] == kernel.MAX_SPLITS
-    assert kernel.scratch_shapes(64) == ((kernel.SCRATCH_ROWS, 64), (kernel.SCRATCH_ROWS,))
-    names = list(kernel.signature("fp16"))
-    inputs, scalars, outputs = names[:7], names[7:9], names[9:15]
-    assert inputs == ["Q", "KNew", "VNew", "KCache", "VCache", "PastLen", "Sync"]  # the TensorRT node's inputs
-    assert scalars == ["seq", "capacity"]
-    assert outputs == ["Out", "KCacheOut", "VCacheOut", "SyncOut", "Partial", "PartialLse"]
-    assert names == list(kernel.pard_attention_fused_kernel.arg_names)
-    assert all(kind == "constexpr" for kind in list(kernel.signature("fp16").values())[15:])
 
 
 def test_plugin_attributes_and_outputs_match_the_onnx_node():
@@ -305,7 +328,8 @@ def test_aot_ptx_runs_with_exactly_the_arguments_tensorrt_passes(tmp_path):
     kernel = cupy.RawModule(path=str(tmp_path / "kernel.ptx")).get_function(name.decode())  # CuPy loads .ptx files
     # over 48 KiB of dynamic shared memory (the pipelined K/V tiles) needs the function's limit raised first, as a
     # launcher given KernelLaunchParams.shared_mem must do
-    cupy.cuda.driver.funcSetAttribute(kernel.ptr, 8, meta["shared"])  # 8: CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    max_dynamic_shared_size_bytes = 8  # CUfunction_attribute CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    cupy.cuda.driver.funcSetAttribute(kernel.ptr, max_dynamic_shared_size_bytes, meta["shared"])
     q, k_new, v_new, k_cache, v_cache, past_len = inputs
     batch, capacity, group = len(past), k_cache.shape[2], q_heads // kv_heads
     sync = torch.zeros(fused().sync_size(batch, seq, kv_heads, group), dtype=torch.int32, device="cuda")
