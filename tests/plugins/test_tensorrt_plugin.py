@@ -253,42 +253,47 @@ def test_register_without_tensorrt_is_a_clear_error():
 
 _COMPILE = """
 import json, subprocess, sys, tempfile
-import triton
+from triton.backends.nvidia.compiler import get_ptxas
 from plugins.pard_attention import tensorrt_plugin
 results = {}
-for dtype in ("fp16", "bf16"):
-    name, ptx, meta = tensorrt_plugin.compile_kernel(dtype, 8, 2, 64, target=(89, 32))
+for label, dtype, heads, arch in (("sm89 fp16", "fp16", (8, 2, 64), 89), ("sm89 bf16", "bf16", (8, 2, 64), 89),
+                                  ("sm90 bf16 Llama-8B", "bf16", (32, 8, 128), 90)):
+    name, ptx, meta = tensorrt_plugin.compile_kernel(dtype, *heads, target=(arch, 32))
+    gpu = f"sm_{arch}" + ("a" if arch >= 90 else "")  # Triton's Hopper PTX targets sm_90a
     with tempfile.NamedTemporaryFile("wb", suffix=".ptx") as f:
         f.write(ptx)
         f.flush()
-        ptxas = triton.knobs.nvidia.ptxas.path
-        done = subprocess.run([ptxas, "-arch=sm_89", f.name, "-o", f.name + ".cubin"], capture_output=True, text=True)
-    results[dtype] = dict(name=name.decode(), params=ptx.decode().count(name.decode() + "_param_"), meta=meta,
-                          ptxas=done.returncode, ptxas_error=done.stderr[-300:], target="sm_89" in ptx.decode(),
-                          async_copies=ptx.decode().count("cp.async.cg.shared.global"))
+        done = subprocess.run([get_ptxas(arch).path, f"-arch={gpu}", f.name, "-o", f.name + ".cubin"],
+                              capture_output=True, text=True)
+    results[label] = dict(name=name.decode(), params=ptx.decode().count(name.decode() + "_param_"), meta=meta,
+                          ptxas=done.returncode, ptxas_error=done.stderr[-300:],
+                          target=f".target {gpu}" in ptx.decode(),
+                          async_copies=ptx.decode().count("cp.async.cg.shared.global"), arch=arch)
 print(json.dumps(results))
 """
 
 
 def test_aot_kernel_compiles_to_ptx_that_ptxas_accepts_without_a_gpu():
-    """What aot_impl hands TensorRT, made for SM89 on this CPU machine (triton.compile with an explicit target, in a
-    process without TRITON_INTERPRET): PTX whose entry takes exactly the 15 arguments TensorRT's AOT launcher passes
-    (Triton's unused hidden scratch pointers dropped), whose K/V loads are pipelined, and which ptxas assembles."""
+    """What aot_impl hands TensorRT, made for SM89 and SM90 (Hopper, Llama-8B heads) on this CPU machine
+    (triton.compile with an explicit target, in a process without TRITON_INTERPRET): PTX whose entry takes exactly
+    the 15 arguments TensorRT's AOT launcher passes (Triton's unused hidden scratch pointers dropped), whose K/V
+    loads are pipelined, which fits the GPU's shared memory, and which ptxas assembles."""
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(Path(__file__).parents[2])
     done = subprocess.run([sys.executable, "-c", _COMPILE], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    for dtype, result in json.loads(done.stdout.splitlines()[-1]).items():
-        assert result["name"] == "pard_attention_fused_kernel" and result["target"], dtype
+    shared_limit = {89: 99 * 1024, 90: 227 * 1024}  # opt-in shared memory per block
+    for label, result in json.loads(done.stdout.splitlines()[-1]).items():
+        assert result["name"] == "pard_attention_fused_kernel" and result["target"], label
         # each parameter declared once and loaded once (ld.param), but Sync: the kernel counts through SyncOut,
         # the same buffer (aliased), so its input pointer is declared and never read
-        assert result["params"] == 15 + 14, dtype
+        assert result["params"] == 15 + 14, label
         assert result["ptxas"] == 0, result["ptxas_error"]
+        assert result["meta"]["num_warps"] == 4 and result["meta"]["shared"] <= shared_limit[result["arch"]], label
         # pointers declared 16-byte aligned: 16-byte K/V loads that Triton software-pipelines (cp.async); without
         # the hint it emits scalar loads and no pipeline at all
-        assert result["async_copies"] > 0, dtype
-        assert result["meta"]["num_warps"] == 4 and result["meta"]["shared"] <= 99 * 1024  # SM89: 99 KiB a block
+        assert result["async_copies"] > 0, label
 
 
 SYNTHETIC_PTX = """.visible .entry k(
