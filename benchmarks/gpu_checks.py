@@ -1,6 +1,6 @@
 """GPU checks of the PardAttention Triton kernels: correctness on CUDA, timings against torch SDPA, bandwidth.
 
-    python benchmarks/gpu_checks.py [--out DIR] [--sections correctness,fused_correctness,copy,timing,tuning]
+    python benchmarks/gpu_checks.py [--out DIR] [--sections correctness,fused_correctness,copy,timing,tuning,aot]
                                     [--budget-scale 1]
     python benchmarks/gpu_checks.py --cpu-smoke    # the same code paths on CPU: tiny shapes, TRITON_INTERPRET=1
 
@@ -39,7 +39,10 @@ reach at this size. The tuning section (graph timing only) times the fused kerne
 FUSED_TUNING_CONFIGS (module constants of triton_fused: tiles, split-K and merge options, set for the duration of
 a timing) at TUNING_SHAPES, checks each output against the kernel's, and names the fastest config per shape
 ("tuning_best"). fused_correctness also runs its split-K cases under FUSED_CHECK_CONFIG (every option not yet
-on by default). benchmarks/kernel_resources.py gives the same configs' registers and spills without a GPU.
+on by default). benchmarks/kernel_resources.py gives the same configs' registers and spills without a GPU. The aot
+section runs the PTX a TensorRT plan embeds (tensorrt_plugin.compile_kernel), launched as TensorRT launches it
+(plugins/pard_attention/aot_launcher.py: CUDA driver API), against the reference on split-K cases, then graph-times it
+against the JIT-launched fused kernel on the same sets at AOT_SHAPES ("AOT / JIT": 1.00 means the same speed).
 
 On CPU (--cpu-smoke) no graph can be captured: every timing is the median of 3 time.perf_counter runs after
 one warm-up, with N = 1 set, through the same code paths.
@@ -67,7 +70,8 @@ LLAMA_HEADS = (32, 8, 128)  # Llama-3.1-8B: Hq, Hkv, D
 HEADS = [(1, 1), (3, 1), (8, 2), (8, 1)]  # (Hq, Hkv), as in tests/plugins/test_pard_attention.py
 TOLERANCE = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}  # fp32 absolute; others relative to max |expected|
 # Seconds after which a section starts no new case (it then fails as incomplete): the whole run stays < 9 min.
-SECTION_BUDGET_S = {"correctness": 120, "fused_correctness": 150, "copy": 15, "timing": 150, "tuning": 150}
+SECTION_BUDGET_S = {"correctness": 120, "fused_correctness": 150, "copy": 15, "timing": 150, "tuning": 150,
+                    "aot": 90}
 # The fused kernel's tuning: its defaults, then one change or two at a time. The first five are the options not yet
 # timed on a GPU (off by default); BLOCK_N 32 and MIN_KEYS_PER_SPLIT 512 were promising in earlier runs.
 FUSED_TUNING_CONFIGS = [
@@ -80,6 +84,11 @@ TUNING_SHAPES = ((1, 2048, 16), (1, 8192, 1), (1, 8192, 16), (8, 2048, 1), (8, 2
                  (8, 8192, 16))
 # every code path of the untimed options at once, for the fused_correctness section
 FUSED_CHECK_CONFIG = dict(MERGE_TREE=True, SPLITS_ROUND_DOWN=True, MERGE_STAGES=2)
+# (B, past, S) at which the aot section times the PTX a plan embeds against the JIT-launched fused kernel
+AOT_SHAPES = ((1, 2048, 1), (1, 8192, 16), (8, 2048, 16), (8, 8192, 1))
+# triton_fused constants that change the compiled kernel (the aot section compiles once per combination)
+COMPILE_KNOBS = ("BLOCK_N", "NUM_WARPS", "NUM_STAGES", "MIN_KEYS_PER_SPLIT", "SCRATCH_ROWS", "MERGE_TREE",
+                 "MERGE_STAGES")
 ROTATE_BYTES = 512 * 2**20  # graph timing: the input sets of one timed call hold at least this many KV bytes
 MAX_SETS = 256  # ... in at most this many sets
 MAX_ROTATE_BYTES = 8 * 2**30  # ... and at most this many bytes in all (N is lowered where a set is large)
@@ -118,6 +127,7 @@ class Checks:
         self.device = "cpu" if smoke else "cuda"
         self.copy_gbps = None
         self.budget_scale = budget_scale
+        self._aot_kernels = {}  # the aot section's compiled PTX, by node and compile-time setting
         self.deadline = math.inf
         self.results = {"meta": self._meta(), "errors": {}}
         self._print_meta()
@@ -242,6 +252,65 @@ class Checks:
         for line in best:
             print(line)
 
+    def aot(self, rows: list) -> None:
+        """The PTX a TensorRT plan embeds (tensorrt_plugin.compile_kernel), launched as TensorRT launches it
+        (plugins/pard_attention/aot_launcher.py): checked against the reference on the split-K cases, then
+        graph-timed against the JIT-launched fused kernel on the same input sets."""
+        if self.device != "cuda":
+            rows.append({"skipped": "needs CUDA: the PTX runs through the CUDA driver"})
+            print("skipped: the PTX runs through the CUDA driver, which needs a GPU")
+            return
+        print("| kernel | case | dtype | splits | max abs err | error | tolerance | ok |")
+        print("|---|---|---|---|---|---|---|---|")
+        for case in self._fused_split_cases()[-2:] + self._fused_split_cases()[:3]:  # Llama-8B shapes first
+            self._check_time()
+            rows.append(self._check_case(**case, fused=True, aot=True))
+            print(self._correctness_line(rows[-1]), flush=True)
+        q_heads, kv_heads, head_dim = LLAMA_HEADS
+        print("\n| B | past | S | JIT µs | AOT µs | AOT / JIT | AOT % copy | AOT error vs kernel |")
+        print("|---|---|---|---|---|---|---|---|")
+        for batch, past, seq in AOT_SHAPES:
+            self._check_time()
+            sets = self._input_sets(batch, past, seq, q_heads, kv_heads, head_dim, sdpa=False)
+            kv_bytes = _kv_bytes(batch, kv_heads, past + seq, head_dim, sets[0][0].element_size())
+            try:
+                jit = self._time_fused(sets, kv_bytes)
+                aot = self._time_fused(sets, kv_bytes, self._aot_attention)
+            finally:
+                del sets
+                self._free()
+            rows.append({"batch": batch, "past": past, "seq": seq, "jit": jit, "aot": aot})
+            ratio = aot["fused_us"] / jit["fused_us"] if aot.get("fused_us") and jit.get("fused_us") else None
+            print(f"| {batch} | {past} | {seq} | {_num(jit.get('fused_us'), '.1f')} "
+                  f"| {_num(aot.get('fused_us'), '.1f')} | {_num(ratio, '.2f')} "
+                  f"| {_num(aot.get('fused_pct_copy'), '.0f')} | {_num(aot.get('fused_vs_kernel_err'), '.1e')} |"
+                  + (f" {aot['fused_skipped'][:100]}" if aot.get("fused_skipped") else ""), flush=True)
+        bad = [row for row in rows if "ok" in row and not row["ok"]]
+        if bad:
+            raise AssertionError(f"{len(bad)} AOT cases over tolerance, failed or skipped")
+
+    def _aot_attention(self, q, k_new, v_new, k_cache, v_cache, past_len, min_keys=None):
+        """pard_attention_fused's contract through the AOT PTX and launcher (compiled once per node and setting)."""
+        from plugins.pard_attention import tensorrt_plugin
+        from plugins.pard_attention.aot_launcher import AotKernel
+
+        torch, fused = self.torch, self.fused
+        with overridden(fused, {"MIN_KEYS_PER_SPLIT": min_keys} if min_keys else {}):
+            batch, seq, q_heads, head_dim = q.shape
+            kv_heads, capacity, group = k_cache.shape[1], k_cache.shape[2], q.shape[2] // k_cache.shape[1]
+            dtype = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[q.dtype]
+            key = (dtype, q_heads, kv_heads, head_dim, *(getattr(fused, name) for name in COMPILE_KNOBS))
+            if key not in self._aot_kernels:
+                self._aot_kernels[key] = AotKernel(*tensorrt_plugin.compile_kernel(dtype, q_heads, kv_heads, head_dim))
+            grid = fused.launch_grid(batch, seq, capacity, kv_heads, group,
+                                     fused.target_programs(tensorrt_plugin.current_sm_count()))
+        sync = fused.zeroed_counters(q.device, fused.sync_size(batch, seq, kv_heads, group))
+        scratch = [torch.empty(shape, dtype=torch.float32, device=q.device) for shape in fused.scratch_shapes(head_dim)]
+        out = torch.empty_like(q)
+        self._aot_kernels[key](grid, (q, k_new, v_new, k_cache, v_cache, past_len, sync), (seq, capacity),
+                               (out, k_cache, v_cache, sync, *scratch))
+        return out
+
     def _time_fused_configs(self, batch, past, seq, q_heads, kv_heads, head_dim, configs: list[dict]) -> list[dict]:
         """Graph timings of the fused kernel on one shape's input sets, once per config: some of triton_fused's
         module constants replaced for the duration of its timing (restored after). A spent budget ends the list."""
@@ -290,17 +359,18 @@ class Checks:
                              num_splits=None, min_keys=256) for s in (1, 16)]
 
     def _check_case(self, seq, heads, head_dim, past, dtype, num_splits, fused=False, min_keys=None,
-                    config=None) -> dict:
+                    config=None, aot=False) -> dict:
         """One case against the numpy reference: the output, and the whole caches (the new rows written, every
         other row unchanged). fused=True: triton_fused.pard_attention_fused, with the module constants in
         `config` overridden; a case it cannot compile or launch (e.g. out of shared memory) gives a row with
-        "skipped" and the reason, and an exception ok=False."""
+        "skipped" and the reason, and an exception ok=False. aot=True (with fused=True): the PTX a TensorRT plan
+        embeds, launched as TensorRT does (_aot_attention)."""
         torch = self.torch
         tensors = self._inputs(seq, *heads, head_dim, past, getattr(torch, dtype), capacity=max(past) + seq + 5)
         host = [t.float().cpu().numpy().copy() if t.is_floating_point() else t.cpu().numpy() for t in tensors]
         expected = self.reference.pard_attention(*host)
         row = {
-            "kernel": "fused" if fused else "kernel",
+            "kernel": ("aot" if aot else "fused") if fused else "kernel",
             "seq": seq, "q_heads": heads[0], "kv_heads": heads[1], "head_dim": head_dim, "past": list(past),
             "dtype": dtype, "tolerance": TOLERANCE[dtype],
             "num_splits": f"auto, min_keys {min_keys or self.fused.MIN_KEYS_PER_SPLIT}" if fused else num_splits or "auto",
@@ -312,8 +382,9 @@ class Checks:
 
             try:
                 kwargs = {"min_keys": min_keys} if min_keys else {}
+                run = self._aot_attention if aot else self.fused.pard_attention_fused
                 with overridden(self.fused, config or {}):
-                    out = self.fused.pard_attention_fused(*tensors, **kwargs).float().cpu().numpy()
+                    out = run(*tensors, **kwargs).float().cpu().numpy()
                 counters_ok = all(int(c.abs().sum()) == 0 for c in self.fused._COUNTERS.values())
             except OutOfResources as e:
                 return dict(row, skipped=f"{type(e).__name__}: {e}"[:300], ok=False)

@@ -320,21 +320,16 @@ def test_drop_hidden_params_keeps_the_launcher_arguments_only():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
-def test_aot_ptx_runs_with_exactly_the_arguments_tensorrt_passes(tmp_path):
-    """The PTX aot_impl returns, loaded and launched the way TensorRT's AOT launcher does (the 7 inputs, the two
-    int32 scalars, the 6 outputs; no hidden scratch pointers), through CuPy's raw module API, with split-K."""
-    cupy = pytest.importorskip("cupy")
+def test_aot_ptx_runs_with_exactly_the_arguments_tensorrt_passes():
+    """The PTX aot_impl returns, loaded and launched the way TensorRT's AOT launcher does (the CUDA driver API, the
+    shared-memory limit raised, the 7 inputs, the two int32 scalars, the 6 outputs; no hidden scratch pointers),
+    with split-K."""
+    from plugins.pard_attention.aot_launcher import AotKernel
+
     seq, q_heads, kv_heads, head_dim, past = 5, 8, 2, 64, (0, 700)
     inputs = make_inputs(seq, q_heads, kv_heads, head_dim, dtype=torch.float16, past=past, device="cuda")
     expected = reference.pard_attention(*as_numpy(inputs))
-    major, minor = torch.cuda.get_device_capability()
-    name, ptx, meta = tensorrt_plugin.compile_kernel("fp16", q_heads, kv_heads, head_dim, target=(major * 10 + minor, 32))
-    (tmp_path / "kernel.ptx").write_bytes(ptx)
-    kernel = cupy.RawModule(path=str(tmp_path / "kernel.ptx")).get_function(name.decode())  # CuPy loads .ptx files
-    # over 48 KiB of dynamic shared memory (the pipelined K/V tiles) needs the function's limit raised first, as a
-    # launcher given KernelLaunchParams.shared_mem must do
-    max_dynamic_shared_size_bytes = 8  # CUfunction_attribute CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    cupy.cuda.driver.funcSetAttribute(kernel.ptr, max_dynamic_shared_size_bytes, meta["shared"])
+    kernel = AotKernel(*tensorrt_plugin.compile_kernel("fp16", q_heads, kv_heads, head_dim))
     q, k_new, v_new, k_cache, v_cache, past_len = inputs
     batch, capacity, group = len(past), k_cache.shape[2], q_heads // kv_heads
     sync = torch.zeros(fused().sync_size(batch, seq, kv_heads, group), dtype=torch.int32, device="cuda")
@@ -343,12 +338,9 @@ def test_aot_ptx_runs_with_exactly_the_arguments_tensorrt_passes(tmp_path):
     grid = fused().launch_grid(batch, seq, capacity, kv_heads, group,
                                fused().target_programs(tensorrt_plugin.current_sm_count()))
     assert grid[2] > 1
-    pointers = [t.data_ptr() for t in (q, k_new, v_new, k_cache, v_cache, past_len, sync)]
-    outputs = [t.data_ptr() for t in (out, k_cache, v_cache, sync, *scratch)]
-    args = (*[cupy.uint64(p) for p in pointers], np.int32(seq), np.int32(capacity), *[cupy.uint64(p) for p in outputs])
+    kernel(grid, (q, k_new, v_new, k_cache, v_cache, past_len, sync), (seq, capacity),
+           (out, k_cache, v_cache, sync, *scratch))
     torch.cuda.synchronize()
-    kernel(grid, (meta["num_warps"] * 32, 1, 1), args, shared_mem=meta["shared"])
-    cupy.cuda.runtime.deviceSynchronize()
     assert error(out.float().cpu().numpy(), expected, torch.float16) <= TOLERANCE[torch.float16]
     assert not sync.any()
 
