@@ -236,7 +236,9 @@ def pard_attention_fused_kernel(
             lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
             counters = SyncOut + (pair * tl.num_programs(1) + q_block) * COUNTERS  # [the block's, one per group]
             _store_partial(Partial, PartialLse, out_row * split_cap + split, part, lse, row_ok, out_mask, dims, HEAD_D)
-            if MERGE_GROUPS == 1:  # one group: the last split to arrive merges them all
+            # one group: the last split to arrive merges them all. A static branch, not _merge_in_two_levels with one
+            # group: compiled in, that code costs the default kernel register spills (benchmarks/kernel_resources.py)
+            if MERGE_GROUPS == 1:
                 if tl.atomic_add(counters + 1, 1, sem="acq_rel", scope="gpu") == splits - 1:
                     part, lse = _merge_partials(part, lse, Partial, PartialLse, out_row * split_cap, splits, 1, split,
                                                 row_ok, out_mask, dims, HEAD_D, MERGE_STAGES)
