@@ -296,22 +296,12 @@ class Checks:
         from plugins.pard_attention import tensorrt_plugin
         from plugins.pard_attention.aot_launcher import AotKernel
 
-        torch, fused = self.torch, self.fused
+        fused, dtype = self.fused, tensorrt_plugin.triton_dtype_name(q.dtype)
         with overridden(fused, {"MIN_KEYS_PER_SPLIT": min_keys} if min_keys else {}):
-            batch, seq, q_heads, head_dim = q.shape
-            kv_heads, capacity, group = k_cache.shape[1], k_cache.shape[2], q.shape[2] // k_cache.shape[1]
-            dtype = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[q.dtype]
-            key = (dtype, q_heads, kv_heads, head_dim, *(getattr(fused, name) for name in COMPILE_KNOBS))
+            key = (dtype, q.shape[2], k_cache.shape[1], q.shape[3], *(getattr(fused, name) for name in COMPILE_KNOBS))
             if key not in self._aot_kernels:
-                self._aot_kernels[key] = AotKernel(*tensorrt_plugin.compile_kernel(dtype, q_heads, kv_heads, head_dim))
-            grid = fused.launch_grid(batch, seq, capacity, kv_heads, group,
-                                     fused.target_programs(tensorrt_plugin.current_sm_count()))
-        sync = fused.zeroed_counters(q.device, fused.sync_size(batch, seq, kv_heads, group))
-        scratch = [torch.empty(shape, dtype=torch.float32, device=q.device) for shape in fused.scratch_shapes(head_dim)]
-        out = torch.empty_like(q)
-        self._aot_kernels[key](grid, (q, k_new, v_new, k_cache, v_cache, past_len, sync), (seq, capacity),
-                               (out, k_cache, v_cache, sync, *scratch))
-        return out
+                self._aot_kernels[key] = AotKernel(*tensorrt_plugin.compile_kernel(dtype, *key[1:4]))
+            return self._aot_kernels[key].attention(q, k_new, v_new, k_cache, v_cache, past_len)
 
     def _time_fused_configs(self, batch, past, seq, q_heads, kv_heads, head_dim, configs: list[dict]) -> list[dict]:
         """Graph timings of the fused kernel on one shape's input sets, once per config: some of triton_fused's

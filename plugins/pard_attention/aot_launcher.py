@@ -47,6 +47,27 @@ class AotKernel:
                                               ctypes.c_uint(self.threads), ctypes.c_uint(1), ctypes.c_uint(1),
                                               ctypes.c_uint(self.shared), stream, params, None), "cuLaunchKernel")
 
+    def attention(self, q, k_new, v_new, k_cache, v_cache, past_len, sync=None, stream: int | None = None):
+        """`triton_fused.pard_attention_fused`'s contract (caches updated in place; returns out) through this PTX,
+        with the grid aot_impl gives it on this GPU, and counters (sync, or the per-device zeros buffer), scratch
+        and out as TensorRT hands them over; launched on `stream` as __call__ is."""
+        import torch
+
+        from . import tensorrt_plugin, triton_fused
+
+        batch, seq, q_heads, head_size = q.shape
+        kv_heads, capacity = k_cache.shape[1], k_cache.shape[2]
+        group = q_heads // kv_heads
+        if sync is None:
+            sync = triton_fused.zeroed_counters(q.device, triton_fused.sync_size(batch, seq, kv_heads, group))
+        scratch = triton_fused.new_scratch(head_size, q.device)
+        out = torch.empty_like(q)
+        grid = triton_fused.launch_grid(batch, seq, capacity, kv_heads, group,
+                                        triton_fused.target_programs(tensorrt_plugin.current_sm_count()))
+        self(grid, (q, k_new, v_new, k_cache, v_cache, past_len, sync), (seq, capacity),
+             (out, k_cache, v_cache, sync, *scratch), stream)
+        return out
+
     def _check(self, status: int, call: str) -> None:
         if status != 0:
             text = ctypes.c_char_p()

@@ -21,7 +21,7 @@ _DOCS = {
     "out": "[B, S, Hq, D] attention output",
     "k_cache_out": "k_cache with the new rows written (TensorRT: the same buffer as k_cache, updated in place)",
     "v_cache_out": "v_cache with the new rows written (TensorRT: the same buffer as v_cache)",
-    "sync": "optional, TensorRT only: int32 [N] split-K counters, zeros (N >= B * Hkv * ceil(S * Hq / Hkv / 64))",
+    "sync": "optional, TensorRT only: int32 [N] split-K counters, zeros (N >= sync_size(B, S, Hkv, Hq / Hkv))",
     "sync_out": "optional: sync, zeros again (TensorRT: the same buffer)",
     "partial": "optional scratch: float32 [R, D], partial outputs of the key splits (R fixed; nobody reads it)",
     "partial_lse": "optional scratch: float32 [R], their log-sum-exps",

@@ -32,8 +32,9 @@ _registered = False
 
 
 def triton_dtype_name(dtype) -> str:
-    """Triton's pointer type name for a TensorRT DataType (or its name: "float16", "DataType.HALF", ...)."""
-    name = str(dtype).lower().removeprefix("datatype.")
+    """Triton's pointer type name for a TensorRT DataType or a torch dtype (or its name: "float16",
+    "DataType.HALF", "torch.bfloat16", ...)."""
+    name = str(dtype).lower().removeprefix("datatype.").removeprefix("torch.")
     name = {"half": "float16", "bf16": "bfloat16", "float": "float32"}.get(name, name)
     if name not in _TRITON_DTYPES:
         raise ValueError(f"PardAttention runs in float16, bfloat16 or float32, not {dtype}")
@@ -152,9 +153,10 @@ def _define() -> None:
         num_kv_heads: int, head_size: int, outputs: Tuple[trtp.TensorDesc], tactic: int,
     ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
         name, ptx, meta = compile_kernel(triton_dtype_name(q.dtype), num_q_heads, num_kv_heads, head_size)
-        if meta["shared"] > current_max_shared_memory():  # else every launch in the plan would fail
+        limit = current_max_shared_memory()
+        if meta["shared"] > limit:  # else every launch in the plan would fail
             raise ValueError(f"PardAttention (head size {head_size}) needs {meta['shared']} bytes of shared memory a "
-                             f"program; this GPU allows {current_max_shared_memory()}: lower triton_fused.NUM_STAGES")
+                             f"program; this GPU allows {limit}: lower triton_fused.NUM_STAGES")
         batch, seq, capacity = q.shape_expr[0], q.shape_expr[1], k_cache.shape_expr[2]
         grid = triton_fused.launch_grid(batch, seq, capacity, num_kv_heads, num_q_heads // num_kv_heads,
                                         triton_fused.target_programs(current_sm_count()),

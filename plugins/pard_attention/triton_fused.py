@@ -39,6 +39,7 @@ from triton.runtime.interpreter import InterpretedFunction
 
 from . import COUNTERS_PER_BLOCK, MERGE_GROUPS, QUERY_BLOCK, sync_size
 from .reference import check_shapes
+from .tensorrt_plugin import triton_dtype_name
 from .triton_kernel import _add, _dot, _larger
 
 BLOCK_M = QUERY_BLOCK  # query rows (tokens x group heads) per program: fixed, since S is only known at run time
@@ -78,6 +79,11 @@ def scratch_shapes(head_size: int) -> tuple[tuple[int, int], tuple[int]]:
     """Shapes of the float32 scratch outputs: partial [SCRATCH_ROWS, D] and partial_lse [SCRATCH_ROWS]. Fixed,
     so their memory does not grow with the batch, the chunk or the cache (the kernel splits less instead)."""
     return (SCRATCH_ROWS, head_size), (SCRATCH_ROWS,)
+
+
+def new_scratch(head_size: int, device) -> list[torch.Tensor]:
+    """Uninitialised float32 scratch of scratch_shapes(head_size) (the kernel writes before it reads)."""
+    return [torch.empty(shape, dtype=torch.float32, device=device) for shape in scratch_shapes(head_size)]
 
 
 def target_programs(sm_count: int) -> int:
@@ -128,7 +134,7 @@ def pard_attention_fused(q, k_new, v_new, k_cache, v_cache, past_len, *, sm_coun
     tensors = (q, k_new, v_new, k_cache, v_cache)
     if any(not t.is_contiguous() for t in tensors):
         raise ValueError("the fused kernel needs contiguous tensors (TensorRT's LINEAR format)")
-    name = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[q.dtype]
+    name = triton_dtype_name(q.dtype)
     interpreted = isinstance(pard_attention_fused_kernel, InterpretedFunction)
     if sm_count is None:
         sm_count = 1 if interpreted else torch.cuda.get_device_properties(q.device).multi_processor_count
@@ -141,7 +147,7 @@ def pard_attention_fused(q, k_new, v_new, k_cache, v_cache, past_len, *, sm_coun
         raise ValueError(f"sync: expected at least {counters} int32 counters (sync_size), found {sync.numel()} "
                          f"{sync.dtype}")
     if scratch is None:
-        scratch = [torch.empty(shape, dtype=torch.float32, device=q.device) for shape in scratch_shapes(head_size)]
+        scratch = new_scratch(head_size, q.device)
     out = torch.empty_like(q) if out is None else out
     grid = launch_grid(batch, seq, capacity, kv_heads, group, target_programs(sm_count), min_keys)
     pard_attention_fused_kernel[grid](q, k_new, v_new, k_cache, v_cache, past_len, sync, seq, capacity,

@@ -71,3 +71,24 @@ def test_small_kernels_need_no_shared_memory_opt_in(monkeypatch):
 def test_a_failing_driver_call_names_itself_and_the_cuda_error(monkeypatch):
     with pytest.raises(RuntimeError, match=r"cuModuleLoadData failed: CUDA error 1 \(CUDA_ERROR_INVALID_VALUE\)"):
         _kernel(monkeypatch, shared=1024, fail="cuModuleLoadData")
+
+
+def test_attention_launches_the_grid_and_buffers_aot_impl_gives(monkeypatch):
+    pytest.importorskip("triton")
+    from plugins.pard_attention import tensorrt_plugin, triton_fused
+
+    from .test_pard_attention import make_inputs
+
+    monkeypatch.setattr(tensorrt_plugin, "current_sm_count", lambda: 132)
+    kernel, fake = _kernel(monkeypatch, shared=1024)
+    inputs = make_inputs(9, 8, 2, 64, past=(0, 700))  # capacity 709 + spare rows
+    out = kernel.attention(*inputs, stream=0)
+    (args,) = fake.named("cuLaunchKernel")
+    capacity = inputs[3].shape[2]
+    assert tuple(a.value for a in args[1:4]) == triton_fused.launch_grid(2, 9, capacity, 2, 4, 132)
+    pointers = [value for value, _ in fake.launch_params]
+    sync = pointers[6]
+    assert pointers[:6] == [t.data_ptr() for t in inputs] and pointers[9] == out.data_ptr()
+    assert pointers[10:13] == [inputs[3].data_ptr(), inputs[4].data_ptr(), sync]  # caches and counters in place
+    assert [low for _, low in fake.launch_params[7:9]] == [9, capacity]
+    assert out.shape == inputs[0].shape and out.dtype == inputs[0].dtype
