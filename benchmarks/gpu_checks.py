@@ -36,22 +36,22 @@ the same graph timing of the fused kernel on the same sets, after one eager call
 reason in "fused_skipped". "copy µs (same bytes)" is a device-to-device copy_ of kv_bytes / 2 (so kv_bytes of
 traffic, read + write), graph-timed over rotating buffers like the kernels: the bandwidth a single launch can
 reach at this size. The tuning section (graph timing only) times the fused kernel under each of
-FUSED_TUNING_CONFIGS (module constants of triton_fused: tiles, split-K and merge options, set for the duration of
-a timing) at TUNING_SHAPES, checks each output against the kernel's, and names the fastest config per shape
-("tuning_best"). fused_correctness also runs its split-K cases under FUSED_CHECK_CONFIG (every option not yet
-on by default). benchmarks/kernel_resources.py gives the same configs' registers and spills without a GPU. The aot
+FUSED_TUNING_CONFIGS (triton_fused.FusedConfig fields that differ from the defaults: tiles, split-K and merge
+options; the TensorRT plugin's tactics first) at TUNING_SHAPES, checks each output against the kernel's, and names
+the fastest config per shape ("tuning_best"). fused_correctness also runs its split-K cases under
+FUSED_CHECK_CONFIG (every option not yet on by default). benchmarks/kernel_resources.py gives the same configs' registers and spills without a GPU. The aot
 section runs the PTX a TensorRT plan embeds (tensorrt_plugin.compile_kernel), launched as TensorRT launches it
 (plugins/pard_attention/aot_launcher.py: CUDA driver API), against the reference on split-K cases, then graph-times it
 against the JIT-launched fused kernel on the same sets at AOT_SHAPES ("AOT / JIT": 1.00 means the same speed).
 
-On CPU (--cpu-smoke) no graph can be captured: every timing is the median of 3 time.perf_counter runs after
-one warm-up, with N = 1 set, through the same code paths.
+On CPU (--cpu-smoke; budgets x SMOKE_BUDGET_SCALE) no graph can be captured: every timing is the median of 3
+time.perf_counter runs after one warm-up, with N = 1 set, through the same code paths.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -73,24 +73,22 @@ TOLERANCE = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}  # fp32 absolut
 # every section stays under 10 min with its compiles and each section's last case (--budget-scale to change).
 SECTION_BUDGET_S = {"correctness": 45, "fused_correctness": 105, "copy": 15, "timing": 150, "tuning": 105,
                     "aot": 60}
-# The fused kernel's tuning: its defaults, then one change or two at a time. The next six use the options not yet
-# timed on a GPU (off by default; rounding down with 2 programs per SM fills every SM twice, all resident at once);
-# BLOCK_N 32 and MIN_KEYS_PER_SPLIT 512 were promising in earlier runs.
+SMOKE_BUDGET_SCALE = 3
+# The fused kernel's tuning, as FusedConfig fields that differ from the defaults: first the TensorRT plugin's
+# tactics (triton_fused.TACTICS, defaults first), then other options not yet timed on a GPU (rounding down with 2
+# programs per SM fills every SM twice, all resident at once); min_keys_per_split 512 was promising in run 2.
 FUSED_TUNING_CONFIGS = [
-    {}, dict(MERGE_TREE=True), dict(SPLITS_ROUND_DOWN=True), dict(MERGE_STAGES=2),
-    dict(MERGE_TREE=True, SPLITS_ROUND_DOWN=True), dict(MERGE_TREE=True, MERGE_STAGES=2),
-    dict(SPLITS_ROUND_DOWN=True, PROGRAMS_PER_SM=2), dict(BLOCK_N=32), dict(MIN_KEYS_PER_SPLIT=512),
+    {}, dict(merge_stages=2), dict(merge_tree=True, merge_stages=2), dict(splits_round_down=True), dict(block_n=32),
+    dict(merge_tree=True), dict(merge_tree=True, splits_round_down=True),
+    dict(splits_round_down=True, programs_per_sm=2), dict(min_keys_per_split=512),
 ]
 # (B, past, S): where the fused kernel missed the 70 % target in run 3, plus B 8, past 8192, S 16 (met: 76 %)
 TUNING_SHAPES = ((1, 2048, 16), (1, 8192, 1), (1, 8192, 16), (8, 2048, 1), (8, 2048, 16), (8, 4096, 16),
                  (8, 8192, 16))
 # every code path of the untimed options at once, for the fused_correctness section
-FUSED_CHECK_CONFIG = dict(MERGE_TREE=True, SPLITS_ROUND_DOWN=True, MERGE_STAGES=2)
+FUSED_CHECK_CONFIG = dict(merge_tree=True, splits_round_down=True, merge_stages=2)
 # (B, past, S) at which the aot section times the PTX a plan embeds against the JIT-launched fused kernel
 AOT_SHAPES = ((1, 2048, 1), (1, 8192, 16), (8, 2048, 16), (8, 8192, 1))
-# triton_fused constants that change the compiled kernel (the aot section compiles once per combination)
-COMPILE_KNOBS = ("BLOCK_N", "NUM_WARPS", "NUM_STAGES", "MIN_KEYS_PER_SPLIT", "SCRATCH_ROWS", "MERGE_TREE",
-                 "MERGE_STAGES")
 ROTATE_BYTES = 512 * 2**20  # graph timing: the input sets of one timed call hold at least this many KV bytes
 MAX_SETS = 256  # ... in at most this many sets
 MAX_ROTATE_BYTES = 8 * 2**30  # ... and at most this many bytes in all (N is lowered where a set is large)
@@ -106,7 +104,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.cpu_smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
-    checks = Checks(smoke=args.cpu_smoke, out=Path(args.out), budget_scale=args.budget_scale)
+    # the interpreter runs a tiny shape slower than a GPU runs a large one: the smoke gets SMOKE_BUDGET_SCALE more time
+    scale = args.budget_scale * (SMOKE_BUDGET_SCALE if args.cpu_smoke else 1)
+    checks = Checks(smoke=args.cpu_smoke, out=Path(args.out), budget_scale=scale)
     failed = [name for name in args.sections.split(",") if not checks.run_section(name)]
     print(f"\nresults: {checks.out / 'results.json'}; failed sections: {', '.join(failed) or 'none'}")
     return 1 if failed else 0
@@ -238,7 +238,7 @@ class Checks:
         output checked against the multi-launch kernel's each time; then the fastest config per shape."""
         q_heads, kv_heads, head_dim = (4, 2, 64) if self.smoke else LLAMA_HEADS
         shapes = ((1, 48, 1), (2, 48, 3)) if self.smoke else TUNING_SHAPES
-        configs = FUSED_TUNING_CONFIGS + ([dict(BLOCK_N=16, MERGE_TREE=True)] if self.smoke else [])
+        configs = FUSED_TUNING_CONFIGS + ([dict(block_n=16, merge_tree=True)] if self.smoke else [])
         print("| B | past | S | config | fused µs | KV GB/s | % copy | error vs kernel |")
         print("|---|---|---|---|---|---|---|---|")
         for batch, past, seq in shapes:
@@ -291,21 +291,21 @@ class Checks:
         if bad:
             raise AssertionError(f"{len(bad)} AOT cases over tolerance, failed or skipped")
 
-    def _aot_attention(self, q, k_new, v_new, k_cache, v_cache, past_len, min_keys=None):
-        """pard_attention_fused's contract through the AOT PTX and launcher (compiled once per node and setting)."""
+    def _aot_attention(self, q, k_new, v_new, k_cache, v_cache, past_len, config=None):
+        """pard_attention_fused's contract through the AOT PTX and launcher (compiled once per node and config)."""
         from plugins.pard_attention import tensorrt_plugin
         from plugins.pard_attention.aot_launcher import AotKernel
 
-        fused, dtype = self.fused, tensorrt_plugin.triton_dtype_name(q.dtype)
-        with overridden(fused, {"MIN_KEYS_PER_SPLIT": min_keys} if min_keys else {}):
-            key = (dtype, q.shape[2], k_cache.shape[1], q.shape[3], *(getattr(fused, name) for name in COMPILE_KNOBS))
-            if key not in self._aot_kernels:
-                self._aot_kernels[key] = AotKernel(*tensorrt_plugin.compile_kernel(dtype, *key[1:4]))
-            return self._aot_kernels[key].attention(q, k_new, v_new, k_cache, v_cache, past_len)
+        config = config or self.fused.DEFAULT_CONFIG
+        dtype = tensorrt_plugin.triton_dtype_name(q.dtype)
+        key = (dtype, q.shape[2], k_cache.shape[1], q.shape[3], config)
+        if key not in self._aot_kernels:
+            self._aot_kernels[key] = AotKernel(*tensorrt_plugin.compile_kernel(dtype, *key[1:4], config=config))
+        return self._aot_kernels[key].attention(q, k_new, v_new, k_cache, v_cache, past_len, config=config)
 
     def _time_fused_configs(self, batch, past, seq, q_heads, kv_heads, head_dim, configs: list[dict]) -> list[dict]:
-        """Graph timings of the fused kernel on one shape's input sets, once per config: some of triton_fused's
-        module constants replaced for the duration of its timing (restored after). A spent budget ends the list."""
+        """Graph timings of the fused kernel on one shape's input sets, once per config (FusedConfig fields that
+        differ from the defaults). A spent budget ends the list."""
         sets = self._input_sets(batch, past, seq, q_heads, kv_heads, head_dim, sdpa=False)
         kv_bytes = _kv_bytes(batch, kv_heads, past + seq, head_dim, sets[0][0].element_size())
         rows = []
@@ -313,8 +313,7 @@ class Checks:
             for config in configs:
                 if rows:
                     self._check_time()
-                with overridden(self.fused, config):  # pard_attention_fused reads the constants at every call
-                    result = self._time_fused(sets, kv_bytes)
+                result = self._time_fused(sets, kv_bytes, config=self._config(config))
                 rows.append({"batch": batch, "past": past, "seq": seq, "config": config, "kv_bytes": kv_bytes,
                              "dtype": str(sets[0][0].dtype).removeprefix("torch."), **result})
         finally:
@@ -353,10 +352,10 @@ class Checks:
     def _check_case(self, seq, heads, head_dim, past, dtype, num_splits, fused=False, min_keys=None,
                     config=None, aot=False) -> dict:
         """One case against the numpy reference: the output, and the whole caches (the new rows written, every
-        other row unchanged). fused=True: triton_fused.pard_attention_fused, with the module constants in
-        `config` overridden; a case it cannot compile or launch (e.g. out of shared memory) gives a row with
-        "skipped" and the reason, and an exception ok=False. aot=True (with fused=True): the PTX a TensorRT plan
-        embeds, launched as TensorRT does (_aot_attention)."""
+        other row unchanged). fused=True: triton_fused.pard_attention_fused under `config` (FusedConfig fields that
+        differ from the defaults; min_keys sets min_keys_per_split); a case it cannot compile or launch (e.g. out of
+        shared memory) gives a row with "skipped" and the reason, and an exception ok=False. aot=True (with
+        fused=True): the PTX a TensorRT plan embeds, launched as TensorRT does (_aot_attention)."""
         torch = self.torch
         tensors = self._inputs(seq, *heads, head_dim, past, getattr(torch, dtype), capacity=max(past) + seq + 5)
         host = [t.float().cpu().numpy().copy() if t.is_floating_point() else t.cpu().numpy() for t in tensors]
@@ -365,7 +364,8 @@ class Checks:
             "kernel": ("aot" if aot else "fused") if fused else "kernel",
             "seq": seq, "q_heads": heads[0], "kv_heads": heads[1], "head_dim": head_dim, "past": list(past),
             "dtype": dtype, "tolerance": TOLERANCE[dtype],
-            "num_splits": f"auto, min_keys {min_keys or self.fused.MIN_KEYS_PER_SPLIT}" if fused else num_splits or "auto",
+            "num_splits": f"auto, min_keys {min_keys or self.fused.DEFAULT_CONFIG.min_keys_per_split}" if fused
+            else num_splits or "auto",
             **({"config": config} if config else {}),
         }  # fmt: skip
         counters_ok = True
@@ -373,10 +373,9 @@ class Checks:
             from triton.runtime.errors import OutOfResources
 
             try:
-                kwargs = {"min_keys": min_keys} if min_keys else {}
+                fused_config = self._config(dict(config or {}, **({"min_keys_per_split": min_keys} if min_keys else {})))
                 run = self._aot_attention if aot else self.fused.pard_attention_fused
-                with overridden(self.fused, config or {}):
-                    out = run(*tensors, **kwargs).float().cpu().numpy()
+                out = run(*tensors, config=fused_config).float().cpu().numpy()
                 counters_ok = all(int(c.abs().sum()) == 0 for c in self.fused._COUNTERS.values())
             except OutOfResources as e:
                 return dict(row, skipped=f"{type(e).__name__}: {e}"[:300], ok=False)
@@ -426,17 +425,19 @@ class Checks:
             "num_splits": kernel_kwargs.get("num_splits") or "auto",
         }  # fmt: skip
 
-    def _time_fused(self, sets, kv_bytes: int, fused=None) -> dict:
-        """triton_fused's one launch, graph-timed on the same sets as the kernel: the "fused_*" keys of a timing row.
-        It runs once outside the graph first (compiles; its output is compared with the kernel's); a shape it cannot
-        run gives "fused_skipped" and the reason instead of the times."""
+    def _time_fused(self, sets, kv_bytes: int, fused=None, config=None) -> dict:
+        """triton_fused's one launch (under `config`, a FusedConfig; None: the defaults), graph-timed on the same sets
+        as the kernel: the "fused_*" keys of a timing row. It runs once outside the graph first (compiles; its output
+        is compared with the kernel's); a shape it cannot run gives "fused_skipped" and the reason instead of the
+        times."""
         fused = fused or self.fused.pard_attention_fused
+        config = config or self.fused.DEFAULT_CONFIG
         result = {"fused_us": None, "fused_kv_gbps": None, "fused_pct_copy": None}
         try:
-            out = fused(*sets[0]).float()
+            out = fused(*sets[0], config=config).float()
             ours = self.kernel.pard_attention(*sets[0]).float()
             result["fused_vs_kernel_err"] = float((out - ours).abs().max() / ours.abs().max())
-            us = 1e3 * self._graph_ms([lambda t=t: fused(*t) for t in sets])
+            us = 1e3 * self._graph_ms([lambda t=t: fused(*t, config=config) for t in sets])
         except Exception as e:  # noqa: BLE001 - e.g. shared memory: reported in the row, the section goes on
             return dict(result, fused_skipped=f"{type(e).__name__}: {e}"[:300])
         gbps = kv_bytes / (us * 1e-6) / 1e9
@@ -539,6 +540,10 @@ class Checks:
 
     # --- helpers ---
 
+    def _config(self, changes: dict):
+        """The FusedConfig with these fields changed from the defaults."""
+        return dataclasses.replace(self.fused.DEFAULT_CONFIG, **changes)
+
     def _check_time(self) -> None:
         if time.monotonic() > self.deadline:
             raise TimeoutError("this section's time budget is spent (see --budget-scale): the rest did not run")
@@ -571,10 +576,9 @@ class Checks:
             "torch": torch.__version__, "triton": self.triton.__version__, "cuda": torch.version.cuda,
             "python": platform.python_version(), "smoke": self.smoke,
             "kernel_defaults": vars(self.kernel.KernelConfig()),
-            "fused_config": {name.lower(): getattr(self.fused, name) for name in
-                             ("BLOCK_M", "BLOCK_N", "NUM_WARPS", "NUM_STAGES", "MAX_SPLITS", "MIN_KEYS_PER_SPLIT",
-                              "SPLITS_ROUND_DOWN", "MERGE_TREE", "MERGE_STAGES",
-                              "PROGRAMS_PER_SM", "SCRATCH_ROWS")},
+            "fused_config": dict(vars(self.fused.DEFAULT_CONFIG), **{name.lower(): getattr(self.fused, name) for name
+                                 in ("BLOCK_M", "MAX_SPLITS", "SCRATCH_ROWS")}),
+            "fused_tactics": [vars(config) for config in self.fused.TACTICS],
         }  # fmt: skip
 
     def _print_meta(self) -> None:
@@ -609,19 +613,6 @@ class Checks:
             f"| {_num(row['fused_pct_copy'], '.0f')} | {_num(row.get('copy_same_bytes_us'), '.1f')} "
             f"| {_num(row.get('copy_same_bytes_pct'), '.0f')} |"
         )
-
-
-@contextlib.contextmanager
-def overridden(module, constants: dict):
-    """Set some of a module's constants for the duration of a with block (restored after, even on error)."""
-    saved = {name: getattr(module, name) for name in constants}
-    try:
-        for name, value in constants.items():
-            setattr(module, name, value)
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(module, name, value)
 
 
 def _fastest_configs(rows: list[dict]) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.gpu_checks import FUSED_TUNING_CONFIGS, overridden  # noqa: E402
+from benchmarks.gpu_checks import FUSED_TUNING_CONFIGS  # noqa: E402
 
 
 def main() -> int:
@@ -49,13 +49,16 @@ def main() -> int:
 
 
 def resources(config: dict, dtype: str, q_heads: int, kv_heads: int, head_size: int, arch: int) -> dict:
-    """ptxas -v figures of the kernel compiled with triton_fused's constants overridden by `config`."""
+    """ptxas -v figures of the kernel compiled under `config` (FusedConfig fields that differ from the defaults)."""
+    import dataclasses
+
     from triton.backends.nvidia.compiler import get_ptxas
 
     from plugins.pard_attention import tensorrt_plugin, triton_fused
 
-    with overridden(triton_fused, config):
-        _, ptx, meta = tensorrt_plugin.compile_kernel(dtype, q_heads, kv_heads, head_size, target=(arch, 32))
+    fused_config = dataclasses.replace(triton_fused.DEFAULT_CONFIG, **config)
+    _, ptx, meta = tensorrt_plugin.compile_kernel(dtype, q_heads, kv_heads, head_size, target=(arch, 32),
+                                                  config=fused_config)
     suffix = "a" if arch >= 90 else ""  # sm_90a: the wgmma/TMA features Triton's sm_90 PTX uses
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "kernel.ptx"

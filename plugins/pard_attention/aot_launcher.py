@@ -47,10 +47,12 @@ class AotKernel:
                                               ctypes.c_uint(self.threads), ctypes.c_uint(1), ctypes.c_uint(1),
                                               ctypes.c_uint(self.shared), stream, params, None), "cuLaunchKernel")
 
-    def attention(self, q, k_new, v_new, k_cache, v_cache, past_len, sync=None, stream: int | None = None):
+    def attention(self, q, k_new, v_new, k_cache, v_cache, past_len, sync=None, stream: int | None = None,
+                  config=None):
         """`triton_fused.pard_attention_fused`'s contract (caches updated in place; returns out) through this PTX,
         with the grid aot_impl gives it on this GPU, and counters (sync, or the per-device zeros buffer), scratch
-        and out as TensorRT hands them over; launched on `stream` as __call__ is."""
+        and out as TensorRT hands them over; launched on `stream` as __call__ is. config: the FusedConfig this PTX
+        was compiled with (None: the defaults), for its grid."""
         import torch
 
         from . import tensorrt_plugin, triton_fused
@@ -62,8 +64,10 @@ class AotKernel:
             sync = triton_fused.zeroed_counters(q.device, triton_fused.sync_size(batch, seq, kv_heads, group))
         scratch = triton_fused.new_scratch(head_size, q.device)
         out = torch.empty_like(q)
+        config = config or triton_fused.DEFAULT_CONFIG
         grid = triton_fused.launch_grid(batch, seq, capacity, kv_heads, group,
-                                        triton_fused.target_programs(tensorrt_plugin.current_sm_count()))
+                                        triton_fused.target_programs(tensorrt_plugin.current_sm_count(), config),
+                                        config)
         self(grid, (q, k_new, v_new, k_cache, v_cache, past_len, sync), (seq, capacity),
              (out, k_cache, v_cache, sync, *scratch), stream)
         return out

@@ -8,8 +8,9 @@
   so the split-K partials live in outputs nobody reads. pard_export.export.tensorrt_lowering wires them.
 - `aot_impl` compiles the one-launch Triton kernel (`triton_fused.py`) to PTX; TensorRT embeds it in the plan, so
   running the plan needs no Python (Triton Inference Server's C++ TensorRT backend, trtexec, CUDA graphs).
-- No `autotune`: the strongly typed network fixes every dtype, and the default LINEAR format is what the kernel
-  indexes (contiguous tensors).
+- `autotune` offers one type combination (the strongly typed network fixes every dtype; LINEAR, the contiguous
+  layout the kernel indexes) and the kernel variants `triton_fused.TACTICS` as custom tactics: the builder times
+  each at every optimization profile's opt shape and keeps the fastest (`aot_impl` compiles the one it asks for).
 - `impl` runs the same kernel from Python at every enqueue (JIT): for debugging only. With both present, networks
   are created with NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS (pard_export.export.tensorrt_build).
 
@@ -27,6 +28,7 @@ PLUGIN_ID = f"{DOMAIN}::{OP_TYPE}"
 ATTRIBUTES = INT_ATTRIBUTES  # num_q_heads, num_kv_heads, head_size: typed `int` plugin attributes
 ALIASED_OUTPUTS = {1: 3, 2: 4, 3: 6}  # output index -> the input index it aliases (k/v caches, sync counters)
 _TRITON_DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+_TRT_TYPE_NAMES = {"fp16": "FP16", "bf16": "BF16", "fp32": "FP32"}  # as AutoTuneCombination spells them
 
 _registered = False
 
@@ -41,24 +43,34 @@ def triton_dtype_name(dtype) -> str:
     return _TRITON_DTYPES[name]
 
 
-def compile_kernel(dtype_name: str, q_heads: int, kv_heads: int, head_size: int, target: tuple[int, int] | None = None):
+def io_types(dtype) -> str:
+    """AutoTuneCombination's type string for the node's 7 inputs and 6 outputs when q has `dtype`: attention
+    tensors in q's type, past_len and the counters int32, the split-K scratch float32."""
+    t = _TRT_TYPE_NAMES[triton_dtype_name(dtype)]
+    return ",".join([t] * 5 + ["INT32"] * 2 + [t] * 3 + ["INT32", "FP32", "FP32"])
+
+
+def compile_kernel(dtype_name: str, q_heads: int, kv_heads: int, head_size: int, target: tuple[int, int] | None = None,
+                   config=None):
     """Compile the fused kernel for one node (pointers 16-byte aligned): (kernel name, PTX, metadata dict with
     num_warps and shared bytes).
 
-    target=(compute capability, warp size) compiles for that GPU without one present; None: the current GPU."""
+    target=(compute capability, warp size) compiles for that GPU without one present; None: the current GPU.
+    config: a triton_fused.FusedConfig (None: its defaults)."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     from . import triton_fused
 
+    config = config or triton_fused.DEFAULT_CONFIG
     signature = triton_fused.signature(dtype_name)
     source = triton.compiler.ASTSource(
         fn=triton_fused.pard_attention_fused_kernel,
         signature=signature,
-        constexprs=triton_fused.constexprs(q_heads, kv_heads, head_size, dtype_name),
+        constexprs=triton_fused.constexprs(q_heads, kv_heads, head_size, dtype_name, config),
         attrs=aligned_pointers(signature),
     )
-    options = {"num_warps": triton_fused.NUM_WARPS, "num_stages": triton_fused.NUM_STAGES}
+    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
     if target is None:
         compiled = triton.compile(source, options=options)
     else:
@@ -74,7 +86,7 @@ def aligned_pointers(signature: dict[str, str]) -> dict:
 
     TensorRT's I/O addresses are at least 256-byte aligned (IExecutionContext::setTensorAddress); that the tensors
     it allocates between layers are too (at least 16 bytes) is assumed, not documented. Without the hint Triton must
-    assume 2-byte alignment: scalar loads that it cannot software-pipeline (no cp.async; NUM_STAGES would change
+    assume 2-byte alignment: scalar loads that it cannot software-pipeline (no cp.async; num_stages would change
     nothing), where the JIT-launched kernel that benchmarks/gpu_checks.py times gets 16-byte, pipelined loads."""
     pointers = [index for index, kind in enumerate(signature.values()) if kind.startswith("*")]
     return {(index,): [["tt.divisibility", 16]] for index in pointers}
@@ -128,7 +140,7 @@ def register() -> None:
 
 
 def _define() -> None:
-    from typing import Tuple, Union
+    from typing import List, Tuple, Union
 
     import tensorrt.plugin as trtp
 
@@ -146,20 +158,30 @@ def _define() -> None:
         return (q.like(), k_cache.aliased(), v_cache.aliased(), sync.aliased(),
                 trtp.from_shape_expr(partial, dtype=trt.float32), trtp.from_shape_expr(partial_lse, dtype=trt.float32))
 
+    @trtp.autotune(PLUGIN_ID)
+    def pard_attention_tactics(
+        q: trtp.TensorDesc, k_new: trtp.TensorDesc, v_new: trtp.TensorDesc, k_cache: trtp.TensorDesc,
+        v_cache: trtp.TensorDesc, past_len: trtp.TensorDesc, sync: trtp.TensorDesc, outputs: Tuple[trtp.TensorDesc],
+    ) -> List[trtp.AutoTuneCombination]:
+        tactics = range(1, len(triton_fused.TACTICS) + 1)
+        return [trtp.AutoTuneCombination(io_types(q.dtype), "LINEAR", list(tactics))]
+
     @trtp.aot_impl(PLUGIN_ID)
     def pard_attention_aot(
         q: trtp.TensorDesc, k_new: trtp.TensorDesc, v_new: trtp.TensorDesc, k_cache: trtp.TensorDesc,
         v_cache: trtp.TensorDesc, past_len: trtp.TensorDesc, sync: trtp.TensorDesc, num_q_heads: int,
         num_kv_heads: int, head_size: int, outputs: Tuple[trtp.TensorDesc], tactic: int,
     ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
-        name, ptx, meta = compile_kernel(triton_dtype_name(q.dtype), num_q_heads, num_kv_heads, head_size)
+        config = triton_fused.tactic_config(tactic)
+        name, ptx, meta = compile_kernel(triton_dtype_name(q.dtype), num_q_heads, num_kv_heads, head_size,
+                                         config=config)
         limit = current_max_shared_memory()
         if meta["shared"] > limit:  # else every launch in the plan would fail
             raise ValueError(f"PardAttention (head size {head_size}) needs {meta['shared']} bytes of shared memory a "
-                             f"program; this GPU allows {limit}: lower triton_fused.NUM_STAGES")
+                             f"program; this GPU allows {limit}: lower num_stages in triton_fused.TACTICS")
         batch, seq, capacity = q.shape_expr[0], q.shape_expr[1], k_cache.shape_expr[2]
         grid = triton_fused.launch_grid(batch, seq, capacity, num_kv_heads, num_q_heads // num_kv_heads,
-                                        triton_fused.target_programs(current_sm_count()),
+                                        triton_fused.target_programs(current_sm_count(), config), config,
                                         cdiv=trtp.cdiv, minimum=trtp.min, maximum=trtp.max)
         launch = trtp.KernelLaunchParams()
         launch.grid_x, launch.grid_y, launch.grid_z = grid
@@ -171,11 +193,12 @@ def _define() -> None:
 
     @trtp.impl(PLUGIN_ID)
     def pard_attention_jit(q, k_new, v_new, k_cache, v_cache, past_len, sync, num_q_heads: int, num_kv_heads: int,
-                           head_size: int, outputs, stream: int) -> None:
+                           head_size: int, outputs, stream: int, tactic: int) -> None:
         # Debugging only: Python at every enqueue. The caches and counters are aliased, so updates are in place.
         import torch
 
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
             inputs = [torch.as_tensor(t, device="cuda") for t in (q, k_new, v_new, k_cache, v_cache, past_len, sync)]
             out, _, _, _, partial, partial_lse = (torch.as_tensor(t, device="cuda") for t in outputs)
-            triton_fused.pard_attention_fused(*inputs[:6], sync=inputs[6], scratch=(partial, partial_lse), out=out)
+            triton_fused.pard_attention_fused(*inputs[:6], config=triton_fused.tactic_config(tactic), sync=inputs[6],
+                                              scratch=(partial, partial_lse), out=out)

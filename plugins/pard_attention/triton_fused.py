@@ -10,20 +10,25 @@ the input pointers, then int32 scalars, then the output pointers. So this kernel
   attention reads cached keys 0..past_len[b]-1 from the cache and the new keys straight from k_new/v_new, so no
   program reads a cache row that another program of the same launch writes (no race, no grid-wide barrier);
 - split-K without a second launch: the grid offers each query block enough split programs to give the GPU about
-  PROGRAMS_PER_SM programs per SM; at run time a block uses as many as its keys are worth (none shorter than
-  MIN_KEYS_PER_SPLIT keys) and the fixed-size scratch allows. Each writes its partial softmax to the `partial` /
-  `partial_lse` scratch outputs and bumps its group's counter in `sync`; the program that arrives last in the
-  group merges the group's partials by log-sum-exp (its own from registers) and puts the counter back to 0.
-  With one group (the default) that merger writes the output. With MERGE_TREE, a block of n splits has about
-  sqrt(n) groups whose mergers run in parallel, store the group's result and bump the block's counter; the last
-  of them merges the groups: two serial merges of ~sqrt(n) partials instead of one of n.
+  `programs_per_sm` programs per SM; at run time a block uses as many as its keys are worth (none shorter than
+  `min_keys_per_split` keys) and the fixed-size scratch allows. Each writes its partial softmax to the `partial` /
+  `partial_lse` scratch outputs and bumps its group's counter in `sync`; the program whose bump brings the counter
+  to a multiple of the group's size (from zero: the last to arrive) merges the group's partials by log-sum-exp
+  (its own from registers) and puts the counter back to 0. With one group (the default) that merger writes the
+  output. With `merge_tree`, a block of n splits has about sqrt(n) groups whose mergers run in parallel, store the
+  group's result and bump the block's counter; the last of them merges the groups: two serial merges of ~sqrt(n)
+  partials instead of one of n.
   `sync` must therefore hold zeros before the first launch (the runtime owns and zero-fills it; it stays zero
-  between launches). Nobody waits on anybody, so a wrong counter can give a wrong output but never a hang;
+  between launches). Nobody waits on anybody, so a wrong counter can give a wrong output but never a hang. On
+  counters that start non-zero (TensorRT times its tactics on arbitrary data) a group still merges about once, so
+  a tactic's timing includes its merge;
 - a past_len outside [0, Smax - S] is clamped into it, so no launch reads or writes outside the caches (the
   runtime never passes one, but TensorRT may run a plugin on arbitrary data while it builds a plan).
 
 Tensors are contiguous (TensorRT's LINEAR format), so strides follow from the shapes: S and Smax are runtime
-scalars, the head counts and head size are compile-time constants (the node's attributes).
+scalars, the head counts and head size are compile-time constants (the node's attributes). Tiles, pipelining and
+the split-K and merge options form a `FusedConfig`; `TACTICS` are the configs the TensorRT plugin offers its
+builder, which keeps the fastest per optimization profile.
 `pard_attention_fused` launches it from torch (tests run it under TRITON_INTERPRET=1).
 """
 
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import builtins
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -43,17 +49,44 @@ from .tensorrt_plugin import triton_dtype_name
 from .triton_kernel import _add, _dot, _larger
 
 BLOCK_M = QUERY_BLOCK  # query rows (tokens x group heads) per program: fixed, since S is only known at run time
-BLOCK_N = 64  # keys per tile
-NUM_WARPS = 4
-NUM_STAGES = 3  # software pipelining depth (H200: 3 beat 2 at every timed shape, docs/gpu-pard-attention.md)
 MAX_SPLITS = 64  # key splits per query block, at most
 SCRATCH_ROWS = 32768  # rows of the scratch outputs: B * S * Hq * splits never exceeds it (fewer splits if need be)
-MIN_KEYS_PER_SPLIT = 256  # a split never holds fewer keys than this (unless the block sees fewer)
-PROGRAMS_PER_SM = 1  # split-K aims at this many programs per streaming multiprocessor (fewer splits: shorter merge)
-# Not measured on a GPU yet, so off: benchmarks/gpu_checks.py's tuning section times them (docs/gpu-pard-attention.md).
-SPLITS_ROUND_DOWN = False  # offer floor (not ceil) of target / blocks splits: no partial second wave of programs
-MERGE_TREE = False  # merge the splits in two levels of ~sqrt(splits) partials each (see the module docstring)
-MERGE_STAGES = 0  # > 0: software-pipeline the merge loop this deep (tl.range num_stages); 0: a plain loop
+
+
+@dataclass(frozen=True)
+class FusedConfig:
+    """One compiled variant of the kernel and the split-K rule of its launch: a TensorRT tactic (TACTICS)."""
+
+    block_n: int = 64  # keys per tile
+    num_warps: int = 4
+    num_stages: int = 3  # software pipelining depth (H200: 3 beat 2 at every timed shape, docs/gpu-pard-attention.md)
+    programs_per_sm: int = 1  # split-K aims at this many programs per streaming multiprocessor
+    min_keys_per_split: int = 256  # a split never holds fewer keys than this (unless the block sees fewer)
+    splits_round_down: bool = False  # offer floor (not ceil) of target / blocks splits: no partial second wave
+    merge_tree: bool = False  # merge the splits in two levels of ~sqrt(splits) partials each (module docstring)
+    merge_stages: int = 0  # > 0: software-pipeline the merge loop this deep (tl.range num_stages); 0: a plain loop
+
+
+DEFAULT_CONFIG = FusedConfig()  # run 3's table of record (docs/gpu-pard-attention.md)
+# What the TensorRT plugin offers its builder, which times each on the build GPU at every optimization profile's opt
+# shape and keeps the fastest (tactic i + 1 is TACTICS[i]). The defaults, then variants for the shapes where they
+# missed the bandwidth target in run 3: a pipelined merge, also two-level, for multi-token steps at batch 1 (one
+# program merges many 64-row partials); whole waves of programs at batch 8; smaller tiles (more programs resident).
+TACTICS = (
+    DEFAULT_CONFIG,
+    FusedConfig(merge_stages=2),
+    FusedConfig(merge_tree=True, merge_stages=2),
+    FusedConfig(splits_round_down=True),
+    FusedConfig(block_n=32),
+)
+
+
+def tactic_config(tactic: int) -> FusedConfig:
+    """The config of a TensorRT tactic: 1 .. len(TACTICS); 0 (TensorRT's default tactic) is DEFAULT_CONFIG."""
+    if not 0 <= tactic <= len(TACTICS):
+        raise ValueError(f"PardAttention has tactics 1 to {len(TACTICS)}, not {tactic}")
+    return TACTICS[tactic - 1] if tactic else DEFAULT_CONFIG
+
 
 INPUTS = ("Q", "KNew", "VNew", "KCache", "VCache", "PastLen", "Sync")
 SCALARS = ("seq", "capacity")
@@ -62,16 +95,18 @@ RUNTIME_ARGS = INPUTS + SCALARS + OUTPUTS
 
 
 def launch_grid(batch, seq, capacity, kv_heads: int, group: int, target_programs: int,
-                min_keys: int | None = None, *, cdiv=triton.cdiv, minimum=builtins.min, maximum=builtins.max):
+                config: FusedConfig = DEFAULT_CONFIG, *, cdiv=triton.cdiv, minimum=builtins.min, maximum=builtins.max):
     """(x, y, z) programs: B * Hkv (row, kv head) pairs, query blocks of BLOCK_M rows, and key splits: as many as a
-    full cache may use, but no more than target_programs (target_programs(sm_count)) asks for (rounded up, or down
-    with SPLITS_ROUND_DOWN). With tensorrt.plugin's cdiv, min and max it takes TensorRT's symbolic shape
-    expressions."""
-    min_keys = MIN_KEYS_PER_SPLIT if min_keys is None else min_keys
+    full cache may use, but no more than target_programs (target_programs(sm_count, config)) asks for (rounded up,
+    or down with config.splits_round_down). With tensorrt.plugin's cdiv, min and max it takes TensorRT's symbolic
+    shape expressions."""
     pairs, query_blocks = batch * kv_heads, cdiv(seq * group, BLOCK_M)
     blocks = pairs * query_blocks
-    wanted = maximum(cdiv(target_programs + 1, blocks) - 1, 1) if SPLITS_ROUND_DOWN else cdiv(target_programs, blocks)
-    splits = minimum(minimum(cdiv(capacity, min_keys), MAX_SPLITS), wanted)
+    if config.splits_round_down:
+        wanted = maximum(cdiv(target_programs + 1, blocks) - 1, 1)
+    else:
+        wanted = cdiv(target_programs, blocks)
+    splits = minimum(minimum(cdiv(capacity, config.min_keys_per_split), MAX_SPLITS), wanted)
     return pairs, query_blocks, splits
 
 
@@ -86,25 +121,26 @@ def new_scratch(head_size: int, device) -> list[torch.Tensor]:
     return [torch.empty(shape, dtype=torch.float32, device=device) for shape in scratch_shapes(head_size)]
 
 
-def target_programs(sm_count: int) -> int:
+def target_programs(sm_count: int, config: FusedConfig = DEFAULT_CONFIG) -> int:
     """How many programs split-K aims at on a GPU with sm_count streaming multiprocessors."""
-    return PROGRAMS_PER_SM * sm_count
+    return config.programs_per_sm * sm_count
 
 
-def constexprs(q_heads: int, kv_heads: int, head_size: int, dtype_name: str, *, min_keys: int | None = None,
+def constexprs(q_heads: int, kv_heads: int, head_size: int, dtype_name: str, config: FusedConfig = DEFAULT_CONFIG, *,
                interpreted: bool = False) -> dict:
-    """The kernel's compile-time constants for one node (its attributes) and dtype ("fp16", "bf16", "fp32")."""
+    """The kernel's compile-time constants for one node (its attributes), dtype ("fp16", "bf16", "fp32") and
+    config (its num_warps and num_stages are launch options, not constants)."""
     if q_heads % kv_heads:
         raise ValueError(f"num_q_heads {q_heads} is not a multiple of num_kv_heads {kv_heads}")
     if head_size < 16:
         raise ValueError(f"head size: expected at least 16 (tl.dot), found {head_size}")
     return {
         "GROUP": q_heads // kv_heads, "KV_HEADS": kv_heads, "HEAD_D": head_size,
-        "BLOCK_D": triton.next_power_of_2(head_size), "BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N,
+        "BLOCK_D": triton.next_power_of_2(head_size), "BLOCK_M": BLOCK_M, "BLOCK_N": config.block_n,
         "SCALE_LOG2": math.log2(math.e) / math.sqrt(head_size),
-        "MIN_KEYS": MIN_KEYS_PER_SPLIT if min_keys is None else min_keys,
+        "MIN_KEYS": config.min_keys_per_split,
         "SCRATCH_ROWS": SCRATCH_ROWS, "COUNTERS": COUNTERS_PER_BLOCK,
-        "MERGE_GROUPS": MERGE_GROUPS if MERGE_TREE else 1, "MERGE_STAGES": MERGE_STAGES,
+        "MERGE_GROUPS": MERGE_GROUPS if config.merge_tree else 1, "MERGE_STAGES": config.merge_stages,
         "DOT_PRECISION": "ieee" if dtype_name == "fp32" else "tf32",
         "DOT_IN_FP32": dtype_name == "bf16" and interpreted,
     }
@@ -119,12 +155,12 @@ def signature(dtype_name: str) -> dict[str, str]:
     return {**runtime, **{name: "constexpr" for name in constexprs(1, 1, 16, dtype_name)}}
 
 
-def pard_attention_fused(q, k_new, v_new, k_cache, v_cache, past_len, *, sm_count=None,
-                         min_keys=None, sync=None, scratch=None, out=None):
+def pard_attention_fused(q, k_new, v_new, k_cache, v_cache, past_len, *, config: FusedConfig = DEFAULT_CONFIG,
+                         sm_count=None, sync=None, scratch=None, out=None):
     """Same contract as `triton_kernel.pard_attention` (caches updated in place; returns out), in one launch.
 
-    sm_count: the streaming multiprocessors split-K fills (None: the GPU's own; 1 under the CPU interpreter);
-    min_keys: the shortest split (None: MIN_KEYS_PER_SPLIT). sync (int32 zeros, at least sync_size(...) of
+    config: the kernel variant (a TensorRT tactic); sm_count: the streaming multiprocessors split-K fills (None:
+    the GPU's own; 1 under the CPU interpreter). sync (int32 zeros, at least sync_size(...) of
     them), scratch (partial, partial_lse: float32 of scratch_shapes(D)) and out: buffers to use, as TensorRT hands
     them to the plugin; None allocates the scratch and out per call and takes the counters from a per-device buffer
     kept between calls."""
@@ -138,7 +174,7 @@ def pard_attention_fused(q, k_new, v_new, k_cache, v_cache, past_len, *, sm_coun
     interpreted = isinstance(pard_attention_fused_kernel, InterpretedFunction)
     if sm_count is None:
         sm_count = 1 if interpreted else torch.cuda.get_device_properties(q.device).multi_processor_count
-    consts = constexprs(q_heads, kv_heads, head_size, name, min_keys=min_keys, interpreted=interpreted)
+    consts = constexprs(q_heads, kv_heads, head_size, name, config, interpreted=interpreted)
     group = q_heads // kv_heads
     counters = sync_size(batch, seq, kv_heads, group)
     if sync is None:
@@ -149,10 +185,10 @@ def pard_attention_fused(q, k_new, v_new, k_cache, v_cache, past_len, *, sm_coun
     if scratch is None:
         scratch = new_scratch(head_size, q.device)
     out = torch.empty_like(q) if out is None else out
-    grid = launch_grid(batch, seq, capacity, kv_heads, group, target_programs(sm_count), min_keys)
+    grid = launch_grid(batch, seq, capacity, kv_heads, group, target_programs(sm_count, config), config)
     pard_attention_fused_kernel[grid](q, k_new, v_new, k_cache, v_cache, past_len, sync, seq, capacity,
                                       out, k_cache, v_cache, sync, *scratch,
-                                      **consts, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+                                      **consts, num_warps=config.num_warps, num_stages=config.num_stages)
     return out
 
 
@@ -245,7 +281,7 @@ def pard_attention_fused_kernel(
             # one group: the last split to arrive merges them all. A static branch, not _merge_in_two_levels with one
             # group: compiled in, that code costs the default kernel register spills (benchmarks/kernel_resources.py)
             if MERGE_GROUPS == 1:
-                if tl.atomic_add(counters + 1, 1, sem="acq_rel", scope="gpu") == splits - 1:
+                if _completes(tl.atomic_add(counters + 1, 1, sem="acq_rel", scope="gpu"), splits):
                     part, lse = _merge_partials(part, lse, Partial, PartialLse, out_row * split_cap, splits, 1, split,
                                                 row_ok, out_mask, dims, HEAD_D, MERGE_STAGES)
                     tl.store(out_ptrs, part.to(Out.dtype.element_ty), mask=out_mask)
@@ -259,7 +295,7 @@ def pard_attention_fused_kernel(
 def _merge_in_two_levels(part, lse, Partial, PartialLse, out_ptrs, counters, base_row, split, splits, row_ok,
                          out_mask, dims, HEAD_D: tl.constexpr, MERGE_GROUPS: tl.constexpr,
                          MERGE_STAGES: tl.constexpr):
-    """MERGE_TREE: ~sqrt(splits) groups of consecutive splits. The last of a group to arrive merges the group and
+    """merge_tree: ~sqrt(splits) groups of consecutive splits. The last of a group to arrive merges the group and
     leaves the result in the group's first scratch rows; the last group to finish merges the groups' results."""
     groups = tl.minimum(tl.sqrt_rn(splits.to(tl.float32)).to(tl.int32), MERGE_GROUPS)  # floor: 1 .. MERGE_GROUPS
     group_size = (splits + groups - 1) // groups
@@ -267,7 +303,7 @@ def _merge_in_two_levels(part, lse, Partial, PartialLse, out_ptrs, counters, bas
     group = split // group_size
     first = group * group_size
     members = tl.minimum(group_size, splits - first)
-    if tl.atomic_add(counters + 1 + group, 1, sem="acq_rel", scope="gpu") == members - 1:  # the group's last
+    if _completes(tl.atomic_add(counters + 1 + group, 1, sem="acq_rel", scope="gpu"), members):  # group's last
         part, lse = _merge_partials(part, lse, Partial, PartialLse, base_row + first, members, 1, split - first,
                                     row_ok, out_mask, dims, HEAD_D, MERGE_STAGES)
         tl.atomic_xchg(counters + 1 + group, 0, sem="relaxed", scope="gpu")  # zero for the next launch
@@ -275,11 +311,18 @@ def _merge_in_two_levels(part, lse, Partial, PartialLse, out_ptrs, counters, bas
             tl.store(out_ptrs, part.to(out_ptrs.dtype.element_ty), mask=out_mask)
         else:
             _store_partial(Partial, PartialLse, base_row + first, part, lse, row_ok, out_mask, dims, HEAD_D)
-            if tl.atomic_add(counters, 1, sem="acq_rel", scope="gpu") == groups - 1:  # the last group
+            if _completes(tl.atomic_add(counters, 1, sem="acq_rel", scope="gpu"), groups):  # the last group
                 part, lse = _merge_partials(part, lse, Partial, PartialLse, base_row, groups, group_size, group,
                                             row_ok, out_mask, dims, HEAD_D, MERGE_STAGES)
                 tl.store(out_ptrs, part.to(out_ptrs.dtype.element_ty), mask=out_mask)
                 tl.atomic_xchg(counters, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def _completes(before, count):
+    """Whether a bump that found `before` in a counter of `count` arrivals is the last: from zero, before == count
+    - 1. Modulo count, so that counters holding anything (TensorRT's tactic timing) still give about one merger."""
+    return (before + 1) % count == 0
 
 
 @triton.jit

@@ -92,3 +92,17 @@ def test_attention_launches_the_grid_and_buffers_aot_impl_gives(monkeypatch):
     assert pointers[10:13] == [inputs[3].data_ptr(), inputs[4].data_ptr(), sync]  # caches and counters in place
     assert [low for _, low in fake.launch_params[7:9]] == [9, capacity]
     assert out.shape == inputs[0].shape and out.dtype == inputs[0].dtype
+
+
+def test_attention_launches_the_grid_of_the_config_the_ptx_was_compiled_with(monkeypatch):
+    pytest.importorskip("triton")
+    from plugins.pard_attention import tensorrt_plugin, triton_fused
+
+    from .test_pard_attention import make_inputs
+
+    monkeypatch.setattr(tensorrt_plugin, "current_sm_count", lambda: 6)  # 6 programs wanted for 4 blocks
+    kernel, fake = _kernel(monkeypatch, shared=1024)
+    inputs = make_inputs(9, 8, 2, 64, past=(0, 700))
+    kernel.attention(*inputs, stream=0)
+    kernel.attention(*inputs, stream=0, config=triton_fused.FusedConfig(splits_round_down=True))
+    assert [args[3].value for args in fake.named("cuLaunchKernel")] == [2, 1]  # 2 splits, or 1 rounded down

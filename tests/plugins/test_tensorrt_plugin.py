@@ -3,6 +3,7 @@ reference, in Triton's CPU interpreter), the pure launch helpers, and the regist
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -23,6 +24,12 @@ from pard_export.tensorrt_support import tensorrt_available  # noqa: E402
 from .test_pard_attention import TOLERANCE, as_numpy, error, make_inputs  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on CPU the kernel runs in Triton's interpreter
+try:
+    from plugins.pard_attention.triton_fused import TACTICS  # noqa: E402
+
+    TACTIC_COUNT = len(TACTICS)
+except ImportError:  # no triton: the kernel tests skip
+    TACTIC_COUNT = 0
 CASES = [  # (S, Hq, Hkv, D, past): decode, verify, GQA groups, a query block split (S * GROUP > 64), head size 80
     (1, 4, 2, 16, (0, 17)),
     (9, 8, 2, 32, (0, 70)),
@@ -77,10 +84,11 @@ def test_fused_kernel_split_k_merges_in_kernel_and_leaves_the_counters_at_zero(s
     expected = reference.pard_attention(*as_numpy(inputs))
     sync = torch.zeros(kernel.sync_size(len(past), seq, kv_heads, q_heads // kv_heads) + 3, dtype=torch.int32,
                        device=DEVICE)
-    out = kernel.pard_attention_fused(*inputs, sm_count=64, min_keys=16, sync=sync)
+    config = kernel.FusedConfig(min_keys_per_split=16)
+    out = kernel.pard_attention_fused(*inputs, config=config, sm_count=64, sync=sync)
     assert error(out.float().cpu().numpy(), expected, dtype) <= TOLERANCE[dtype]
     assert not sync.any()
-    grid = kernel.launch_grid(len(past), seq, inputs[3].shape[2], kv_heads, q_heads // kv_heads, 64, 16)
+    grid = kernel.launch_grid(len(past), seq, inputs[3].shape[2], kv_heads, q_heads // kv_heads, 64, config)
     assert grid[2] > 1  # the launch had programs for several splits
 
 
@@ -93,7 +101,7 @@ def test_fused_kernel_splits_less_rather_than_write_past_its_fixed_scratch(monke
     guard = 64  # rows past the scratch that must stay NaN
     partial = torch.full((scratch_rows + guard, 32), float("nan"), device=DEVICE)
     partial_lse = torch.full((scratch_rows + guard,), float("nan"), device=DEVICE)
-    out = kernel.pard_attention_fused(*inputs, sm_count=64, min_keys=16,
+    out = kernel.pard_attention_fused(*inputs, config=kernel.FusedConfig(min_keys_per_split=16), sm_count=64,
                                       scratch=(partial[:scratch_rows], partial_lse[:scratch_rows]))
     assert error(out.float().cpu().numpy(), expected, torch.float32) <= TOLERANCE[torch.float32]
     assert partial[scratch_rows:].isnan().all() and partial_lse[scratch_rows:].isnan().all()
@@ -121,23 +129,21 @@ def shuffled_programs(monkeypatch):
     monkeypatch.setattr(builder, "set_grid_idx", lambda x, y, z: set_idx(*order.pop()))
 
 
-MERGE_OPTIONS = [  # the default merge, then the options that are off until a GPU times them
-    {}, dict(MERGE_TREE=True), dict(MERGE_STAGES=2), dict(MERGE_TREE=True, MERGE_STAGES=2, SPLITS_ROUND_DOWN=True)]
+MERGE_OPTIONS = [  # the default merge, then the merge and split options of the tactics, and all of them at once
+    {}, dict(merge_tree=True), dict(merge_stages=2), dict(merge_tree=True, merge_stages=2, splits_round_down=True)]
 
 
 @pytest.mark.parametrize("options", MERGE_OPTIONS, ids=lambda o: ",".join(o) or "defaults")
 @pytest.mark.parametrize("seq, past", [(3, (300, 40)), (1, (600, 250))])
-def test_fused_kernel_merges_splits_finishing_in_any_order(monkeypatch, shuffled_programs, options, seq, past):
-    """16-key tiles, splits of >= 16 keys, 16 splits offered: the rows use 10, 3, 13 and 16 splits (with MERGE_TREE
+def test_fused_kernel_merges_splits_finishing_in_any_order(shuffled_programs, options, seq, past):
+    """16-key tiles, splits of >= 16 keys, 16 splits offered: the rows use 10, 3, 13 and 16 splits (with merge_tree
     groups of 4+4+2, one group, 5+5+3, 4+4+4+4). The output and the counters must not depend on who is last."""
     kernel = fused()
-    monkeypatch.setattr(kernel, "BLOCK_N", 16)
-    for name, value in options.items():
-        monkeypatch.setattr(kernel, name, value)
+    config = kernel.FusedConfig(block_n=16, min_keys_per_split=16, **options)
     inputs = make_inputs(seq, 4, 2, 16, dtype=torch.float32, past=past, device=DEVICE)
     expected = reference.pard_attention(*as_numpy(inputs))
     sync = torch.zeros(kernel.sync_size(2, seq, 2, 2), dtype=torch.int32, device=DEVICE)
-    out = kernel.pard_attention_fused(*inputs, sm_count=64, min_keys=16, sync=sync)
+    out = kernel.pard_attention_fused(*inputs, config=config, sm_count=64, sync=sync)
     assert error(out.float().cpu().numpy(), expected, torch.float32) <= TOLERANCE[torch.float32]
     assert not sync.any()
 
@@ -192,16 +198,34 @@ def test_fused_kernel_refuses_too_few_counters():
         kernel.pard_attention_fused(*inputs, sync=torch.zeros(8, dtype=torch.int32, device=DEVICE))
 
 
+SPLIT_5 = dict(past=(300, 300), config=dict(min_keys_per_split=16))  # S 1, 301 keys a row: 5 splits of 64 keys
+
+
 def test_fused_kernel_merge_is_what_the_output_comes_from():
-    """A counter left non-zero (a broken runtime) stops the merge: the output is then not the reference, so the
-    test above cannot pass without the in-kernel merge."""
+    """Counters one off (a broken runtime) make the 4th of 5 splits merge, before the 5th has left its partial: the
+    output is then not the reference, so the tests above cannot pass without the in-kernel merge."""
     kernel = fused()
-    inputs = make_inputs(1, 4, 2, 16, dtype=torch.float32, past=(300, 300), device=DEVICE)
+    inputs = make_inputs(1, 4, 2, 16, dtype=torch.float32, past=SPLIT_5["past"], device=DEVICE)
     expected = reference.pard_attention(*as_numpy(inputs))
-    sync = torch.full((kernel.sync_size(2, 1, 2, 2),), 1000, dtype=torch.int32, device=DEVICE)
-    out = torch.zeros_like(inputs[0])
-    kernel.pard_attention_fused(*inputs, sm_count=64, min_keys=16, sync=sync, out=out)
+    sync = torch.full((kernel.sync_size(2, 1, 2, 2),), 1001, dtype=torch.int32, device=DEVICE)
+    scratch = [torch.zeros_like(t) for t in kernel.new_scratch(16, DEVICE)]
+    config = kernel.FusedConfig(**SPLIT_5["config"])
+    out = kernel.pard_attention_fused(*inputs, config=config, sm_count=64, sync=sync, scratch=scratch)
     assert error(out.float().cpu().numpy(), expected, torch.float32) > 0.1
+
+
+@pytest.mark.parametrize("options", MERGE_OPTIONS[:2], ids=["one group", "merge_tree"])
+@pytest.mark.parametrize("start", [1000, 7, -3])
+def test_fused_kernel_merges_once_on_counters_that_start_anywhere(options, start):
+    """TensorRT times each tactic on inputs of its own, so the counters may hold anything: each query block must
+    still merge (the timing then includes the merge's cost), though the result is not the reference."""
+    kernel = fused()
+    inputs = make_inputs(1, 4, 2, 16, dtype=torch.float32, past=SPLIT_5["past"], device=DEVICE)
+    sync = torch.full((kernel.sync_size(2, 1, 2, 2),), start, dtype=torch.int32, device=DEVICE)
+    out = torch.full_like(inputs[0], 1e6)  # where the merge never stores, this stays
+    config = kernel.FusedConfig(**SPLIT_5["config"], **options)
+    kernel.pard_attention_fused(*inputs, config=config, sm_count=64, sync=sync, out=out)
+    assert (out.abs() < 1e6).all()
 
 
 def test_launch_grid_and_signature_follow_the_aot_argument_order():
@@ -221,14 +245,44 @@ def test_launch_grid_and_signature_follow_the_aot_argument_order():
     assert all(kind == "constexpr" for kind in list(kernel.signature("fp16").values())[15:])
 
 
-def test_launch_grid_rounds_the_splits_down_when_asked(monkeypatch):
+def test_launch_grid_rounds_the_splits_down_when_asked():
     kernel = fused()
-    monkeypatch.setattr(kernel, "SPLITS_ROUND_DOWN", True)
-    assert kernel.launch_grid(8, 16, 8208, 8, 4, 132) == (64, 1, 2)  # 128 programs: no second, partial wave
-    assert kernel.launch_grid(8, 16, 8208, 8, 4, 128) == (64, 1, 2)
-    assert kernel.launch_grid(8, 16, 8208, 8, 4, 127) == (64, 1, 1)
-    assert kernel.launch_grid(8, 16, 8208, 8, 4, 20) == (64, 1, 1)  # fewer programs wanted than blocks: one split
-    assert kernel.launch_grid(1, 1, 10**6, 1, 4, 10**4)[2] == kernel.MAX_SPLITS
+    config = kernel.FusedConfig(splits_round_down=True)
+    assert kernel.launch_grid(8, 16, 8208, 8, 4, 132, config) == (64, 1, 2)  # 128 programs: no partial second wave
+    assert kernel.launch_grid(8, 16, 8208, 8, 4, 128, config) == (64, 1, 2)
+    assert kernel.launch_grid(8, 16, 8208, 8, 4, 127, config) == (64, 1, 1)
+    assert kernel.launch_grid(8, 16, 8208, 8, 4, 20, config) == (64, 1, 1)  # fewer wanted than blocks: one split
+    assert kernel.launch_grid(1, 1, 10**6, 1, 4, 10**4, config)[2] == kernel.MAX_SPLITS
+    assert kernel.target_programs(132, kernel.FusedConfig(programs_per_sm=2)) == 264
+
+
+def test_tactics_are_distinct_configs_with_the_defaults_first():
+    kernel = fused()
+    assert kernel.TACTICS[0] == kernel.DEFAULT_CONFIG == kernel.FusedConfig()
+    assert len(set(kernel.TACTICS)) == len(kernel.TACTICS)
+    assert [kernel.tactic_config(t) for t in range(1, len(kernel.TACTICS) + 1)] == list(kernel.TACTICS)
+    assert kernel.tactic_config(0) == kernel.DEFAULT_CONFIG  # TensorRT's default tactic
+    with pytest.raises(ValueError, match=f"tactics 1 to {len(kernel.TACTICS)}, not {len(kernel.TACTICS) + 1}"):
+        kernel.tactic_config(len(kernel.TACTICS) + 1)
+    from benchmarks.gpu_checks import FUSED_TUNING_CONFIGS  # the GPU run times every tactic
+
+    tuned = [dataclasses.replace(kernel.DEFAULT_CONFIG, **changes) for changes in FUSED_TUNING_CONFIGS]
+    assert tuned[:len(kernel.TACTICS)] == list(kernel.TACTICS)
+
+
+@pytest.mark.parametrize("tactic", range(1, 1 + TACTIC_COUNT))
+def test_every_tactic_matches_the_reference_with_split_k(shuffled_programs, tactic):
+    """Each kernel variant the plugin offers TensorRT, with short splits so that it splits and merges (programs in
+    a random order)."""
+    kernel = fused()
+    config = dataclasses.replace(kernel.tactic_config(tactic), min_keys_per_split=16)
+    inputs = make_inputs(9, 8, 2, 32, dtype=torch.float32, past=(200, 70), device=DEVICE)
+    expected = reference.pard_attention(*as_numpy(inputs))
+    sync = torch.zeros(kernel.sync_size(2, 9, 2, 4), dtype=torch.int32, device=DEVICE)
+    out = kernel.pard_attention_fused(*inputs, config=config, sm_count=64, sync=sync)
+    assert error(out.float().cpu().numpy(), expected, torch.float32) <= TOLERANCE[torch.float32]
+    assert not sync.any()
+    assert kernel.launch_grid(2, 9, inputs[3].shape[2], 2, 4, 64, config)[2] > 1
 
 
 def test_plugin_attributes_and_outputs_match_the_onnx_node():
@@ -254,11 +308,13 @@ def test_register_without_tensorrt_is_a_clear_error():
 _COMPILE = """
 import json, subprocess, sys, tempfile
 from triton.backends.nvidia.compiler import get_ptxas
-from plugins.pard_attention import tensorrt_plugin
+from plugins.pard_attention import tensorrt_plugin, triton_fused
 results = {}
-for label, dtype, heads, arch in (("sm89 fp16", "fp16", (8, 2, 64), 89), ("sm89 bf16", "bf16", (8, 2, 64), 89),
-                                  ("sm90 bf16 Llama-8B", "bf16", (32, 8, 128), 90)):
-    name, ptx, meta = tensorrt_plugin.compile_kernel(dtype, *heads, target=(arch, 32))
+llama = [(f"sm90 bf16 Llama-8B tactic {t}", "bf16", (32, 8, 128), 90, t) for t in range(1, len(triton_fused.TACTICS) + 1)]
+for label, dtype, heads, arch, tactic in [("sm89 fp16", "fp16", (8, 2, 64), 89, 1),
+                                          ("sm89 bf16", "bf16", (8, 2, 64), 89, 1)] + llama:
+    config = triton_fused.tactic_config(tactic)
+    name, ptx, meta = tensorrt_plugin.compile_kernel(dtype, *heads, target=(arch, 32), config=config)
     gpu = f"sm_{arch}" + ("a" if arch >= 90 else "")  # Triton's Hopper PTX targets sm_90a
     with tempfile.NamedTemporaryFile("wb", suffix=".ptx") as f:
         f.write(ptx)
@@ -268,16 +324,17 @@ for label, dtype, heads, arch in (("sm89 fp16", "fp16", (8, 2, 64), 89), ("sm89 
     results[label] = dict(name=name.decode(), params=ptx.decode().count(name.decode() + "_param_"), meta=meta,
                           ptxas=done.returncode, ptxas_error=done.stderr[-300:],
                           target=f".target {gpu}" in ptx.decode(),
-                          async_copies=ptx.decode().count("cp.async.cg.shared.global"), arch=arch)
+                          async_copies=ptx.decode().count("cp.async.cg.shared.global"), arch=arch,
+                          num_warps=config.num_warps)
 print(json.dumps(results))
 """
 
 
 def test_aot_kernel_compiles_to_ptx_that_ptxas_accepts_without_a_gpu():
-    """What aot_impl hands TensorRT, made for SM89 and SM90 (Hopper, Llama-8B heads) on this CPU machine
-    (triton.compile with an explicit target, in a process without TRITON_INTERPRET): PTX whose entry takes exactly
-    the 15 arguments TensorRT's AOT launcher passes (Triton's unused hidden scratch pointers dropped), whose K/V
-    loads are pipelined, which fits the GPU's shared memory, and which ptxas assembles."""
+    """What aot_impl hands TensorRT, made for SM89 and SM90 (Hopper, Llama-8B heads: every tactic) on this CPU
+    machine (triton.compile with an explicit target, in a process without TRITON_INTERPRET): PTX whose entry takes
+    exactly the 15 arguments TensorRT's AOT launcher passes (Triton's unused hidden scratch pointers dropped), whose
+    K/V loads are pipelined, which fits the GPU's shared memory, and which ptxas assembles."""
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(Path(__file__).parents[2])
@@ -290,7 +347,8 @@ def test_aot_kernel_compiles_to_ptx_that_ptxas_accepts_without_a_gpu():
         # the same buffer (aliased), so its input pointer is declared and never read
         assert result["params"] == 15 + 14, label
         assert result["ptxas"] == 0, result["ptxas_error"]
-        assert result["meta"]["num_warps"] == 4 and result["meta"]["shared"] <= shared_limit[result["arch"]], label
+        assert result["meta"]["num_warps"] == result["num_warps"], label
+        assert result["meta"]["shared"] <= shared_limit[result["arch"]], label
         # pointers declared 16-byte aligned: 16-byte K/V loads that Triton software-pipelines (cp.async); without
         # the hint it emits scalar loads and no pipeline at all
         assert result["async_copies"] > 0, label
@@ -377,6 +435,10 @@ class _FakeTrtPlugin:
         class SymExprs(tuple):
             pass
 
+        class AutoTuneCombination:
+            def __init__(self, io_types=None, layouts=None, tactics=None):
+                self.io_types, self.layouts, self.tactics = io_types, layouts, tactics
+
         class SymIntExprs(SymExprs):
             @classmethod
             def from_tuple(cls, items):
@@ -392,6 +454,7 @@ class _FakeTrtPlugin:
 
         self.module = types.SimpleNamespace(
             TensorDesc=TensorDesc, KernelLaunchParams=KernelLaunchParams, SymExprs=SymExprs, SymIntExprs=SymIntExprs,
+            AutoTuneCombination=AutoTuneCombination, autotune=decorator("autotune"),
             SymInt32=lambda value: ("i32", value), cdiv=lambda a, b: -(-a // b), min=min, max=max,
             from_shape_expr=lambda shape, dtype: TensorDesc(shape, dtype),
             register=decorator("register"), aot_impl=decorator("aot_impl"), impl=decorator("impl"),
@@ -409,12 +472,19 @@ def test_registration_against_a_fake_tensorrt_plugin_module(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt.plugin", fake.module)
     monkeypatch.setattr("pard_export.tensorrt_support.require_tensorrt", lambda: sys.modules["tensorrt"])
     monkeypatch.setattr(tensorrt_plugin, "_registered", False)
-    monkeypatch.setattr(tensorrt_plugin, "compile_kernel", lambda *a, **k: (b"kernel", b"ptx", {"num_warps": 4, "shared": 512}))
+    compiled = []  # the config of each compile_kernel call
+
+    def compile_kernel(*args, config, **kwargs):
+        compiled.append(config)
+        return b"kernel", b"ptx", {"num_warps": config.num_warps, "shared": 512}
+
+    monkeypatch.setattr(tensorrt_plugin, "compile_kernel", compile_kernel)
     monkeypatch.setattr(tensorrt_plugin, "current_sm_count", lambda: 4)  # 4 programs wanted
     monkeypatch.setattr(tensorrt_plugin, "current_max_shared_memory", lambda: 99 * 1024)
     tensorrt_plugin.register()
     tensorrt_plugin.register()  # idempotent: defined once
-    assert set(fake.registered) == {(kind, "pard::PardAttention") for kind in ("register", "aot_impl", "impl")}
+    kinds = ("register", "autotune", "aot_impl", "impl")
+    assert set(fake.registered) == {(kind, "pard::PardAttention") for kind in kinds}
 
     describe = fake.registered[("register", "pard::PardAttention")]
     signature = inspect.signature(describe)
@@ -436,13 +506,27 @@ def test_registration_against_a_fake_tensorrt_plugin_module(monkeypatch):
     assert partial.shape_expr == [rows, head] and partial.dtype == "DataType.FLOAT"
     assert partial_lse.shape_expr == [rows] and partial_lse.dtype == "DataType.FLOAT"
 
+    autotune = fake.registered[("autotune", "pard::PardAttention")]
+    (combination,) = autotune(*inputs, outputs)
+    types = "FP16,FP16,FP16,FP16,FP16,INT32,INT32,FP16,FP16,FP16,INT32,FP32,FP32"  # 7 inputs, then 6 outputs
+    assert (combination.io_types, combination.layouts) == (types, "LINEAR")
+    assert combination.tactics == list(range(1, len(fused().TACTICS) + 1))
+
     aot = fake.registered[("aot_impl", "pard::PardAttention")]
     name, ptx, launch, extra = aot(*inputs, q_heads, kv_heads, head, outputs, 0)
+    assert compiled[-1] == fused().DEFAULT_CONFIG
     assert (name, ptx) == (b"kernel", b"ptx")
     grid = (launch.grid_x, launch.grid_y, launch.grid_z)
     assert grid == (batch * kv_heads, 2, 1) and (launch.block_x, launch.shared_mem) == (128, 512)  # 80 rows
     monkeypatch.setattr(tensorrt_plugin, "current_sm_count", lambda: 132)  # 11 splits wanted, 1040 keys give 5
     assert aot(*inputs, q_heads, kv_heads, head, outputs, 0)[2].grid_z == 5
+    for tactic, config in enumerate(fused().TACTICS, start=1):  # each tactic compiles its own variant
+        aot(*inputs, q_heads, kv_heads, head, outputs, tactic)
+        assert compiled[-1] == config
+    round_down = 1 + fused().TACTICS.index(fused().FusedConfig(splits_round_down=True))
+    monkeypatch.setattr(tensorrt_plugin, "current_sm_count", lambda: 18)  # 18 programs, 12 blocks: 2 splits or 1
+    assert aot(*inputs, q_heads, kv_heads, head, outputs, 1)[2].grid_z == 2
+    assert aot(*inputs, q_heads, kv_heads, head, outputs, round_down)[2].grid_z == 1
     monkeypatch.setattr(tensorrt_plugin, "current_max_shared_memory", lambda: 256)  # the kernel asks for 512 bytes
     with pytest.raises(ValueError, match="needs 512 bytes of shared memory a program; this GPU allows 256"):
         aot(*inputs, q_heads, kv_heads, head, outputs, 0)
