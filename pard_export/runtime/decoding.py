@@ -21,6 +21,12 @@ from .sampling import SamplingParams, propose, sample, verify_greedy, verify_sam
 PAD_ID = 0  # any id: padding columns are masked out
 
 
+def step_lengths(k: int) -> range:
+    """The lengths S of every call after the prefill: decode 1, the draft's unseen tokens 1..k+1 (its k-1 masks are
+    inside the graph), verify [pending, d_1..d_n] with n <= k. The tensorrt backend captures a CUDA graph for each."""
+    return range(1, k + 2)
+
+
 @dataclass(frozen=True)
 class RowStep:
     emitted: list[int]  # accepted drafts, then the target's own token

@@ -14,7 +14,8 @@ from ..errors import EngineError, GenerationError
 from ..manifest import TOKENIZER_DIR, Manifest, read_manifest, verify_hashes
 from .backend_ort import OrtGraph
 from .cache import BatchCache
-from .decoding import GenerationStats, StatsRecorder, StepResult, ar_draft_step, ar_step, pard_step
+from .decoding import (GenerationStats, StatsRecorder, StepResult, ar_draft_step, ar_step, pard_step,
+                       step_lengths)
 from .plugin_cache import PluginCache
 from .sampling import SamplingParams
 from .streaming import RowText
@@ -165,7 +166,7 @@ class Session:
         if self.manifest.backend == "tensorrt":  # imported only here: the slim runtime never loads tensorrt otherwise
             from .backend_trt import TrtGraph
 
-            graph = TrtGraph(self.engine_dir / entry.file, entry.io, capture=(1, self.manifest.k + 1))
+            graph = TrtGraph(self.engine_dir / entry.file, entry.io, capture=step_lengths(self.manifest.k))
         else:
             graph = OrtGraph(self.engine_dir / entry.file, entry.io, threads=threads, providers=providers)
         if entry.io.attention == PLUGIN:

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 import tiny_models
-from pard_export.contract import draft_spec, target_spec
+from pard_export.contract import INPUT_IDS, draft_spec, target_spec
 from pard_export.errors import EngineError, GenerationError
 from pard_export.runtime import Session
+from pard_export.runtime.decoding import step_lengths
 from pard_export.runtime.plugin_cache import GraphKV, HostKV, PluginCache, row_moves
 
 pytest.importorskip("onnxruntime_extensions")
@@ -255,3 +256,22 @@ def test_an_old_manifest_without_attention_loads_as_plain(tiny_pair, engine, tmp
     with Session(copy) as s:
         assert s.manifest.attention == "plain"
         assert s.generate([5, 6, 7], max_new_tokens=3).token_ids
+
+
+def test_every_call_after_the_prefill_has_a_length_the_tensorrt_backend_captures(session, references, monkeypatch):
+    """The tensorrt backend captures a CUDA graph for each of step_lengths(k): every decode, draft and verify call
+    must have one of those lengths, so that only the prefill goes through TensorRT's enqueue."""
+    calls = {role: [] for role in session._caches}
+    for role, cache in session._caches.items():
+        def run(feeds, skip=(), _run=cache.graph.run, _calls=calls[role]):
+            _calls.append(feeds[INPUT_IDS].shape[1])
+            return _run(feeds, skip)
+
+        monkeypatch.setattr(cache.graph, "run", run)
+    for mode in ("pard", "ar", "ar-draft"):
+        for prompt_ids, _ in references("llama"):
+            for lengths in calls.values():
+                lengths.clear()
+            session.generate(prompt_ids, max_new_tokens=NEW_TOKENS, mode=mode)
+            steps = [s for lengths in calls.values() for s in lengths[1:]]  # the first call of each graph: prefill
+            assert steps and set(steps) <= set(step_lengths(K)), (mode, calls)
