@@ -47,7 +47,8 @@ class TrtBuildSettings:
     prefill_chunk: int = 512  # the longest S of one call (a longer prompt is prefilled in chunks)
     max_seq_len: int = 8192  # P + S of every call
     opt_batch: int = 1  # the batch the kernels are tuned for
-    opt_past: int = 256  # the cached length decode/verify kernels are tuned for
+    opt_past: int = 256  # the cached length decode/verify kernels are tuned for (plain graphs: in plugin graphs
+    # the cached length is past_len's value, which the builder makes up when it times tactics)
     timing_cache: Path | None = None  # read if present, written after each build (reused across builds)
     strongly_typed: bool = True  # the ONNX dtypes decide each layer's precision; else FP16/BF16 builder flags
     workspace_bytes: int | None = None  # the builder's workspace pool limit (None: TensorRT's default)

@@ -22,8 +22,10 @@ Per graph:
 - optional CUDA graph capture per shape bucket (`capture`: the call lengths S to capture; Session passes every
   decode, draft and verify length, decoding.step_lengths(k)), replayed whenever the same input shapes come again;
   valid because no bound address changes (the KV buffers never move, and a growing IO buffer drops the captured
-  graphs). A replay calls no enqueue, so it also avoids what TensorRT does on a shape change (NVIDIA/TensorRT#4849
-  reports AOT plugins leaking a CUDA module per change in 11.1 / 11.2.1; unverified here).
+  graphs). Several graphs share a context, each replayed after set_input_shape for its shapes, as NVIDIA's
+  TensorRT-Edge-LLM EngineExecutor does; that TensorRT keeps no per-shape device state a replay depends on is
+  assumed. A replay calls no enqueue, so shape changes reach TensorRT about once per prefill, not every step
+  (NVIDIA/TensorRT#4849 reports AOT plugins leaking a CUDA module per change in 11.1 / 11.2.1; unverified here).
 """
 
 from __future__ import annotations

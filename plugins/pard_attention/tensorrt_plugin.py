@@ -9,8 +9,9 @@
 - `aot_impl` compiles the one-launch Triton kernel (`triton_fused.py`) to PTX; TensorRT embeds it in the plan, so
   running the plan needs no Python (Triton Inference Server's C++ TensorRT backend, trtexec, CUDA graphs).
 - `autotune` offers one type combination (the strongly typed network fixes every dtype; LINEAR, the contiguous
-  layout the kernel indexes) and the kernel variants `triton_fused.TACTICS` as custom tactics: the builder times
-  each at every optimization profile's opt shape and keeps the fastest (`aot_impl` compiles the one it asks for).
+  layout the kernel indexes) and, as custom tactics, the kernel variants `triton_fused.TACTICS` whose shared memory
+  the build GPU has: the builder times each at every optimization profile's opt shape and keeps the fastest
+  (`aot_impl` compiles the one it asks for).
 - `impl` runs the same kernel from Python at every enqueue (JIT): for debugging only. With both present, networks
   are created with NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS (pard_export.export.tensorrt_build).
 
@@ -22,6 +23,8 @@ attributes below. Nothing here imports tensorrt, triton or torch at module impor
 
 # No `from __future__ import annotations`: tensorrt.plugin reads the decorated functions' annotations as classes
 # (issubclass(annotation, TensorDesc)), which string annotations would break.
+import functools
+
 from . import DOMAIN, INT_ATTRIBUTES, OP_TYPE
 
 PLUGIN_ID = f"{DOMAIN}::{OP_TYPE}"
@@ -79,6 +82,18 @@ def compile_kernel(dtype_name: str, q_heads: int, kv_heads: int, head_size: int,
     name = compiled.metadata.name
     ptx = drop_hidden_params(compiled.asm["ptx"], name, len(triton_fused.RUNTIME_ARGS))
     return name.encode(), ptx.encode(), meta
+
+
+@functools.lru_cache(maxsize=None)
+def fitting_tactics(dtype_name: str, q_heads: int, kv_heads: int, head_size: int, shared_limit: int) -> tuple[int, ...]:
+    """The tactics (1 .. len(TACTICS)) whose kernel for this node needs at most shared_limit bytes of shared memory
+    a program; (1,) if none does, so that aot_impl names the problem. Compiled once per process and node kind."""
+    from . import triton_fused
+
+    fitting = tuple(tactic for tactic, config in enumerate(triton_fused.TACTICS, start=1)
+                    if compile_kernel(dtype_name, q_heads, kv_heads, head_size, config=config)[2]["shared"]
+                    <= shared_limit)
+    return fitting or (1,)
 
 
 def aligned_pointers(signature: dict[str, str]) -> dict:
@@ -161,9 +176,11 @@ def _define() -> None:
     @trtp.autotune(PLUGIN_ID)
     def pard_attention_tactics(
         q: trtp.TensorDesc, k_new: trtp.TensorDesc, v_new: trtp.TensorDesc, k_cache: trtp.TensorDesc,
-        v_cache: trtp.TensorDesc, past_len: trtp.TensorDesc, sync: trtp.TensorDesc, outputs: Tuple[trtp.TensorDesc],
+        v_cache: trtp.TensorDesc, past_len: trtp.TensorDesc, sync: trtp.TensorDesc, num_q_heads: int,
+        num_kv_heads: int, head_size: int, outputs: Tuple[trtp.TensorDesc],
     ) -> List[trtp.AutoTuneCombination]:
-        tactics = range(1, len(triton_fused.TACTICS) + 1)
+        tactics = fitting_tactics(triton_dtype_name(q.dtype), num_q_heads, num_kv_heads, head_size,
+                                  current_max_shared_memory())
         return [trtp.AutoTuneCombination(io_types(q.dtype), "LINEAR", list(tactics))]
 
     @trtp.aot_impl(PLUGIN_ID)

@@ -72,6 +72,7 @@ DEFAULT_CONFIG = FusedConfig()  # run 3's table of record (docs/gpu-pard-attenti
 # shape and keeps the fastest (tactic i + 1 is TACTICS[i]). The defaults, then variants for the shapes where they
 # missed the bandwidth target in run 3: a pipelined merge, also two-level, for multi-token steps at batch 1 (one
 # program merges many 64-row partials); whole waves of programs at batch 8; smaller tiles (more programs resident).
+# Append only, and never change an entry: a timing cache (build --timing-cache) remembers picks by tactic number.
 TACTICS = (
     DEFAULT_CONFIG,
     FusedConfig(merge_stages=2),

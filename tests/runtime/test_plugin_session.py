@@ -5,6 +5,7 @@ Runtime needs) and, through InPlaceGraph, the graph-owned store TensorRT uses (s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -275,3 +276,20 @@ def test_every_call_after_the_prefill_has_a_length_the_tensorrt_backend_captures
             session.generate(prompt_ids, max_new_tokens=NEW_TOKENS, mode=mode)
             steps = [s for lengths in calls.values() for s in lengths[1:]]  # the first call of each graph: prefill
             assert steps and set(steps) <= set(step_lengths(K)), (mode, calls)
+
+
+def test_a_tensorrt_engine_captures_every_step_length(session, monkeypatch):
+    """What Session hands TrtGraph: capture = step_lengths(k), the lengths the test above sees."""
+    from pard_export.runtime import backend_trt
+
+    class Built(Exception):
+        pass
+
+    def trt_graph(path, spec, *, capture=None):
+        raise Built(list(capture))
+
+    monkeypatch.setattr(backend_trt, "TrtGraph", trt_graph)
+    monkeypatch.setattr(session, "manifest", dataclasses.replace(session.manifest, backend="tensorrt"))
+    with pytest.raises(Built) as built:
+        session._cache("target", None, None)
+    assert built.value.args[0] == list(step_lengths(K))
