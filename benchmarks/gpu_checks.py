@@ -39,10 +39,11 @@ reach at this size. The tuning section (graph timing only) times the fused kerne
 FUSED_TUNING_CONFIGS (triton_fused.FusedConfig fields that differ from the defaults: tiles, split-K and merge
 options; the TensorRT plugin's tactics first) at TUNING_SHAPES, checks each output against the kernel's, and names
 the fastest config per shape ("tuning_best"). fused_correctness also runs its split-K cases under
-FUSED_CHECK_CONFIG (every option not yet on by default). benchmarks/kernel_resources.py gives the same configs' registers and spills without a GPU. The aot
-section runs the PTX a TensorRT plan embeds (tensorrt_plugin.compile_kernel), launched as TensorRT launches it
-(plugins/pard_attention/aot_launcher.py: CUDA driver API), against the reference on split-K cases, then graph-times it
-against the JIT-launched fused kernel on the same sets at AOT_SHAPES ("AOT / JIT": 1.00 means the same speed).
+FUSED_CHECK_CONFIG (every option not yet on by default). benchmarks/kernel_resources.py gives the same configs'
+registers and spills without a GPU. The aot section runs the PTX a TensorRT plan embeds
+(tensorrt_plugin.compile_kernel), launched as TensorRT launches it (plugins/pard_attention/aot_launcher.py: CUDA
+driver API), against the reference on split-K cases, then graph-times it against the JIT-launched fused kernel on
+the same sets at AOT_SHAPES ("AOT / JIT": 1.00 means the same speed).
 
 On CPU (--cpu-smoke; budgets x SMOKE_BUDGET_SCALE) no graph can be captured: every timing is the median of 3
 time.perf_counter runs after one warm-up, with N = 1 set, through the same code paths.
@@ -373,9 +374,11 @@ class Checks:
             from triton.runtime.errors import OutOfResources
 
             try:
-                fused_config = self._config(dict(config or {}, **({"min_keys_per_split": min_keys} if min_keys else {})))
+                changes = dict(config or {})
+                if min_keys:
+                    changes["min_keys_per_split"] = min_keys
                 run = self._aot_attention if aot else self.fused.pard_attention_fused
-                out = run(*tensors, config=fused_config).float().cpu().numpy()
+                out = run(*tensors, config=self._config(changes)).float().cpu().numpy()
                 counters_ok = all(int(c.abs().sum()) == 0 for c in self.fused._COUNTERS.values())
             except OutOfResources as e:
                 return dict(row, skipped=f"{type(e).__name__}: {e}"[:300], ok=False)

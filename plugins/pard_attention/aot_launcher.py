@@ -65,8 +65,7 @@ class AotKernel:
         scratch = triton_fused.new_scratch(head_size, q.device)
         out = torch.empty_like(q)
         config = config or triton_fused.DEFAULT_CONFIG
-        grid = triton_fused.launch_grid(batch, seq, capacity, kv_heads, group,
-                                        triton_fused.target_programs(tensorrt_plugin.current_sm_count(), config),
+        grid = triton_fused.launch_grid(batch, seq, capacity, kv_heads, group, tensorrt_plugin.current_sm_count(),
                                         config)
         self(grid, (q, k_new, v_new, k_cache, v_cache, past_len, sync), (seq, capacity),
              (out, k_cache, v_cache, sync, *scratch), stream)

@@ -198,8 +198,8 @@ def _define() -> None:
                              f"program; this GPU allows {limit}: lower num_stages in triton_fused.TACTICS")
         batch, seq, capacity = q.shape_expr[0], q.shape_expr[1], k_cache.shape_expr[2]
         grid = triton_fused.launch_grid(batch, seq, capacity, num_kv_heads, num_q_heads // num_kv_heads,
-                                        triton_fused.target_programs(current_sm_count(), config), config,
-                                        cdiv=trtp.cdiv, minimum=trtp.min, maximum=trtp.max)
+                                        current_sm_count(), config, cdiv=trtp.cdiv, minimum=trtp.min,
+                                        maximum=trtp.max)
         launch = trtp.KernelLaunchParams()
         launch.grid_x, launch.grid_y, launch.grid_z = grid
         launch.block_x = meta["num_warps"] * 32

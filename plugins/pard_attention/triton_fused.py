@@ -95,18 +95,19 @@ OUTPUTS = ("Out", "KCacheOut", "VCacheOut", "SyncOut", "Partial", "PartialLse")
 RUNTIME_ARGS = INPUTS + SCALARS + OUTPUTS
 
 
-def launch_grid(batch, seq, capacity, kv_heads: int, group: int, target_programs: int,
-                config: FusedConfig = DEFAULT_CONFIG, *, cdiv=triton.cdiv, minimum=builtins.min, maximum=builtins.max):
+def launch_grid(batch, seq, capacity, kv_heads: int, group: int, sm_count: int, config: FusedConfig = DEFAULT_CONFIG,
+                *, cdiv=triton.cdiv, minimum=builtins.min, maximum=builtins.max):
     """(x, y, z) programs: B * Hkv (row, kv head) pairs, query blocks of BLOCK_M rows, and key splits: as many as a
-    full cache may use, but no more than target_programs (target_programs(sm_count, config)) asks for (rounded up,
-    or down with config.splits_round_down). With tensorrt.plugin's cdiv, min and max it takes TensorRT's symbolic
-    shape expressions."""
+    full cache may use, but no more than config.programs_per_sm programs per streaming multiprocessor ask for
+    (rounded up, or down with config.splits_round_down). With tensorrt.plugin's cdiv, min and max it takes
+    TensorRT's symbolic shape expressions."""
     pairs, query_blocks = batch * kv_heads, cdiv(seq * group, BLOCK_M)
     blocks = pairs * query_blocks
+    target = config.programs_per_sm * sm_count
     if config.splits_round_down:
-        wanted = maximum(cdiv(target_programs + 1, blocks) - 1, 1)
+        wanted = maximum(cdiv(target + 1, blocks) - 1, 1)
     else:
-        wanted = cdiv(target_programs, blocks)
+        wanted = cdiv(target, blocks)
     splits = minimum(minimum(cdiv(capacity, config.min_keys_per_split), MAX_SPLITS), wanted)
     return pairs, query_blocks, splits
 
@@ -120,11 +121,6 @@ def scratch_shapes(head_size: int) -> tuple[tuple[int, int], tuple[int]]:
 def new_scratch(head_size: int, device) -> list[torch.Tensor]:
     """Uninitialised float32 scratch of scratch_shapes(head_size) (the kernel writes before it reads)."""
     return [torch.empty(shape, dtype=torch.float32, device=device) for shape in scratch_shapes(head_size)]
-
-
-def target_programs(sm_count: int, config: FusedConfig = DEFAULT_CONFIG) -> int:
-    """How many programs split-K aims at on a GPU with sm_count streaming multiprocessors."""
-    return config.programs_per_sm * sm_count
 
 
 def constexprs(q_heads: int, kv_heads: int, head_size: int, dtype_name: str, config: FusedConfig = DEFAULT_CONFIG, *,
@@ -186,7 +182,7 @@ def pard_attention_fused(q, k_new, v_new, k_cache, v_cache, past_len, *, config:
     if scratch is None:
         scratch = new_scratch(head_size, q.device)
     out = torch.empty_like(q) if out is None else out
-    grid = launch_grid(batch, seq, capacity, kv_heads, group, target_programs(sm_count, config), config)
+    grid = launch_grid(batch, seq, capacity, kv_heads, group, sm_count, config)
     pard_attention_fused_kernel[grid](q, k_new, v_new, k_cache, v_cache, past_len, sync, seq, capacity,
                                       out, k_cache, v_cache, sync, *scratch,
                                       **consts, num_warps=config.num_warps, num_stages=config.num_stages)

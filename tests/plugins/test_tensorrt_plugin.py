@@ -256,7 +256,7 @@ def test_launch_grid_rounds_the_splits_down_when_asked():
     assert kernel.launch_grid(8, 16, 8208, 8, 4, 127, config) == (64, 1, 1)
     assert kernel.launch_grid(8, 16, 8208, 8, 4, 20, config) == (64, 1, 1)  # fewer wanted than blocks: one split
     assert kernel.launch_grid(1, 1, 10**6, 1, 4, 10**4, config)[2] == kernel.MAX_SPLITS
-    assert kernel.target_programs(132, kernel.FusedConfig(programs_per_sm=2)) == 264
+    assert kernel.launch_grid(8, 16, 8208, 8, 4, 132, kernel.FusedConfig(programs_per_sm=2)) == (64, 1, 5)
 
 
 def test_tactics_are_distinct_configs_with_the_defaults_first():
@@ -313,7 +313,8 @@ import json, subprocess, sys, tempfile
 from triton.backends.nvidia.compiler import get_ptxas
 from plugins.pard_attention import tensorrt_plugin, triton_fused
 results = {}
-llama = [(f"sm90 bf16 Llama-8B tactic {t}", "bf16", (32, 8, 128), 90, t) for t in range(1, len(triton_fused.TACTICS) + 1)]
+tactics = range(1, len(triton_fused.TACTICS) + 1)
+llama = [(f"sm90 bf16 Llama-8B tactic {t}", "bf16", (32, 8, 128), 90, t) for t in tactics]
 for label, dtype, heads, arch, tactic in [("sm89 fp16", "fp16", (8, 2, 64), 89, 1),
                                           ("sm89 bf16", "bf16", (8, 2, 64), 89, 1)] + llama:
     config = triton_fused.tactic_config(tactic)
@@ -392,8 +393,7 @@ def test_aot_ptx_runs_with_exactly_the_arguments_tensorrt_passes():
     expected = reference.pard_attention(*as_numpy(inputs))
     kernel = AotKernel(*tensorrt_plugin.compile_kernel("fp16", q_heads, kv_heads, head_dim))
     batch, capacity, group = len(past), inputs[3].shape[2], q_heads // kv_heads
-    grid = fused().launch_grid(batch, seq, capacity, kv_heads, group,
-                               fused().target_programs(tensorrt_plugin.current_sm_count()))
+    grid = fused().launch_grid(batch, seq, capacity, kv_heads, group, tensorrt_plugin.current_sm_count())
     assert grid[2] > 1  # the launch splits the 700 keys
     sync = torch.zeros(fused().sync_size(batch, seq, kv_heads, group), dtype=torch.int32, device="cuda")
     out = kernel.attention(*inputs, sync=sync)
