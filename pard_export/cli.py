@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--max-batch", type=int, default=8, help="tensorrt: largest batch the plans serve (default 8)")
     build.add_argument("--prefill-chunk", type=int, default=512,
                        help="tensorrt: most tokens per call, i.e. the prefill chunk (default 512)")
+    build.add_argument("--opt-batch", type=int, default=1,
+                       help="tensorrt: the batch its kernels and plugin tactics are tuned for (default 1)")
     build.add_argument("--timing-cache", help="tensorrt: TensorRT timing cache file, read if present and updated")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(run=_run_build)
@@ -174,6 +176,7 @@ def _run_build(args) -> int:
         with_ar_draft=args.with_ar_draft,
         attention=args.attention,
         max_batch=args.max_batch,
+        opt_batch=args.opt_batch,
         prefill_chunk=args.prefill_chunk,
         timing_cache=args.timing_cache,
         progress=not args.quiet,

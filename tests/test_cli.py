@@ -88,6 +88,14 @@ def test_bad_attention(capsys, tmp_path, pair, flags, match):
     _fails_cleanly(capsys, ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), *flags], match, out)
 
 
+@pytest.mark.parametrize("opt_batch", ["0", "5"])
+def test_opt_batch_outside_the_batches_the_plans_serve(capsys, tmp_path, pair, opt_batch):
+    out = tmp_path / "o"
+    argv = ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), "--backend", "tensorrt",
+            "--dtype", "float16", "--max-batch", "4", "--opt-batch", opt_batch]
+    _fails_cleanly(capsys, argv, f"--opt-batch {opt_batch} must lie between 1 and --max-batch 4", out)
+
+
 def test_argparse_errors_are_one_line(capsys):
     _fails_cleanly(capsys, ["build", "--target", "x", "--k", "eight"], "invalid int value")
     _fails_cleanly(capsys, ["generate", "--engine", "e", "--prompt-ids", "1,x"], "comma-separated")

@@ -39,6 +39,7 @@ def build(
     with_ar_draft: bool = False,
     attention: str | None = None,
     max_batch: int = 8,
+    opt_batch: int = 1,
     prefill_chunk: int = 512,
     timing_cache: str | Path | None = None,
     progress: bool = True,
@@ -48,7 +49,8 @@ def build(
     exports the PardAttention flavour (preallocated KV buffers, contract.py) instead of the plain graphs (default:
     plain for onnxruntime, plugin for tensorrt, which runs only that flavour).
     backend="tensorrt" exports that flavour and builds draft.plan / target.plan for batches up to max_batch and calls
-    of up to prefill_chunk tokens, reusing the TensorRT timing cache file `timing_cache` if given."""
+    of up to prefill_chunk tokens, its kernels and plugin tactics tuned for batch opt_batch, reusing the TensorRT
+    timing cache file `timing_cache` if given."""
     checks.check_k(k)
     _check_choice("backend", backend, BACKENDS)
     _check_choice("dtype", dtype, DTYPES)
@@ -66,6 +68,8 @@ def build(
     if backend == "tensorrt":
         from .tensorrt_build import check_tensorrt_build
 
+        if not 1 <= opt_batch <= max_batch:
+            raise PardExportError(f"--opt-batch {opt_batch} must lie between 1 and --max-batch {max_batch}")
         check_tensorrt_build(dtype)  # TensorRT importable, fp16/bf16: before anything is loaded or written
     flavour = "-plugin" if attention == PLUGIN else ""
     out = Path(out) if out else Path("engines") / f"{_short_name(target)}-k{k}-{backend}{flavour}"
@@ -79,7 +83,8 @@ def build(
             specs = _export_pair(pair, staging, stage, k, dtype, with_ar_draft, attention)
             stage("compile")
             if backend == "tensorrt":
-                plans = _compile_tensorrt(staging, specs, pair, k, dtype, max_batch, prefill_chunk, timing_cache)
+                sizes = dict(max_batch=max_batch, opt_batch=opt_batch, prefill_chunk=prefill_chunk)
+                plans = _compile_tensorrt(staging, specs, pair, k, dtype, sizes, timing_cache)
             else:
                 _compile_onnxruntime(staging, specs)
             stage("manifest")
@@ -172,13 +177,13 @@ def _compile_onnxruntime(staging: Path, specs: dict[str, GraphSpec]) -> None:
             raise PardExportError(f"ONNX Runtime cannot load the exported {role} graph: {str(e).splitlines()[0]}") from e
 
 
-def _compile_tensorrt(staging: Path, specs: dict[str, GraphSpec], pair: _Pair, k: int, dtype: str, max_batch: int,
-                      prefill_chunk: int, timing_cache) -> dict[str, str]:
+def _compile_tensorrt(staging: Path, specs: dict[str, GraphSpec], pair: _Pair, k: int, dtype: str, sizes: dict,
+                      timing_cache) -> dict[str, str]:
     """<role>.plan for each exported graph (the ONNX files are removed: the plans hold the weights)."""
     from .tensorrt_build import TrtBuildSettings, compile_plans
 
-    settings = TrtBuildSettings(dtype=dtype, k=k, max_batch=max_batch, prefill_chunk=prefill_chunk,
-                                max_seq_len=pair.max_seq_len, timing_cache=Path(timing_cache) if timing_cache else None)
+    settings = TrtBuildSettings(dtype=dtype, k=k, **sizes, max_seq_len=pair.max_seq_len,
+                                timing_cache=Path(timing_cache) if timing_cache else None)
     return compile_plans(staging, specs, settings)
 
 
