@@ -31,7 +31,7 @@ PLUGIN_ID = f"{DOMAIN}::{OP_TYPE}"
 ATTRIBUTES = INT_ATTRIBUTES  # num_q_heads, num_kv_heads, head_size: typed `int` plugin attributes
 ALIASED_OUTPUTS = {1: 3, 2: 4, 3: 6}  # output index -> the input index it aliases (k/v caches, sync counters)
 _TRITON_DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
-_TRT_TYPE_NAMES = {"fp16": "FP16", "bf16": "BF16", "fp32": "FP32"}  # as AutoTuneCombination spells them
+_TRT_TYPE_NAMES = {"*fp16": "FP16", "*bf16": "BF16", "*fp32": "FP32", "*i32": "INT32"}  # AutoTuneCombination's
 
 _registered = False
 
@@ -47,10 +47,12 @@ def triton_dtype_name(dtype) -> str:
 
 
 def io_types(dtype) -> str:
-    """AutoTuneCombination's type string for the node's 7 inputs and 6 outputs when q has `dtype`: attention
-    tensors in q's type, past_len and the counters int32, the split-K scratch float32."""
-    t = _TRT_TYPE_NAMES[triton_dtype_name(dtype)]
-    return ",".join([t] * 5 + ["INT32"] * 2 + [t] * 3 + ["INT32", "FP32", "FP32"])
+    """AutoTuneCombination's type string for the node's 7 inputs and 6 outputs when q has `dtype`: the kernel's
+    pointer arguments (triton_fused.signature), which are the node's inputs then outputs, in TensorRT's names."""
+    from . import triton_fused
+
+    kinds = triton_fused.signature(triton_dtype_name(dtype)).values()
+    return ",".join(_TRT_TYPE_NAMES[kind] for kind in kinds if kind.startswith("*"))
 
 
 def compile_kernel(dtype_name: str, q_heads: int, kv_heads: int, head_size: int, target: tuple[int, int] | None = None,

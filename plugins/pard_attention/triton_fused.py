@@ -267,12 +267,10 @@ def pard_attention_fused_kernel(
                                      row_ok, dims, dim_ok, new_row, SCALE_LOG2, DOT_PRECISION, DOT_IN_FP32,
                                      HEAD_D, BLOCK_M, BLOCK_N, BLOCK_D)
         out_ptrs = Out + out_row[:, None] * HEAD_D + dims[None, :]
-        has_keys = l_i > 0.0  # false for a row that sees none of this split's keys
-        part = acc / tl.where(has_keys, l_i, 1.0)[:, None]  # normalised: every real row sees key 0 when unsplit
+        part, lse = _normalised(acc, m_i, l_i)  # every real row sees key 0 when unsplit
         if splits == 1:
             tl.store(out_ptrs, part.to(Out.dtype.element_ty), mask=out_mask)
         else:
-            lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
             counters = SyncOut + (pair * tl.num_programs(1) + q_block) * COUNTERS  # [the block's, one per group]
             _store_partial(Partial, PartialLse, out_row * split_cap + split, part, lse, row_ok, out_mask, dims, HEAD_D)
             # one group: the last split to arrive merges them all. A static branch, not _merge_in_two_levels with one
@@ -391,9 +389,16 @@ def _merge_partials(part, lse, Partial, PartialLse, base_row, count, stride, own
         for step in range(1, count):
             m, total, acc = _merge_step(m, total, acc, Partial, PartialLse, base_row + ((own + step) % count) * stride,
                                         row_ok, out_mask, dims, HEAD_D)
+    return _normalised(acc, m, total)
+
+
+@triton.jit
+def _normalised(acc, m, total):
+    """A running softmax (weighted sum acc, base-2 max m, weight sum total) as (acc / total, its base-2
+    log-sum-exp); a row that saw no key (total 0) gives 0 and -inf."""
     has_keys = total > 0.0
-    return (acc / tl.where(has_keys, total, 1.0)[:, None],
-            tl.where(has_keys, m + tl.log2(tl.where(has_keys, total, 1.0)), float("-inf")))
+    safe_total = tl.where(has_keys, total, 1.0)
+    return acc / safe_total[:, None], tl.where(has_keys, m + tl.log2(safe_total), float("-inf"))
 
 
 @triton.jit

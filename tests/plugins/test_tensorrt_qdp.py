@@ -140,6 +140,7 @@ def qdp(monkeypatch):
     monkeypatch.setattr(tensorrt_plugin, "current_sm_count", lambda: 132)
     monkeypatch.setattr(tensorrt_plugin, "current_max_shared_memory", lambda: 227 * 1024)
     tensorrt_plugin.register()
+    tensorrt_plugin.register()  # idempotent: defined once
     yield types.SimpleNamespace(trt=trt, plugin=plugin, compiled=compiled)
     for name in [m for m in sys.modules if m.startswith("tensorrt.plugin.")]:
         del sys.modules[name]
@@ -201,6 +202,8 @@ def test_tensorrts_plugin_layer_builds_every_tactic_of_a_llama_node(qdp):
         assert block == (32 * config.num_warps, 1024 * config.block_n)
         if tactic == 1:
             assert grid == (64, 1, 3)  # 64 (row, kv head) pairs, 36 query rows in one block, 132 SMs: 3 splits
+        if config.splits_round_down:
+            assert grid == (64, 1, 2)  # 128 programs, no partial second wave
         assert scalars.values == [seq, capacity]  # S and Smax, between the input and the output pointers
         assert qdp.compiled[-1] == config
         name, ptx = node.get_kernel([d.desc for d in in_out[:7]], [d.desc for d in in_out[7:]])
@@ -223,3 +226,41 @@ class _Scalars:
     def __setitem__(self, index, expr):
         assert index == len(self.values) < self.nbSymExprs
         self.values.append(expr.expr.value)
+
+
+def _llama_node(qdp, monkeypatch, shared_limit):
+    """A PardAttention node (Llama-8B heads, batch 8, S 9) created and taken as far as its tactics, on a GPU with
+    shared_limit bytes of shared memory a program; its in_out descs and an int expression builder."""
+    trt, plugin = qdp.trt, qdp.plugin
+    monkeypatch.setattr(tensorrt_plugin, "current_max_shared_memory", lambda: shared_limit)
+    creator = plugin._lib.QDP_CREATORS[tensorrt_plugin.PLUGIN_ID]
+    fields = [_field("num_q_heads", 32), _field("num_kv_heads", 8), _field("head_size", 128)]
+    node = creator.create_plugin("PardAttention", "pard", fields, trt.TensorRTPhase.BUILD,
+                                 trt.QuickPluginCreationRequest.PREFER_AOT)
+    half, int32 = trt.DataType.HALF, trt.DataType.INT32
+    input_types = [half] * 5 + [int32, int32]
+    input_shapes = [(8, 9, 32, 128), (8, 9, 8, 128), (8, 9, 8, 128), (8, 8, 8208, 128), (8, 8, 8208, 128), (8,),
+                    (4096,)]
+    output_types = node.get_output_data_types(input_types, [len(s) for s in input_shapes])
+    dim, builder = _expression_builder(trt)
+    output_exprs = node.get_output_shapes([[dim(d) for d in shape] for shape in input_shapes], [], builder)
+    output_shapes = [tuple(e.value for e in exprs) for exprs in output_exprs]
+    in_out = _descs(trt, input_shapes + output_shapes, input_types + output_types)
+    node.get_supported_format_combinations(in_out, 7)
+    node.configure_plugin(in_out[:7], in_out[7:])
+    return node, in_out, builder
+
+
+def test_only_tactics_whose_shared_memory_the_gpu_has_are_offered(qdp, monkeypatch):
+    small_tiles = 1 + triton_fused.TACTICS.index(triton_fused.FusedConfig(block_n=32))
+    node, _, _ = _llama_node(qdp, monkeypatch, 48 * 1024)  # the stand-in compile: 32 KiB for 32-key tiles, 64 KiB for 64-key ones
+    assert node.get_valid_tactics() == [small_tiles]
+
+
+def test_a_kernel_larger_than_the_gpu_allows_is_refused_by_name(qdp, monkeypatch):
+    """None fits: tactic 1 is offered, so that aot_impl says what is wrong instead of TensorRT finding no tactic."""
+    node, in_out, builder = _llama_node(qdp, monkeypatch, 16 * 1024)
+    assert node.get_valid_tactics() == [1]
+    node.set_tactic(1)
+    with pytest.raises(ValueError, match="needs 65536 bytes of shared memory a program; this GPU allows 16384"):
+        node.get_launch_params(None, in_out, 7, types.SimpleNamespace(), _Scalars(), builder)
