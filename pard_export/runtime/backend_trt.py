@@ -256,6 +256,7 @@ class TrtGraph:
             self._drop_graphs()
         context.set_tensor_address(name, pointer)
         return pointer
+
     def _copy(self, dst: int, src: int, nbytes: int, kind) -> None:
         if nbytes:
             _check(self._cuda.cudaMemcpyAsync(dst, src, nbytes, kind, self._stream))
