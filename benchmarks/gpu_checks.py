@@ -265,7 +265,8 @@ class Checks:
             return
         print("| kernel | case | dtype | splits | max abs err | error | tolerance | ok |")
         print("|---|---|---|---|---|---|---|---|")
-        for case in self._fused_split_cases()[-2:] + self._fused_split_cases()[:3]:  # Llama-8B shapes first
+        cases = self._fused_split_cases()
+        for case in cases[-2:] + cases[:3]:  # Llama-8B shapes first
             self._check_time()
             rows.append(self._check_case(**case, fused=True, aot=True))
             print(self._correctness_line(rows[-1]), flush=True)
