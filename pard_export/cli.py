@@ -51,14 +51,23 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="replace a non-empty --out")
     build.add_argument("--with-ar-draft", action="store_true", help="also export the draft as a plain AR graph (ar-draft baseline)")
     build.add_argument("--attention",
-                       help="plain (concatenated KV; the onnxruntime default) or plugin (PardAttention nodes over "
-                            "preallocated KV buffers; the tensorrt default and only choice)")
+                       help="inplace (onnxruntime default: KV buffers bound in place, TensorScatter), plain "
+                            "(concatenated KV) or plugin (PardAttention nodes over preallocated KV buffers; the "
+                            "tensorrt default and only choice)")
     build.add_argument("--max-batch", type=int, default=8, help="tensorrt: largest batch the plans serve (default 8)")
     build.add_argument("--prefill-chunk", type=int, default=512,
                        help="tensorrt: most tokens per call, i.e. the prefill chunk (default 512)")
     build.add_argument("--opt-batch", type=int, default=1,
                        help="tensorrt: the batch its kernels and plugin tactics are tuned for (default 1)")
     build.add_argument("--timing-cache", help="tensorrt: TensorRT timing cache file, read if present and updated")
+    build.add_argument("--quantize", help="int4 or int8: weight-only quantization (MatMulNBits; onnxruntime backend)")
+    build.add_argument("--draft-quantize", help="int4, int8 or none (float) for the draft (default: as --quantize)")
+    build.add_argument("--keep-head-float", action="store_true", help="quantize all linear layers but the LM head")
+    build.add_argument("--quant-block-size", type=int,
+                       help="weights per quantization scale, along K: a power of two >= 16 (default 32)")
+    build.add_argument("--quant-accuracy-level", type=int,
+                       help="MatMulNBits accuracy_level 0..4 (default 4: int8 activations, fast; 0: fp32 compute; "
+                            "4 needs --attention inplace, the default)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(run=_run_build)
 
@@ -179,10 +188,19 @@ def _run_build(args) -> int:
         opt_batch=args.opt_batch,
         prefill_chunk=args.prefill_chunk,
         timing_cache=args.timing_cache,
+        quantize=args.quantize,
+        draft_quantize=args.draft_quantize,
+        keep_head_float=args.keep_head_float,
+        **_given(quant_block_size=args.quant_block_size, quant_accuracy_level=args.quant_accuracy_level),
         progress=not args.quiet,
     )
     print(out)
     return 0
+
+
+def _given(**flags) -> dict:
+    """The flags that were passed (argparse default None), so the API's defaults apply to the rest."""
+    return {name: value for name, value in flags.items() if value is not None}
 
 
 def _run_generate(args) -> int:

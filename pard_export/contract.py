@@ -4,7 +4,7 @@ Shape legend: B batch, S new tokens in this call, P tokens already cached, T = P
 (the draft graph appends K-1 mask tokens), V vocabulary rows, L layers, Hkv key/value heads, D head size,
 C the capacity of a preallocated KV cache (plugin flavour).
 
-Two attention flavours share every other tensor:
+Three attention flavours share every other tensor:
 - plain  : the cache goes in as past_key_values.{i}.* [B,Hkv,P,D] and comes out concatenated as present.{i}.*
            [B,Hkv,T,D]; attention_mask [B,T] marks the real columns (what ONNX Runtime runs by default).
 - plugin : one pard::PardAttention node per layer (plugins/pard_attention) over preallocated buffers
@@ -16,6 +16,11 @@ Two attention flavours share every other tensor:
            A TensorRT plan built from a plugin graph takes one more input, attention_sync int32 [N], and gives it
            back as attention_sync_out (same memory): the split-K counters of its PardAttention kernels, which the
            runtime allocates zero-filled once and the kernels leave at zero (export/tensorrt_lowering.py).
+- inplace: the plugin flavour's IO in standard ONNX ops (opset 24), for ONNX Runtime: each layer writes its S new
+           rows at past_len[b] with TensorScatter and attends over the whole buffer, rows past past_len[b]+i masked.
+           The runtime binds each kv_cache.{i}.* and kv_cache_out.{i}.* to one OrtValue (IO binding), so the new
+           rows land in the buffer that is read and no step copies the cache. C is the runtime's choice per
+           generation (attention costs grow with C, not with max_seq_len): it grows the buffers as rows need it.
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ KV_KINDS = ("key", "value")
 BATCH, SEQUENCE, PAST, TOTAL = "batch", "sequence", "past_sequence", "total_sequence"
 CAPACITY = "cache_capacity"  # C (plugin flavour)
 
-PLAIN, PLUGIN = "plain", "plugin"
-ATTENTIONS = (PLAIN, PLUGIN)
+PLAIN, PLUGIN, INPLACE = "plain", "plugin", "inplace"
+ATTENTIONS = (PLAIN, PLUGIN, INPLACE)
+BUFFERED = (PLUGIN, INPLACE)  # the flavours whose caches are preallocated buffers (past_len, kv_cache.*)
 
 # Graph roles; each is stored as "<role>.onnx" in an engine directory.
 TARGET = "target"
@@ -89,10 +95,16 @@ class GraphSpec:
     role: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    attention: str = ""  # "" = read off the inputs (plain or plugin; manifests from before the inplace flavour)
+
+    def __post_init__(self):
+        if not self.attention:
+            object.__setattr__(self, "attention", PLUGIN if any(t.name == PAST_LEN for t in self.inputs) else PLAIN)
 
     @property
-    def attention(self) -> str:
-        return PLUGIN if any(t.name == PAST_LEN for t in self.inputs) else PLAIN
+    def buffered(self) -> bool:
+        """The caches are preallocated buffers [B,Hkv,C,D] indexed by past_len (plugin and inplace flavours)."""
+        return self.attention in BUFFERED
 
     @property
     def past_names(self) -> list[str]:
@@ -105,7 +117,8 @@ class GraphSpec:
         return [t.name for t in self.outputs if t.name.startswith(_CACHE_OUT_PREFIXES)]
 
     def to_dict(self) -> dict:
-        return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
+        return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
+                "attention": self.attention}
 
 
 def _kv(name_of, layers: int, kv_heads: int, head_dim: int, seq_dim: str) -> tuple[TensorSpec, ...]:
@@ -118,7 +131,7 @@ def _kv(name_of, layers: int, kv_heads: int, head_dim: int, seq_dim: str) -> tup
 
 def _common_inputs(layers: int, kv_heads: int, head_dim: int, attention: str) -> tuple[TensorSpec, ...]:
     tokens = (TensorSpec(INPUT_IDS, "int64", (BATCH, SEQUENCE)), TensorSpec(POSITION_IDS, "int64", (BATCH, SEQUENCE)))
-    if attention == PLUGIN:
+    if attention in BUFFERED:
         lengths = (TensorSpec(PAST_LEN, "int32", (BATCH,)),)
         return tokens + lengths + _kv(kv_cache_name, layers, kv_heads, head_dim, CAPACITY)
     mask = (TensorSpec(ATTENTION_MASK, "int64", (BATCH, TOTAL)),)
@@ -126,7 +139,7 @@ def _common_inputs(layers: int, kv_heads: int, head_dim: int, attention: str) ->
 
 
 def _cache_outputs(layers: int, kv_heads: int, head_dim: int, attention: str) -> tuple[TensorSpec, ...]:
-    if attention == PLUGIN:
+    if attention in BUFFERED:
         return _kv(kv_cache_out_name, layers, kv_heads, head_dim, CAPACITY)
     return _kv(present_name, layers, kv_heads, head_dim, TOTAL)
 
@@ -136,7 +149,7 @@ def target_spec(layers: int, kv_heads: int, head_dim: int, vocab_rows: int, role
     """Prefill (S = prompt), decode (S = 1) and verify (S = K + 1) in one graph (also the AR draft's IO)."""
     outputs = (TensorSpec(LOGITS, "float32", (BATCH, SEQUENCE, vocab_rows)),)
     outputs += _cache_outputs(layers, kv_heads, head_dim, attention)
-    return GraphSpec(role, _common_inputs(layers, kv_heads, head_dim, attention), outputs)
+    return GraphSpec(role, _common_inputs(layers, kv_heads, head_dim, attention), outputs, attention)
 
 
 def draft_spec(layers: int, kv_heads: int, head_dim: int, vocab: int, k: int, attention: str = PLAIN) -> GraphSpec:
@@ -146,11 +159,14 @@ def draft_spec(layers: int, kv_heads: int, head_dim: int, vocab: int, k: int, at
         TensorSpec(DRAFT_IDS, "int64", (BATCH, k)),
         TensorSpec(DRAFT_LOGITS, "float32", (BATCH, k, vocab)),
     ) + _cache_outputs(layers, kv_heads, head_dim, attention)
-    return GraphSpec(DRAFT, _common_inputs(layers, kv_heads, head_dim, attention), outputs)
+    return GraphSpec(DRAFT, _common_inputs(layers, kv_heads, head_dim, attention), outputs, attention)
 
 
 def graph_spec_from_dict(role: str, data: dict) -> GraphSpec:
     def tensors(items):
         return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["dims"])) for t in items)
 
-    return GraphSpec(role, tensors(data["inputs"]), tensors(data["outputs"]))
+    attention = data.get("attention", "")
+    if attention and attention not in ATTENTIONS:
+        raise ValueError(f"io.attention {attention!r} (expected {', '.join(ATTENTIONS)})")
+    return GraphSpec(role, tensors(data["inputs"]), tensors(data["outputs"]), attention)

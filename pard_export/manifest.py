@@ -53,12 +53,19 @@ class Manifest:
     tools: dict[str, str] = field(default_factory=dict)
     format: str = FORMAT
     attention: str = PLAIN  # the graphs' attention flavour (contract.py); absent in engines built before plugins
+    # role -> its weight-only quantization (export/quantize.py QuantScheme.to_dict(): name, bits, block_size,
+    # accuracy_level, symmetric, head_quantized); a role left out is float; absent in engines built before it
+    quantization: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["eos_token_ids"] = list(self.eos_token_ids)
         data["models"] = {role: entry.to_dict() for role, entry in self.models.items()}
         return data
+
+
+def graph_file(role: str) -> str:
+    return f"{role}.onnx"
 
 
 def sha256_of(path: Path) -> str:
@@ -129,6 +136,17 @@ def _attention(value) -> str:
     return value
 
 
+def _quantization(value, models: dict) -> dict[str, dict]:
+    if not isinstance(value, dict):
+        raise TypeError("quantization is not an object")
+    for role, scheme in value.items():
+        if role not in models:
+            raise ValueError(f"quantization.{role} (expected one of the models: {', '.join(models)})")
+        if not (isinstance(scheme, dict) and isinstance(scheme.get("name"), str) and isinstance(scheme.get("bits"), int)):
+            raise ValueError(f"quantization.{role} (expected an object with a name and bits)")
+    return {role: dict(scheme) for role, scheme in value.items()}
+
+
 def _from_dict(data: dict) -> Manifest:
     if not isinstance(data, dict):
         raise TypeError("top level is not an object")
@@ -151,4 +169,5 @@ def _from_dict(data: dict) -> Manifest:
         models=models,
         files={name: FileEntry(**entry) for name, entry in data["files"].items()},
         tools=dict(data.get("tools", {})),
+        quantization=_quantization(data.get("quantization", {}), models),
     )

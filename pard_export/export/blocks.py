@@ -143,14 +143,17 @@ def split_layer_weights(names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[
 
 
 class PluginAttentionInputs(nn.Module):
-    """Plugin flavour, one layer up to its PardAttention node: q [B, S, Hq, D], k and v [B, S, Hkv, D]."""
+    """Plugin flavour, one layer up to its PardAttention node: q [B, S, Hq, D], k and v [B, S, Hkv, D]; with
+    heads_first (inplace flavour: the caches' layout) q [B, Hq, S, D], k and v [B, Hkv, S, D]."""
 
-    def __init__(self, arch: ArchSpec, weight_names: tuple[str, ...]):
+    def __init__(self, arch: ArchSpec, weight_names: tuple[str, ...], heads_first: bool = False):
         super().__init__()
-        self.arch, self.weight_names = arch, weight_names
+        self.arch, self.weight_names, self.heads_first = arch, weight_names, heads_first
 
     def forward(self, hidden, cos, sin, *weights):
         q, k, v = attention_inputs(self.arch, hidden, cos, sin, dict(zip(self.weight_names, weights)))
+        if self.heads_first:
+            return q, k, v
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 

@@ -10,19 +10,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import __version__
-from ..contract import ATTENTIONS, DRAFT, DRAFT_AR, PLAIN, PLUGIN, TARGET, GraphSpec
+from ..contract import ATTENTIONS, DRAFT, DRAFT_AR, INPLACE, PLAIN, PLUGIN, TARGET, GraphSpec
 from ..errors import PardExportError
 from ..files import staging_dir
-from ..manifest import TOKENIZER_DIR, Manifest, ModelEntry, hash_files, write_manifest
+from ..manifest import TOKENIZER_DIR, Manifest, ModelEntry, graph_file, hash_files, write_manifest
 from . import checks
 from .arch import ArchSpec
+from .quantize import (DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK_SIZE, INT8_ACTIVATIONS, QuantScheme, quant_scheme,
+                       quantize_graph)
 from .sources import ModelSource, resolve_pair
 
 BACKENDS = ("onnxruntime", "tensorrt")
 DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_MAX_SEQ_LEN = 8192
 _TOOLS = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "onnxruntime-extensions", "tensorrt", "triton")
-_STAGES = ("check", "load", "export target", "export draft", "compile", "manifest")
+_STAGES = ("check", "load", "export target", "export draft", "quantize", "compile", "manifest")
 
 
 def build(
@@ -42,19 +44,30 @@ def build(
     opt_batch: int = 1,
     prefill_chunk: int = 512,
     timing_cache: str | Path | None = None,
+    quantize: str | None = None,
+    draft_quantize: str | None = None,
+    keep_head_float: bool = False,
+    quant_block_size: int = DEFAULT_BLOCK_SIZE,
+    quant_accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
     progress: bool = True,
 ) -> Path:
     """Export target.onnx and draft.onnx (k fixed mask slots) into an engine directory; returns its path.
     with_ar_draft adds draft_ar.onnx, the draft as a plain AR model, for the ar-draft baseline. attention="plugin"
-    exports the PardAttention flavour (preallocated KV buffers, contract.py) instead of the plain graphs (default:
-    plain for onnxruntime, plugin for tensorrt, which runs only that flavour).
+    exports the PardAttention flavour (preallocated KV buffers, contract.py) instead of the plain graphs;
+    attention="inplace" (the onnxruntime default) exports graphs that write their new KV rows into buffers the
+    runtime binds in place and attend over them (TensorScatter); tensorrt runs only the plugin flavour.
     backend="tensorrt" exports that flavour and builds draft.plan / target.plan for batches up to max_batch and calls
     of up to prefill_chunk tokens, its kernels and plugin tactics tuned for batch opt_batch, reusing the TensorRT
-    timing cache file `timing_cache` if given."""
+    timing cache file `timing_cache` if given.
+    quantize="int4"|"int8" (onnxruntime only) stores the target's linear weights, LM head included unless
+    keep_head_float, as MatMulNBits blocks of quant_block_size with one scale each (export/quantize.py); the draft and
+    draft_ar follow draft_quantize (None: the same as the target; "none": float)."""
     checks.check_k(k)
     _check_choice("backend", backend, BACKENDS)
     _check_choice("dtype", dtype, DTYPES)
     attention = _attention_for(backend, attention)
+    schemes = _quant_schemes(backend, attention, quantize, draft_quantize, keep_head_float, quant_block_size,
+                             quant_accuracy_level)
     if attention == PLUGIN and backend == "onnxruntime" and dtype != "float32":
         raise PardExportError(
             "plugin-attention engines run on ONNX Runtime in float32 only (onnxruntime-extensions' Python ops have no "
@@ -71,8 +84,9 @@ def build(
         if not 1 <= opt_batch <= max_batch:
             raise PardExportError(f"--opt-batch {opt_batch} must lie between 1 and --max-batch {max_batch}")
         check_tensorrt_build(dtype)  # TensorRT importable, fp16/bf16: before anything is loaded or written
-    flavour = "-plugin" if attention == PLUGIN else ""
-    out = Path(out) if out else Path("engines") / f"{_short_name(target)}-k{k}-{backend}{flavour}"
+    flavour = {PLUGIN: "-plugin", PLAIN: "-plain"}.get(attention, "")  # inplace, the onnxruntime default: none
+    name = f"{_short_name(target)}-k{k}-{backend}{flavour}{_quant_suffix(schemes)}"
+    out = Path(out) if out else Path("engines") / name
     if out.exists() and any(out.iterdir()) and not force:
         raise PardExportError(f"{out} exists and is not empty; pass --force to replace it or choose another --out")
     with _stages(progress) as stage:
@@ -81,6 +95,7 @@ def build(
         with staging_dir(out) as staging:
             plans: dict[str, str] = {}  # role -> plan file (tensorrt)
             specs = _export_pair(pair, staging, stage, k, dtype, with_ar_draft, attention)
+            _quantize_graphs(staging, stage, schemes, specs)
             stage("compile")
             if backend == "tensorrt":
                 sizes = dict(max_batch=max_batch, opt_batch=opt_batch, prefill_chunk=prefill_chunk)
@@ -91,7 +106,9 @@ def build(
             pair.target_tokenizer.save_pretrained(staging / TOKENIZER_DIR)
             if not (staging / TOKENIZER_DIR / "tokenizer.json").is_file():
                 raise PardExportError("the target's tokenizer has no fast (tokenizer.json) form, which the runtime needs")
-            write_manifest(staging, _manifest(pair, specs, staging, k, dtype, backend, attention, plans))
+            manifest = _manifest(pair, specs, staging, k, dtype, backend, attention, plans)
+            quantized = {role: scheme.to_dict() for role, scheme in schemes.items() if role in specs}
+            write_manifest(staging, replace(manifest, quantization=quantized))
     return out
 
 
@@ -145,15 +162,49 @@ def _export_pair(pair: _Pair, staging: Path, stage, k: int, dtype: str, with_ar_
     target_model = pair.target.load_model(torch_dtype)
     draft_model = target_model if pair.draft == pair.target else pair.draft.load_model(torch_dtype)
     stage("export target")
-    target_io = export_target(target_model, pair.target_arch, staging / f"{TARGET}.onnx", attention=attention)
+    target_io = export_target(target_model, pair.target_arch, staging / graph_file(TARGET), attention=attention)
     stage("export draft")
     specs = {TARGET: target_io}
-    specs[DRAFT] = export_draft(draft_model, pair.draft_arch, staging / f"{DRAFT}.onnx", k=k, vocab=pair.vocab,
+    specs[DRAFT] = export_draft(draft_model, pair.draft_arch, staging / graph_file(DRAFT), k=k, vocab=pair.vocab,
                                 mask_id=pair.mask_id, attention=attention)
     if with_ar_draft:
-        specs[DRAFT_AR] = export_target(draft_model, pair.draft_arch, staging / f"{DRAFT_AR}.onnx", role=DRAFT_AR,
+        specs[DRAFT_AR] = export_target(draft_model, pair.draft_arch, staging / graph_file(DRAFT_AR), role=DRAFT_AR,
                                         attention=attention)
     return specs
+
+
+def _quant_schemes(backend: str, attention: str, quantize: str | None, draft_quantize: str | None,
+                   keep_head_float: bool, block_size: int, accuracy_level: int) -> dict[str, QuantScheme]:
+    """role -> its weight quantization, checked before anything is loaded; a role left out stays float. draft_ar
+    follows the draft."""
+    settings = dict(block_size=block_size, accuracy_level=accuracy_level, keep_head_float=keep_head_float)
+    target = quant_scheme(quantize, **settings)
+    draft = quant_scheme(quantize if draft_quantize is None else draft_quantize, flag="--draft-quantize", **settings)
+    if (target or draft) and backend != "onnxruntime":
+        raise PardExportError(f"--quantize is not supported for {backend} plans: it makes ONNX Runtime MatMulNBits "
+                              "graphs; use --backend onnxruntime")
+    if keep_head_float and not (target or draft):
+        raise PardExportError("--keep-head-float applies to quantized graphs; add --quantize int4 or int8")
+    if target and target.accuracy_level == INT8_ACTIVATIONS and attention == PLAIN:
+        raise PardExportError("a plain-attention target with int8 activations (--quant-accuracy-level 4) would make "
+                              "greedy pard part from ar; use --attention inplace or --quant-accuracy-level 0")
+    return {role: scheme for role, scheme in ((TARGET, target), (DRAFT, draft), (DRAFT_AR, draft)) if scheme}
+
+
+def _quant_suffix(schemes: dict[str, QuantScheme]) -> str:
+    """The default --out's tail: -int4 (both quantized alike), -int4-draft-float, -draft-int8, ..."""
+    target, draft = (schemes[role].name if role in schemes else None for role in (TARGET, DRAFT))
+    if target == draft:
+        return f"-{target}" if target else ""
+    return (f"-{target}" if target else "") + f"-draft-{draft or 'float'}"
+
+
+def _quantize_graphs(staging: Path, stage, schemes: dict[str, QuantScheme], specs: dict[str, GraphSpec]) -> None:
+    """Quantize the exported graph of each role in `schemes`."""
+    stage("quantize")
+    for role, scheme in schemes.items():
+        if role in specs:
+            quantize_graph(staging / graph_file(role), scheme)
 
 
 def _compile_onnxruntime(staging: Path, specs: dict[str, GraphSpec]) -> None:
@@ -161,20 +212,21 @@ def _compile_onnxruntime(staging: Path, specs: dict[str, GraphSpec]) -> None:
     import onnxruntime as ort
 
     for role, spec in specs.items():
+        file = graph_file(role)
         options = ort.SessionOptions()  # one per graph: a plugin graph registers the custom op library into it
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             if spec.attention == PLUGIN:
                 from plugins.pard_attention.onnxruntime_op import inference_session
 
-                inference_session(staging / f"{role}.onnx", options, ["CPUExecutionProvider"])
+                inference_session(staging / file, options, ["CPUExecutionProvider"])
             else:
-                ort.InferenceSession(str(staging / f"{role}.onnx"), options, providers=["CPUExecutionProvider"])
+                ort.InferenceSession(str(staging / file), options, providers=["CPUExecutionProvider"])
         except ImportError as e:
             raise PardExportError(f"plugin-attention graphs need onnxruntime-extensions to load on ONNX Runtime ({e}); "
                                   "pip install onnxruntime-extensions") from e
         except Exception as e:  # onnxruntime raises its own exception types without a common base
-            raise PardExportError(f"ONNX Runtime cannot load the exported {role} graph: {str(e).splitlines()[0]}") from e
+            raise PardExportError(f"ONNX Runtime cannot load the exported {file}: {str(e).splitlines()[0]}") from e
 
 
 def _compile_tensorrt(staging: Path, specs: dict[str, GraphSpec], pair: _Pair, k: int, dtype: str, sizes: dict,
@@ -213,7 +265,7 @@ def _model_entry(source: ModelSource, arch: ArchSpec, io: GraphSpec) -> ModelEnt
     return ModelEntry(
         source=source.spec,
         revision=source.revision,
-        file=f"{io.role}.onnx",
+        file=graph_file(io.role),
         architecture=arch.model_type,
         layers=arch.layers,
         kv_heads=arch.kv_heads,
@@ -250,10 +302,11 @@ def _short_name(target: str) -> str:
 
 
 def _attention_for(backend: str, attention: str | None) -> str:
-    """The graphs' flavour: plain for ONNX Runtime unless asked; TensorRT runs the PardAttention flavour only
+    """The graphs' flavour: inplace for ONNX Runtime unless asked (as fast as plain on CPU, and lossless with int8
+    activations: export/quantize.py); TensorRT runs the PardAttention flavour only
     (plugins/pard_attention/tensorrt_plugin.py)."""
     if attention is None:
-        return PLUGIN if backend == "tensorrt" else PLAIN
+        return PLUGIN if backend == "tensorrt" else INPLACE
     _check_choice("attention", attention, ATTENTIONS)
     if backend == "tensorrt" and attention != PLUGIN:
         raise PardExportError("the tensorrt backend builds plugin-attention graphs only; pass --attention plugin "

@@ -1,7 +1,9 @@
 """Export the target and draft graphs of design §4: trace each block once, stitch, write the weights.
 
 Plain flavour: prologue, L copies of one traced decoder layer, head. Plugin flavour (contract.py): each layer is
-two traced halves with a pard::PardAttention node between them (plugins/pard_attention/schema.py).
+two traced halves with a pard::PardAttention node between them (plugins/pard_attention/schema.py). Inplace flavour:
+the same halves around a block of standard ops that writes the new KV rows into the buffers and attends over them
+(inplace_attention.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..contract import (
     ATTENTION_MASK,
     DRAFT_IDS,
     DRAFT_LOGITS,
+    INPLACE,
     INPUT_IDS,
     LOGITS,
     PAST_LEN,
@@ -56,10 +59,10 @@ from .blocks import (
 )
 from .onnx_file import ONNX_DTYPES, save_with_weights
 from .pard_draft import draft_to_target
-from .stitch import Placement, stitch
+from . import inplace_attention
+from .stitch import Placement, block_model, stitch
 
 _EXAMPLE_BATCH, _EXAMPLE_NEW, _EXAMPLE_PAST = 2, 5, 7  # distinct and >= 2, so nothing specialises
-_MIN_IR_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -93,15 +96,15 @@ def _export(model, arch: ArchSpec, path: Path, flavour: _Flavour) -> GraphSpec:
     head_rows = draft_to_target(model)  # a trimmed draft head: the target id of each row
     if head_rows is not None:
         weights[HEAD_ROWS] = head_rows
-    plugin = flavour.spec.attention == PLUGIN
+    buffered = flavour.spec.buffered
     examples = _Examples(arch, model.dtype, new=_EXAMPLE_NEW + flavour.mask_slots)
     head_wiring = {"hidden": f"hidden_states.{arch.layers}", "norm": names.norm, "lm": names.lm_head}
     if head_rows is not None:
         head_wiring["rows"] = HEAD_ROWS
     placements = [
         Placement(_trace_prologue(model, flavour, examples, weights[names.embed]), "prologue",
-                  _interface(_prologue_wiring(names, plugin))),
-        *(_plugin_layers if plugin else _plain_layers)(model, arch, flavour, examples, weights),
+                  _interface(_prologue_wiring(names, buffered))),
+        *(_buffered_layers if buffered else _plain_layers)(model, arch, flavour, examples, weights),
         Placement(_trace_head(flavour, examples, weights, names), "head",
                   _interface(head_wiring | {n: n for n in flavour.head_outputs})),
     ]
@@ -109,15 +112,15 @@ def _export(model, arch: ArchSpec, path: Path, flavour: _Flavour) -> GraphSpec:
     spec = flavour.spec
     graph = stitch(placements, _value_infos(spec.inputs, dtype), _value_infos(spec.outputs, dtype), spec.role)
     save_with_weights(graph, path, weights)
-    if plugin:
+    if flavour.spec.attention == PLUGIN:
         register_schema()
     onnx.checker.check_model(str(path))
     return spec
 
 
-def _prologue_wiring(names: WeightNames, plugin: bool) -> dict[str, str]:
+def _prologue_wiring(names: WeightNames, buffered: bool) -> dict[str, str]:
     wiring = {INPUT_IDS: INPUT_IDS, POSITION_IDS: POSITION_IDS, "embed": names.embed, "hidden": "hidden_states.0"}
-    if plugin:
+    if buffered:
         return wiring | {"cos": _SHARED_BY_LAYERS["cos"], "sin": _SHARED_BY_LAYERS["sin"]}
     return wiring | {ATTENTION_MASK: ATTENTION_MASK} | _SHARED_BY_LAYERS
 
@@ -125,7 +128,7 @@ def _prologue_wiring(names: WeightNames, plugin: bool) -> dict[str, str]:
 def _trace_prologue(model, flavour: _Flavour, examples: _Examples, embed) -> onnx.ModelProto:
     rotary = model.model.rotary_emb
     settings = (rotary.inv_freq, float(rotary.attention_scaling), model.dtype, flavour.mask_slots, flavour.mask_id)
-    if flavour.spec.attention == PLUGIN:
+    if flavour.spec.buffered:
         ids, positions, _, embed = examples.prologue(embed)
         dims = examples.prologue_dims()
         return _trace(PluginPrologue(*settings), (ids, positions, embed), [INPUT_IDS, POSITION_IDS, "embed"],
@@ -152,28 +155,37 @@ def _plain_layers(model, arch: ArchSpec, flavour: _Flavour, examples: _Examples,
     return [Placement(layer, f"layers.{j}", _interface(_layer_wiring(j, layer_params))) for j in range(arch.layers)]
 
 
-def _plugin_layers(model, arch: ArchSpec, flavour: _Flavour, examples: _Examples, weights) -> list[Placement]:
-    """Per layer: the traced half before attention, a PardAttention node, the traced half after it."""
+def _buffered_layers(model, arch: ArchSpec, flavour: _Flavour, examples: _Examples, weights) -> list[Placement]:
+    """Per layer: the traced half before attention, attention over the layer's KV buffers (a PardAttention node, or
+    the inplace flavour's scatter-and-attend block), the traced half after it."""
+    inplace = flavour.spec.attention == INPLACE
     before, after = split_layer_weights(_layer_param_names(model))
     first = {n: weights[f"model.layers.0.{n}"] for n in before + after}  # traced with layer 0's weights
-    inputs = _trace(PluginAttentionInputs(arch, before), examples.attention_inputs([first[n] for n in before]),
+    inputs = _trace(PluginAttentionInputs(arch, before, heads_first=inplace),
+                    examples.attention_inputs([first[n] for n in before]),
                     ["hidden", "cos", "sin", *before], ["q", "k", "v"], examples.attention_inputs_dims(len(before)))
     outputs = _trace(PluginAttentionOutputs(arch, after), examples.attention_outputs([first[n] for n in after]),
                      ["hidden", "attended", *after], ["hidden_out"], examples.attention_outputs_dims(len(after)))
-    node = _attention_node_block(arch, ONNX_DTYPES[model.dtype])
-    placements = []
+    dtype = ONNX_DTYPES[model.dtype]
+    placements, shared = [], {}
+    if inplace:
+        node, shared = inplace_attention.layer_block(arch, dtype), inplace_attention.SHARED
+        placements.append(Placement(inplace_attention.mask_block(arch, dtype), "attention_mask",
+                                    _interface(inplace_attention.mask_wiring(kv_cache_name(0, "key")))))
+    else:
+        node = _attention_node_block(arch, dtype)
     for j in range(arch.layers):
         wiring = _plugin_layer_wiring(j, before, after)
         placements += [
             Placement(inputs, f"layers.{j}.before_attention", _interface(wiring[0])),
-            Placement(node, f"layers.{j}.attention", _interface(wiring[1])),
+            Placement(node, f"layers.{j}.attention", _interface(wiring[1] | shared)),
             Placement(outputs, f"layers.{j}.after_attention", _interface(wiring[2])),
         ]
     return placements
 
 
 def _plugin_layer_wiring(j: int, before: tuple[str, ...], after: tuple[str, ...]) -> tuple[dict[str, str], ...]:
-    """Wiring of layer j's three plugin-flavour blocks: before attention, the PardAttention node, after it."""
+    """Wiring of layer j's three buffered-flavour blocks: before attention, the attention node, after it."""
     q, k, v, out = (f"layers.{j}.attention.{name}" for name in ("q", "k", "v", "out"))
     hidden, shared = f"hidden_states.{j}", _SHARED_BY_LAYERS
     before_wiring = {"hidden": hidden, "cos": shared["cos"], "sin": shared["sin"], "q": q, "k": k, "v": v}
@@ -198,9 +210,7 @@ def _attention_node_block(arch: ArchSpec, dtype: int) -> onnx.ModelProto:
         [onnx.helper.make_tensor_value_info(f"io.{n}", elem[n], None) for n in ATTENTION_INPUTS],
         [onnx.helper.make_tensor_value_info(f"io.{n}", elem[n], None) for n in ATTENTION_OUTPUTS],
     )
-    block = onnx.helper.make_model(graph, opset_imports=[opset_import()])
-    block.ir_version = _MIN_IR_VERSION  # the stitched graph takes the highest of its blocks'
-    return block
+    return block_model(graph, [opset_import()])
 
 
 def _trace_head(flavour: _Flavour, examples: _Examples, weights, names: WeightNames) -> onnx.ModelProto:
@@ -288,9 +298,10 @@ class _Examples:
         rope = torch.zeros(self.b, 1, self.s, self.arch.head_dim, dtype=self.dtype)
         return (self.hidden(), rope, rope.clone(), *weights)
 
-    def attention_outputs(self, weights):
+    def attention_outputs(self, weights, flat_heads: bool = False):
         a = self.arch
-        return (self.hidden(), torch.zeros(self.b, self.s, a.q_heads, a.head_dim, dtype=self.dtype), *weights)
+        heads = (a.q_heads * a.head_dim,) if flat_heads else (a.q_heads, a.head_dim)
+        return (self.hidden(), torch.zeros(self.b, self.s, *heads, dtype=self.dtype), *weights)
 
     @staticmethod
     def attention_inputs_dims(n_weights: int):

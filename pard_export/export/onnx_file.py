@@ -37,3 +37,51 @@ def _external_tensor(name: str, tensor: torch.Tensor, location: str, offset: int
         entry = proto.external_data.add()
         entry.key, entry.value = key, value
     return proto
+
+
+def save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Save `model` as `path` with the bytes of every initializer of at least 1 KiB moved, page-aligned, into
+    `<path>.data` (replacing that file, which the model may still point into), emptying each one's inline data as it
+    is written. Smaller ones stay inline: shape constants must, for ONNX Runtime's shape inference."""
+    data_name = f"{path.name}.data"
+    staged = path.parent / f"{data_name}.tmp"
+    offset = 0
+    with open(staged, "wb") as data:
+        for tensor in model.graph.initializer:
+            if tensor.data_type == onnx.TensorProto.STRING:
+                continue  # strings cannot be external
+            raw = _tensor_bytes(path.parent, tensor)
+            if len(raw) < _INLINE_BELOW:
+                if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                    tensor.data_location = onnx.TensorProto.DEFAULT
+                    del tensor.external_data[:]
+                    tensor.raw_data = raw
+                continue
+            for field in _INLINE_FIELDS:
+                tensor.ClearField(field)
+            offset += data.write(b"\0" * (-offset % _ALIGN))
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            offset += data.write(raw)
+    staged.replace(path.parent / data_name)
+    onnx.save_model(model, path)
+
+
+_INLINE_BELOW = 1024  # bytes
+_INLINE_FIELDS = ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+
+
+def _tensor_bytes(folder: Path, tensor: onnx.TensorProto) -> bytes:
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        where = {entry.key: entry.value for entry in tensor.external_data}
+        with open(folder / where["location"], "rb") as f:
+            f.seek(int(where.get("offset", 0)))
+            return f.read(int(where["length"])) if "length" in where else f.read()
+    if tensor.HasField("raw_data"):
+        return tensor.raw_data
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(numpy_helper.to_array(tensor)).raw_data  # typed fields -> raw bytes

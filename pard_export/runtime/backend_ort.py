@@ -1,4 +1,11 @@
-"""The ONNX Runtime adapter: one InferenceSession per graph, created once per Session."""
+"""The ONNX Runtime adapter: one InferenceSession per graph, created once per Session.
+
+An inplace-flavour graph (contract.py) owns its caches (BoundKV): one OrtValue [B, Hkv, C, D] per kv_cache.* input
+(on the device under the CUDA execution provider), bound with IO binding as that input and as its kv_cache_out.*
+output, so TensorScatter writes the new rows into the buffer that attention reads. A call binds only input_ids,
+position_ids and past_len and fetches only the other outputs: no KV is copied or allocated per step. Attention
+reads all C rows, so C starts small and grows (one copy each time, geometrically: amortised) as the rows need.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..contract import PLUGIN, GraphSpec
+from ..contract import INPLACE, PLUGIN, GraphSpec
 from ..errors import EngineError
 
 _NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
@@ -45,15 +52,60 @@ class OrtGraph:
         if past.type not in _NUMPY_DTYPES:
             raise EngineError(f"{path}: KV cache type {past.type} is not supported by the onnxruntime runtime on this host")
         self.kv_dtype = _NUMPY_DTYPES[past.type]
+        self.kv_in_place = spec.attention == INPLACE
+        self._spec, self._kv, self._bindings, self._bound_values = spec, None, {}, None
         self.busy_s = 0.0  # time inside onnxruntime, for measuring the runtime's own overhead
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
 
     def run(self, feeds: dict[str, np.ndarray], skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
         """Outputs by name; those in `skip` are left out (ONNX Runtime then skips the nodes only they need)."""
         names = [n for n in self.output_names if n not in skip] if skip else self.output_names
         start = time.perf_counter()
-        outputs = self.session.run(names, feeds)
+        if self.kv_in_place:
+            outputs = self._run_bound(feeds, skip)
+        else:
+            outputs = dict(zip(names, self.session.run(names, feeds)))
         self.busy_s += time.perf_counter() - start
-        return dict(zip(names, outputs))
+        return outputs
+
+    def kv_store(self, kv_heads: int, head_dim: int, capacity: int) -> BoundKV:
+        """The inplace flavour's caches, up to `capacity` rows per sequence."""
+        assert self.kv_in_place, "only inplace-flavour graphs keep their caches"
+        self._kv = BoundKV(self._spec.past_names, (kv_heads, head_dim), capacity, self.kv_dtype, self._device())
+        return self._kv
+
+    def _run_bound(self, feeds: dict[str, np.ndarray], skip: tuple[str, ...]) -> dict[str, np.ndarray]:
+        assert self._kv is not None, "kv_store() makes the caches before the first call"
+        if self._kv.values is not self._bound_values:  # new buffers (a new batch, growth): bind them afresh
+            self._bindings, self._bound_values = {}, self._kv.values
+        binding, fetched = self._binding(skip)
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name in fetched:  # again every call: a bound output keeps its last shape, which S changes
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        values = binding.get_outputs()  # in binding order: the fetched outputs first, then the caches
+        return {name: values[i].numpy() for i, name in enumerate(fetched)}
+
+    def _binding(self, skip: tuple[str, ...]):
+        """One IO binding per set of fetched outputs, its caches bound once (the same OrtValues every call)."""
+        if skip not in self._bindings:
+            binding = self.session.io_binding()
+            kv_outputs = set(self._spec.present_names)
+            fetched = [n for n in self.output_names if n not in skip and n not in kv_outputs]
+            for name in fetched:
+                binding.bind_output(name, "cpu")
+            for past, present, value in zip(self._spec.past_names, self._spec.present_names, self._kv.values):
+                binding.bind_ortvalue_input(past, value)
+                binding.bind_ortvalue_output(present, value)
+            self._bindings[skip] = (binding, fetched)
+        return self._bindings[skip]
+
+    def _device(self) -> str:
+        return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
 
 
 def _inference_session(path: Path, spec: GraphSpec, options: ort.SessionOptions, providers: list[str]):
@@ -69,3 +121,54 @@ def _check_io(path: Path, session: ort.InferenceSession, spec: GraphSpec) -> Non
     expected = ([t.name for t in spec.inputs], [t.name for t in spec.outputs])
     if found != expected:
         raise EngineError(f"{path} does not have the inputs/outputs its manifest declares; rebuild the engine")
+
+
+class BoundKV:
+    """The caches of one inplace graph (a KVStore): an OrtValue [B, Hkv, C, D] per kv_cache.* input, bound by the
+    graph as both that input and its kv_cache_out.* output. C grows with the rows (`reserve`), up to `capacity`."""
+
+    def __init__(self, names: Sequence[str], head_shape: tuple[int, int], capacity: int, dtype, device: str):
+        self.names, self.head_shape, self.capacity = list(names), head_shape, capacity  # head_shape (Hkv, D)
+        self.dtype, self.device = dtype, device
+        self.start(1)
+
+    @property
+    def rows(self) -> int:
+        return self._arrays[0].shape[2]
+
+    def start(self, batch: int) -> None:
+        self._allocate([np.zeros((batch, self.head_shape[0], 0, self.head_shape[1]), self.dtype)] * len(self.names))
+
+    def reserve(self, rows: int) -> None:
+        """Room for `rows` rows per sequence: grown by at least half (and to a multiple of _GROWTH_ROWS), so a
+        generation copies its cache O(log length) times."""
+        if rows > self.rows:
+            grown = -(-max(rows, self.rows * 3 // 2) // _GROWTH_ROWS) * _GROWTH_ROWS
+            self._allocate(self._host_arrays(), min(self.capacity, grown))
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def update(self, outputs: dict[str, np.ndarray]) -> None:
+        pass
+
+    def keep(self, rows: np.ndarray) -> None:
+        self._allocate([a[rows] for a in self._host_arrays()])
+
+    def _allocate(self, contents: list[np.ndarray], rows: int | None = None) -> None:
+        """New buffers holding `contents` (their rows first), `rows` rows each (default: as many as they hold)."""
+        batch, heads, held, dim = contents[0].shape
+        shape = (batch, heads, max(held, rows or 0), dim)
+        self._arrays = []
+        for old in contents:
+            new = np.zeros(shape, dtype=self.dtype)  # zeroed pages are only touched once written
+            new[:, :, :held] = old
+            self._arrays.append(new)
+        # On the CPU an OrtValue wraps the numpy array (the same memory); elsewhere it is a device copy.
+        self.values = [ort.OrtValue.ortvalue_from_numpy(a, self.device, 0) for a in self._arrays]
+
+    def _host_arrays(self) -> list[np.ndarray]:
+        return self._arrays if self.device == "cpu" else [v.numpy() for v in self.values]
+
+
+_GROWTH_ROWS = 256

@@ -185,6 +185,10 @@ class TrtGraph:
         _check(self._cuda.cudaMemsetAsync(pointer, 0, nbytes, self._stream))
         return pointer
 
+    @property
+    def providers(self) -> list[str]:
+        return ["TensorRT"]
+
     def kv_store(self, kv_heads: int, head_dim: int, capacity: int) -> DeviceKV:
         """The static device caches [max_batch, Hkv, C, D] (plugin flavour), allocated on the first call."""
         assert self.kv_in_place, "only plugin-flavour plans keep their caches"

@@ -13,18 +13,22 @@ from __future__ import annotations
 import numpy as np
 
 from ..contract import ATTENTION_MASK, INPUT_IDS, POSITION_IDS, GraphSpec
-from .backend_ort import OrtGraph
+from .interfaces import Graph
 
 _MAX_HOLE_FRACTION = 0.25
 _MIN_HOLE_SLACK = 64
 
 
 class BatchCache:
-    def __init__(self, graph: OrtGraph, spec: GraphSpec, kv_heads: int, head_dim: int):
+    def __init__(self, graph: Graph, spec: GraphSpec, kv_heads: int, head_dim: int):
         self.graph = graph
         self.past_names, self.present_names = spec.past_names, spec.present_names
         self.kv_heads, self.head_dim = kv_heads, head_dim
         self.start(1)
+
+    @property
+    def graphs(self) -> list[Graph]:
+        return [self.graph]
 
     def start(self, batch: int) -> None:
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.graph.kv_dtype)

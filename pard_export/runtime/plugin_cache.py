@@ -1,4 +1,5 @@
-"""A plugin-flavour graph (contract.py) and its preallocated KV buffers for B rows: BatchCache's methods, no holes.
+"""A buffered graph (plugin or inplace flavour, contract.py) and its preallocated KV buffers for B rows: BatchCache's
+methods, no holes.
 
 Each row's real tokens fill cache rows 0 .. lengths[b]-1; PardAttention writes a call's S new tokens at
 past_len[b] .. past_len[b]+S-1 and query i sees rows 0 .. past_len[b]+i. Rejecting drafts only lowers lengths:
@@ -17,7 +18,9 @@ PluginCache keeps the tokens and lengths (the bookkeeping above); where the buff
 store's business, chosen by the graph (one code path for both):
 - HostKV, for graphs that return the updated caches as new arrays (ONNX Runtime: kv_cache_out.*): numpy buffers fed
   as the kv_cache.* inputs of every call and replaced by its kv_cache_out.* outputs.
-- GraphKV, for graphs that update their caches in place (`graph.kv_in_place`; TensorRT: backend_trt.DeviceKV): the
+- graph-owned stores, for graphs that update their caches in place (`graph.kv_in_place`): ONNX Runtime's inplace
+  flavour binds OrtValues that grow with the rows (backend_ort.BoundKV); GraphKV, for TensorRT (backend_trt.DeviceKV):
+  the
   graph owns static buffers [max_batch, Hkv, C, D] and runs on the first B rows; no KV goes in or comes out of a
   call, `start` only sets B, and rows leaving the batch are moved down inside the buffers.
 """
@@ -25,23 +28,23 @@ store's business, chosen by the graph (one code path for both):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 
 from ..contract import DRAFT_IDS, DRAFT_LOGITS, INPUT_IDS, LOGITS, PAST_LEN, POSITION_IDS, GraphSpec
 from ..errors import GenerationError
-from .backend_ort import OrtGraph
+from .interfaces import Graph, KVStore
 
 PAD_ID = 0  # any id: pads only ever sit above a row's real tokens
 
 
 class PluginCache:
-    def __init__(self, graph: OrtGraph, spec: GraphSpec, kv_heads: int, head_dim: int, capacity: int):
+    def __init__(self, graph: Graph, spec: GraphSpec, kv_heads: int, head_dim: int, capacity: int):
         self.graph = graph
         self.kv_heads, self.head_dim, self.capacity = kv_heads, head_dim, capacity
-        # An in-place graph (TensorRT) owns its caches; otherwise they live here and go in and out of every call.
-        self.kv: KVStore = (graph.kv_store(kv_heads, head_dim, capacity) if getattr(graph, "kv_in_place", False)
+        # An in-place graph (TensorRT, ONNX Runtime's inplace flavour) owns its caches; otherwise they live here and
+        # go in and out of every call.
+        self.kv: KVStore = (graph.kv_store(kv_heads, head_dim, capacity) if graph.kv_in_place
                             else HostKV(spec.past_names, spec.present_names, (kv_heads, capacity, head_dim),
                                         graph.kv_dtype))
         drafts = [t.dims[1] for t in spec.outputs if t.name == DRAFT_IDS]
@@ -50,6 +53,10 @@ class PluginCache:
         self.ends_aligned = bool(drafts)
         self.mask_slots = int(drafts[0]) - 1 if drafts else 0
         self.start(1)
+
+    @property
+    def graphs(self) -> list[Graph]:
+        return [self.graph]
 
     def start(self, batch: int) -> None:
         self.kv.start(batch)
@@ -89,27 +96,12 @@ class PluginCache:
     def _run(self, ids: np.ndarray, past: np.ndarray, skip: tuple[str, ...]) -> dict[str, np.ndarray]:
         if (past + ids.shape[1] + self.mask_slots > self.capacity).any():  # the op would answer NaN, not fail
             raise AssertionError(f"a row outgrows the {self.capacity}-row KV cache; Session limits lengths so it cannot")
+        self.kv.reserve(int((past + ids.shape[1] + self.mask_slots).max()))
         positions = past[:, None] + np.arange(ids.shape[1])  # [B, S]
         feeds = {INPUT_IDS: ids, POSITION_IDS: positions, PAST_LEN: past.astype(np.int32)}
         outputs = self.graph.run(feeds | self.kv.feeds(), skip)
         self.kv.update(outputs)
         return outputs
-
-
-class KVStore(Protocol):
-    """Where a plugin graph's caches [B, Hkv, C, D] live (one per kv_cache.* input)."""
-
-    def start(self, batch: int) -> None:
-        """B fresh rows (their old contents are never read: past_len starts at 0)."""
-
-    def feeds(self) -> dict[str, np.ndarray]:
-        """The cache inputs a call needs from the host ({} where the graph keeps them)."""
-
-    def update(self, outputs: dict[str, np.ndarray]) -> None:
-        """Take a call's updated caches from its outputs (nothing to do where the graph updated them in place)."""
-
-    def keep(self, rows: np.ndarray) -> None:
-        """Keep only `rows` (ascending), as rows 0 .. len(rows)-1."""
 
 
 class HostKV:
@@ -123,6 +115,9 @@ class HostKV:
 
     def start(self, batch: int) -> None:
         self.buffers = [np.zeros((batch, *self.row_shape), dtype=self.dtype) for _ in self.past_names]  # [B, Hkv, C, D]
+
+    def reserve(self, rows: int) -> None:
+        pass  # allocated at full capacity
 
     def feeds(self) -> dict[str, np.ndarray]:
         return dict(zip(self.past_names, self.buffers))
@@ -147,6 +142,9 @@ class GraphKV:
             raise GenerationError(f"a batch of {batch} prompts exceeds this engine's maximum batch of "
                                   f"{self.max_batch}; pass fewer prompts or rebuild with a larger --max-batch")
         self.batch = batch
+
+    def reserve(self, rows: int) -> None:
+        pass  # allocated at full capacity
 
     def feeds(self) -> dict[str, np.ndarray]:
         return {}

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import DRAFT, DRAFT_AR, PLUGIN, TARGET, cache_capacity
+from ..contract import DRAFT, DRAFT_AR, PLUGIN, TARGET, GraphSpec, cache_capacity
 from ..errors import EngineError, GenerationError
 from ..manifest import TOKENIZER_DIR, Manifest, read_manifest, verify_hashes
 from .backend_ort import OrtGraph
 from .cache import BatchCache
 from .decoding import (GenerationStats, StatsRecorder, StepResult, ar_draft_step, ar_step, pard_step,
                        step_lengths)
+from .interfaces import Graph, KVCache
 from .plugin_cache import PluginCache
 from .sampling import SamplingParams
 from .streaming import RowText
@@ -110,12 +111,11 @@ class Session:
     @property
     def onnxruntime_seconds(self) -> float:
         """Time spent inside onnxruntime so far, all graphs together (the rest is this runtime's own)."""
-        return sum(cache.graph.busy_s for cache in self._caches.values())
+        return sum(graph.busy_s for cache in self._caches.values() for graph in cache.graphs)
 
     @property
     def providers(self) -> list[str]:
-        graph = self._caches[TARGET].graph
-        return graph.session.get_providers() if hasattr(graph, "session") else ["TensorRT"]
+        return self._caches[TARGET].graphs[0].providers
 
     def generate(self, prompt: Prompt | Sequence[Prompt], *, max_new_tokens: int = 128, mode: str = "pard",
                  chat: bool = False, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
@@ -160,19 +160,21 @@ class Session:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _cache(self, role: str, threads, providers) -> BatchCache | PluginCache:
+    def _cache(self, role: str, threads, providers) -> KVCache:
         entry = self.manifest.models[role]
         self._check_attention(role)
-        if self.manifest.backend == "tensorrt":  # imported only here: the slim runtime never loads tensorrt otherwise
-            from .backend_trt import TrtGraph
-
-            graph = TrtGraph(self.engine_dir / entry.file, entry.io, capture=step_lengths(self.manifest.k))
-        else:
-            graph = OrtGraph(self.engine_dir / entry.file, entry.io, threads=threads, providers=providers)
-        if entry.io.attention == PLUGIN:
+        graph = self._graph(entry.file, entry.io, threads, providers)
+        if entry.io.buffered:
             capacity = cache_capacity(self.manifest.max_seq_len, self.manifest.k)
             return PluginCache(graph, entry.io, entry.kv_heads, entry.head_dim, capacity)
         return BatchCache(graph, entry.io, entry.kv_heads, entry.head_dim)
+
+    def _graph(self, file: str, io: GraphSpec, threads, providers) -> Graph:
+        if self.manifest.backend == "tensorrt":  # imported only here: the slim runtime never loads tensorrt otherwise
+            from .backend_trt import TrtGraph
+
+            return TrtGraph(self.engine_dir / file, io, capture=step_lengths(self.manifest.k))
+        return OrtGraph(self.engine_dir / file, io, threads=threads, providers=providers)
 
     def _check_attention(self, role: str) -> None:
         m, io = self.manifest, self.manifest.models[role].io

@@ -25,7 +25,7 @@ build_module = importlib.import_module("pard_export.export.build")  # the packag
 
 def test_engine_directory_and_manifest(tiny_pair, engine):
     target, draft = tiny_pair("qwen2")
-    root = engine(target, draft, 4)
+    root = engine(target, draft, 4, attention="plain")
     manifest = read_manifest(root)
     verify_hashes(root, manifest)
     assert (manifest.format, manifest.k, manifest.mask_token_id) == ("pard-export/1", 4, tiny_models.MASK)
@@ -67,11 +67,11 @@ def test_force_replaces_an_engine(tiny_pair, engine, tmp_path):
 
 def test_float16_engine(tiny_pair, engine):
     target, draft = tiny_pair("llama")
-    root = engine(target, draft, 4, dtype="float16")
+    root = engine(target, draft, 4, dtype="float16", attention="plain")
     session = ort.InferenceSession(str(root / "target.onnx"))
     types = {i.name: i.type for i in session.get_inputs()}
     assert types["past_key_values.0.key"] == "tensor(float16)"
-    fp32 = engine(target, draft, 4)
+    fp32 = engine(target, draft, 4, attention="plain")
     ids = [5, 17, 40, 99]
     with Session(root) as half, Session(fp32) as full:
         assert half.generate(ids, max_new_tokens=8).token_ids == full.generate(ids, max_new_tokens=8).token_ids
@@ -121,6 +121,6 @@ def test_default_out_dir_name():
 
 def test_logits_are_float32_whatever_the_dtype(tiny_pair, engine):
     target, draft = tiny_pair("llama")
-    session = ort.InferenceSession(str(engine(target, draft, 4, dtype="float16") / "draft.onnx"))
+    session = ort.InferenceSession(str(engine(target, draft, 4, dtype="float16", attention="plain") / "draft.onnx"))
     outputs = {o.name: o.type for o in session.get_outputs()}
     assert outputs["draft_logits"] == "tensor(float)" and outputs["draft_ids"] == "tensor(int64)"

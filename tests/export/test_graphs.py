@@ -48,7 +48,7 @@ def _feeds(model, past, prefix, new):
 @pytest.mark.parametrize("batch,new,past", CASES)
 def test_target_graph_matches_torch(arch, batch, new, past, tiny_pair, engine):
     target, draft = tiny_pair(arch)
-    session = ort.InferenceSession(str(engine(target, draft, K) / "target.onnx"))
+    session = ort.InferenceSession(str(engine(target, draft, K, attention="plain") / "target.onnx"))
     gen = torch.Generator().manual_seed(batch * 100 + new * 10 + past)
     prefix = torch.randint(4, tiny_models.VOCAB, (batch, past), generator=gen)
     tokens = torch.randint(4, tiny_models.VOCAB, (batch, new), generator=gen)
@@ -64,7 +64,7 @@ def test_target_graph_matches_torch(arch, batch, new, past, tiny_pair, engine):
 @pytest.mark.parametrize("batch,new,past", [(1, 6, 0), (2, 1, 5), (2, 3, 8)])
 def test_draft_graph_appends_masks_and_drops_their_kv(arch, batch, new, past, tiny_pair, engine):
     target, draft = tiny_pair(arch)
-    session = ort.InferenceSession(str(engine(target, draft, K) / "draft.onnx"))
+    session = ort.InferenceSession(str(engine(target, draft, K, attention="plain") / "draft.onnx"))
     gen = torch.Generator().manual_seed(7 + batch + new + past)
     prefix = torch.randint(4, tiny_models.VOCAB, (batch, past), generator=gen)
     tokens = torch.randint(4, tiny_models.VOCAB, (batch, new), generator=gen)

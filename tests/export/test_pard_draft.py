@@ -35,7 +35,7 @@ def test_save_and_load_round_trip(trimmed_draft):
 
 def test_draft_graph_maps_head_rows_to_target_ids(trimmed_draft, engine):
     target, draft_dir = trimmed_draft
-    out = engine(target, draft_dir, 4, with_ar_draft=True)
+    out = engine(target, draft_dir, 4, with_ar_draft=True, attention="plain")
     draft = load_draft(draft_dir)
     ids = [5, 17, 42, 99, 7]
     with torch.no_grad():
@@ -54,7 +54,7 @@ def test_draft_graph_maps_head_rows_to_target_ids(trimmed_draft, engine):
 @pytest.mark.parametrize("mode", ["pard", "ar-draft"])
 def test_trimmed_draft_is_lossless(trimmed_draft, engine, references, mode):
     target, draft_dir = trimmed_draft
-    session = Session(engine(target, draft_dir, 4, with_ar_draft=True))
+    session = Session(engine(target, draft_dir, 4, with_ar_draft=True, attention="plain"))
     for prompt, expected in references("llama"):
         result = session.generate(prompt, max_new_tokens=tiny_models.NEW_TOKENS, mode=mode)
         assert result.token_ids == expected[: len(result.token_ids)] and len(result.token_ids) == len(expected)
@@ -62,7 +62,7 @@ def test_trimmed_draft_is_lossless(trimmed_draft, engine, references, mode):
 
 def test_trimmed_draft_samples_only_head_ids(trimmed_draft, engine):
     target, draft_dir = trimmed_draft
-    session = Session(engine(target, draft_dir, 4, with_ar_draft=True))
+    session = Session(engine(target, draft_dir, 4, with_ar_draft=True, attention="plain"))
     results = [session.generate([5, 17, 42], max_new_tokens=24, temperature=1.0, seed=seed, draft_sampling=True)
                for seed in range(4)]
     assert all(r.stats.drafted_tokens > 0 and r.token_ids for r in results)

@@ -42,7 +42,7 @@ DRAFT_CASES = [(1, 6, 0), (2, 1, 5), (2, 3, 8)]
 def engines(tiny_pair, engine):
     """(plain engine, plugin engine) of the same pair."""
     target, draft = tiny_pair(ARCH)
-    return engine(target, draft, K), engine(target, draft, K, attention="plugin", max_seq_len=64)
+    return engine(target, draft, K, attention="plain"), engine(target, draft, K, attention="plugin", max_seq_len=64)
 
 
 def _names(name_of, layers):

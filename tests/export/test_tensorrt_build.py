@@ -112,7 +112,7 @@ def test_plain_graphs_parse_and_build_with_tensorrt_rtx_and_pass_polygraphy_lint
     profiles (the plan is never deserialized: that needs a GPU), and `polygraphy check lint` passes."""
     pytest.importorskip("tensorrt_rtx")
     target, draft = tiny_pair("llama")
-    results = tb.check_plain_graphs(engine(target, draft, 4), "SM89")
+    results = tb.check_plain_graphs(engine(target, draft, 4, attention="plain"), "SM89")
     assert set(results) == {"target", "draft"}
     for role, (built, lint) in results.items():
         assert built.plan_bytes > 100_000, role
@@ -160,7 +160,7 @@ def test_build_plan_with_tensorrt(tiny_pair, engine, tmp_path):
     from pard_export.manifest import read_manifest
 
     target, draft = tiny_pair("llama")
-    root = engine(target, draft, 4)
+    root = engine(target, draft, 4, attention="plain")
     manifest = read_manifest(root)
     settings = tb.TrtBuildSettings(k=4, max_batch=2, prefill_chunk=32, max_seq_len=manifest.max_seq_len,
                                    timing_cache=tmp_path / "timing.cache")

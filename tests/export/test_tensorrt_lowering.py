@@ -74,6 +74,6 @@ def test_lowering_refuses_a_lowered_or_plain_graph(plugin_engine, tiny_pair, eng
     with pytest.raises(TrtBuildError, match="lowered already"):
         lower_for_tensorrt(lowered, max_batch=1, max_sequence=8)
     target, draft = tiny_pair("qwen3")
-    shutil.copytree(engine(target, draft, K), tmp_path / "plain")
+    shutil.copytree(engine(target, draft, K, attention="plain"), tmp_path / "plain")
     with pytest.raises(TrtBuildError, match="--attention plugin"):
         lower_for_tensorrt(tmp_path / "plain" / "target.onnx", max_batch=1, max_sequence=8)

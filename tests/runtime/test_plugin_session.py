@@ -111,7 +111,7 @@ def session(request, tiny_pair, engine, near_copy_draft):
 def plain_session(tiny_pair, engine, near_copy_draft):
     """The same pair with plain attention: its drafts must be the plugin engine's."""
     target, _ = tiny_pair("llama")
-    with Session(engine(target, near_copy_draft, K, max_seq_len=96)) as s:
+    with Session(engine(target, near_copy_draft, K, max_seq_len=96, attention="plain")) as s:
         yield s
 
 
@@ -219,7 +219,7 @@ def test_draft_cache_refeeds_shorter_rows():
     calls = []
 
     class Graph:
-        kv_dtype = np.float32
+        kv_dtype, kv_in_place = np.float32, False
 
         def run(self, feeds, skip=()):
             calls.append({name: feeds[name].copy() for name in ("input_ids", "position_ids", "past_len")})
@@ -250,9 +250,11 @@ def test_float16_plugin_engine_is_refused_before_onnx_runtime_runs_it(tiny_pair,
 
 def test_an_old_manifest_without_attention_loads_as_plain(tiny_pair, engine, tmp_path):
     target, draft = tiny_pair("llama")
-    copy = shutil.copytree(engine(target, draft, K), tmp_path / "e")
+    copy = shutil.copytree(engine(target, draft, K, attention="plain"), tmp_path / "e")
     manifest = json.loads((copy / "manifest.json").read_text())
     assert manifest.pop("attention") == "plain"
+    for model in manifest["models"].values():
+        assert model["io"].pop("attention") == "plain"
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with Session(copy) as s:
         assert s.manifest.attention == "plain"

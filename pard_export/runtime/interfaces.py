@@ -1,0 +1,66 @@
+"""What Session's loop asks of a backend's graph and of a KV cache, written down once (every backend and cache
+implements these; nothing probes for attributes)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class KVStore(Protocol):
+    """Where a buffered graph's caches [B, Hkv, C, D] live (one per kv_cache.* input)."""
+
+    def start(self, batch: int) -> None:
+        """B fresh rows (their old contents are never read: past_len starts at 0)."""
+
+    def reserve(self, rows: int) -> None:
+        """Room for `rows` rows per sequence before a call (stores of a fixed capacity have it already)."""
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """The cache inputs a call needs from the host ({} where the graph keeps them)."""
+
+    def update(self, outputs: dict[str, np.ndarray]) -> None:
+        """Take a call's updated caches from its outputs (nothing to do where the graph updated them in place)."""
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep only `rows` (ascending), as rows 0 .. len(rows)-1."""
+
+
+class Graph(Protocol):
+    """One compiled graph (OrtGraph, TrtGraph)."""
+
+    kv_dtype: type  # numpy dtype of its KV caches
+    kv_in_place: bool  # it owns its caches and updates them in place (kv_store); else they go in and out of run
+    busy_s: float  # time spent inside the backend so far
+
+    @property
+    def providers(self) -> list[str]:
+        """Where it runs (ONNX Runtime's execution providers, or ["TensorRT"])."""
+
+    def run(self, feeds: dict[str, np.ndarray], skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """Outputs by name, less those in `skip` (not computed where the backend can avoid it)."""
+
+    def kv_store(self, kv_heads: int, head_dim: int, capacity: int) -> KVStore:
+        """The caches it owns (only where kv_in_place)."""
+
+
+class KVCache(Protocol):
+    """A graph and its KV cache for B rows (BatchCache, PluginCache, RegimeCache): what the decoding steps call."""
+
+    @property
+    def graphs(self) -> list[Graph]:
+        """The graphs it has run or will run (for time accounting and providers)."""
+
+    def start(self, batch: int) -> None:
+        """B empty rows."""
+
+    def forward(self, tokens: np.ndarray, valid: np.ndarray, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """Run tokens [B, S] (valid marks real ones, padding on the left); per-position outputs come back with each
+        row's real positions last."""
+
+    def forget_last(self, counts: np.ndarray) -> None:
+        """Drop the last counts[b] tokens of row b (rejected drafts)."""
+
+    def compact_if_needed(self, keep_rows: np.ndarray | None = None) -> None:
+        """Keep only `keep_rows` (ascending) and tidy the cache where that pays."""
