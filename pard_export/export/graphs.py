@@ -298,10 +298,9 @@ class _Examples:
         rope = torch.zeros(self.b, 1, self.s, self.arch.head_dim, dtype=self.dtype)
         return (self.hidden(), rope, rope.clone(), *weights)
 
-    def attention_outputs(self, weights, flat_heads: bool = False):
+    def attention_outputs(self, weights):
         a = self.arch
-        heads = (a.q_heads * a.head_dim,) if flat_heads else (a.q_heads, a.head_dim)
-        return (self.hidden(), torch.zeros(self.b, self.s, *heads, dtype=self.dtype), *weights)
+        return (self.hidden(), torch.zeros(self.b, self.s, a.q_heads, a.head_dim, dtype=self.dtype), *weights)
 
     @staticmethod
     def attention_inputs_dims(n_weights: int):

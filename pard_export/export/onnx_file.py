@@ -32,11 +32,17 @@ def save_with_weights(model: onnx.ModelProto, path: Path, weights: Mapping[str, 
 
 def _external_tensor(name: str, tensor: torch.Tensor, location: str, offset: int, length: int) -> onnx.TensorProto:
     proto = onnx.TensorProto(name=name, data_type=ONNX_DTYPES[tensor.dtype], dims=list(tensor.shape))
+    _point_at(proto, location, offset, length)
+    return proto
+
+
+def _point_at(proto: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Make `proto` external data: `length` bytes at `offset` of the file `location`."""
+    del proto.external_data[:]
     proto.data_location = onnx.TensorProto.EXTERNAL
     for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
         entry = proto.external_data.add()
         entry.key, entry.value = key, value
-    return proto
 
 
 def save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
@@ -60,11 +66,7 @@ def save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
             for field in _INLINE_FIELDS:
                 tensor.ClearField(field)
             offset += data.write(b"\0" * (-offset % _ALIGN))
-            del tensor.external_data[:]
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, value
+            _point_at(tensor, data_name, offset, len(raw))
             offset += data.write(raw)
     staged.replace(path.parent / data_name)
     onnx.save_model(model, path)

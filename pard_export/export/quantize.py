@@ -28,8 +28,8 @@ DEFAULT_BLOCK_SIZE = 32
 # where both sum every attention product in the same order: in inplace graphs a token's KV row never moves (SmolLM2
 # int4: 16 of 16 answers equal over 128 tokens); plain graphs compact their cache, which regroups those sums (2 of 16).
 # build refuses 4 with plain attention.
-DEFAULT_ACCURACY_LEVEL = 4
 INT8_ACTIVATIONS = 4
+DEFAULT_ACCURACY_LEVEL = INT8_ACTIVATIONS
 ACCURACY_LEVELS = range(0, 5)
 MIN_BLOCK_SIZE = 16  # MatMulNBits: a power of two, at least 16
 HEAD_PREFIX = "head/"  # graphs.py places the LM head block under the prefix "head"

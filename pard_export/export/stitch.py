@@ -86,7 +86,7 @@ def _renamed_node(node: onnx.NodeProto, index: int, rename, prefix: str) -> onnx
 def _merged_opsets(blocks) -> list[onnx.OperatorSetIdProto]:
     """The highest version of each domain. The traced blocks are opset 20; the ops they use (arithmetic, MatMul,
     Gemm, Reshape, Transpose, Slice, Softmax, Cast, ...) have not changed meaning up to the inplace flavour's 24,
-    only gained types (tests/export/test_inplace_attention.py compares the flavours' logits)."""
+    only gained types (tests/runtime/test_inplace_kv.py compares the flavours' logits)."""
     versions: dict[str, int] = {}
     for block in blocks:
         for opset in block.opset_import:

@@ -62,11 +62,11 @@ class OrtGraph:
 
     def run(self, feeds: dict[str, np.ndarray], skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
         """Outputs by name; those in `skip` are left out (ONNX Runtime then skips the nodes only they need)."""
-        names = [n for n in self.output_names if n not in skip] if skip else self.output_names
         start = time.perf_counter()
         if self.kv_in_place:
             outputs = self._run_bound(feeds, skip)
         else:
+            names = [n for n in self.output_names if n not in skip]
             outputs = dict(zip(names, self.session.run(names, feeds)))
         self.busy_s += time.perf_counter() - start
         return outputs
@@ -87,8 +87,9 @@ class OrtGraph:
         for name in fetched:  # again every call: a bound output keeps its last shape, which S changes
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
-        values = binding.get_outputs()  # in binding order: the fetched outputs first, then the caches
-        return {name: values[i].numpy() for i, name in enumerate(fetched)}
+        values = binding.get_outputs()  # in binding order: the caches, then the fetched outputs (rebound last)
+        values = values[len(values) - len(fetched):]
+        return {name: value.numpy() for name, value in zip(fetched, values)}
 
     def _binding(self, skip: tuple[str, ...]):
         """One IO binding per set of fetched outputs, its caches bound once (the same OrtValues every call)."""
@@ -96,8 +97,6 @@ class OrtGraph:
             binding = self.session.io_binding()
             kv_outputs = set(self._spec.present_names)
             fetched = [n for n in self.output_names if n not in skip and n not in kv_outputs]
-            for name in fetched:
-                binding.bind_output(name, "cpu")
             for past, present, value in zip(self._spec.past_names, self._spec.present_names, self._kv.values):
                 binding.bind_ortvalue_input(past, value)
                 binding.bind_ortvalue_output(present, value)

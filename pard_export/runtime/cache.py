@@ -26,10 +26,6 @@ class BatchCache:
         self.kv_heads, self.head_dim = kv_heads, head_dim
         self.start(1)
 
-    @property
-    def graphs(self) -> list[Graph]:
-        return [self.graph]
-
     def start(self, batch: int) -> None:
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.graph.kv_dtype)
         self.kv = [empty] * len(self.past_names)  # each [B, Hkv, T, D]

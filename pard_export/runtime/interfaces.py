@@ -46,11 +46,9 @@ class Graph(Protocol):
 
 
 class KVCache(Protocol):
-    """A graph and its KV cache for B rows (BatchCache, PluginCache, RegimeCache): what the decoding steps call."""
+    """A graph and its KV cache for B rows (BatchCache, PluginCache): what the decoding steps call."""
 
-    @property
-    def graphs(self) -> list[Graph]:
-        """The graphs it has run or will run (for time accounting and providers)."""
+    graph: Graph
 
     def start(self, batch: int) -> None:
         """B empty rows."""

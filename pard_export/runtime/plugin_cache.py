@@ -18,11 +18,11 @@ PluginCache keeps the tokens and lengths (the bookkeeping above); where the buff
 store's business, chosen by the graph (one code path for both):
 - HostKV, for graphs that return the updated caches as new arrays (ONNX Runtime: kv_cache_out.*): numpy buffers fed
   as the kv_cache.* inputs of every call and replaced by its kv_cache_out.* outputs.
-- graph-owned stores, for graphs that update their caches in place (`graph.kv_in_place`): ONNX Runtime's inplace
-  flavour binds OrtValues that grow with the rows (backend_ort.BoundKV); GraphKV, for TensorRT (backend_trt.DeviceKV):
-  the
-  graph owns static buffers [max_batch, Hkv, C, D] and runs on the first B rows; no KV goes in or comes out of a
-  call, `start` only sets B, and rows leaving the batch are moved down inside the buffers.
+- graph-owned stores, for graphs that update their caches in place (`graph.kv_in_place`); no KV goes in or comes
+  out of a call:
+  - backend_ort.BoundKV (ONNX Runtime's inplace flavour): OrtValues bound as input and output, grown with the rows;
+  - GraphKV (TensorRT: backend_trt.DeviceKV): static buffers [max_batch, Hkv, C, D]; the graph runs on the first B
+    rows, `start` only sets B, and rows leaving the batch are moved down inside the buffers.
 """
 
 from __future__ import annotations
@@ -53,10 +53,6 @@ class PluginCache:
         self.ends_aligned = bool(drafts)
         self.mask_slots = int(drafts[0]) - 1 if drafts else 0
         self.start(1)
-
-    @property
-    def graphs(self) -> list[Graph]:
-        return [self.graph]
 
     def start(self, batch: int) -> None:
         self.kv.start(batch)
@@ -94,9 +90,10 @@ class PluginCache:
             self.tokens, self.lengths = self.tokens[keep_rows], self.lengths[keep_rows]
 
     def _run(self, ids: np.ndarray, past: np.ndarray, skip: tuple[str, ...]) -> dict[str, np.ndarray]:
-        if (past + ids.shape[1] + self.mask_slots > self.capacity).any():  # the op would answer NaN, not fail
+        rows = int((past + ids.shape[1] + self.mask_slots).max())  # the cache rows this call writes up to
+        if rows > self.capacity:  # the op would answer NaN, not fail
             raise AssertionError(f"a row outgrows the {self.capacity}-row KV cache; Session limits lengths so it cannot")
-        self.kv.reserve(int((past + ids.shape[1] + self.mask_slots).max()))
+        self.kv.reserve(rows)
         positions = past[:, None] + np.arange(ids.shape[1])  # [B, S]
         feeds = {INPUT_IDS: ids, POSITION_IDS: positions, PAST_LEN: past.astype(np.int32)}
         outputs = self.graph.run(feeds | self.kv.feeds(), skip)

@@ -111,11 +111,11 @@ class Session:
     @property
     def onnxruntime_seconds(self) -> float:
         """Time spent inside onnxruntime so far, all graphs together (the rest is this runtime's own)."""
-        return sum(graph.busy_s for cache in self._caches.values() for graph in cache.graphs)
+        return sum(cache.graph.busy_s for cache in self._caches.values())
 
     @property
     def providers(self) -> list[str]:
-        return self._caches[TARGET].graphs[0].providers
+        return self._caches[TARGET].graph.providers
 
     def generate(self, prompt: Prompt | Sequence[Prompt], *, max_new_tokens: int = 128, mode: str = "pard",
                  chat: bool = False, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
