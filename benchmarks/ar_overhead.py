@@ -1,6 +1,7 @@
 """Session(mode="ar") against a bare ONNX Runtime greedy loop on the same target.onnx, side by side.
 
-    python benchmarks/ar_overhead.py --engine engines/smollm2-135m-k8-onnxruntime [--tokens 128] [--repeats 5]
+    pard-export build --target smollm2-135m --k 3 --attention plain   # the bare loop feeds past/present tensors
+    python benchmarks/ar_overhead.py --engine engines/smollm2-135m-k3-onnxruntime-plain [--tokens 128] [--repeats 5]
 
 Both loops decode the same prompt for the same number of tokens; tokens/s excludes the first (prefill) step.
 Runs alternate (bare, session, bare, ...) and the medians are compared, so machine noise hits both alike.
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pard_export.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS
+from pard_export.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, PLAIN, POSITION_IDS
 from pard_export.manifest import read_manifest
 from pard_export.runtime import Session
 
@@ -58,6 +59,9 @@ def main() -> None:
     engine = Path(args.engine)
     manifest = read_manifest(engine)
     spec = manifest.models["target"].io
+    if spec.attention != PLAIN:
+        raise SystemExit(f"{engine} has {spec.attention} attention; the bare loop needs a plain engine: build one with "
+                         "--attention plain")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     bare = ort.InferenceSession(str(engine / "target.onnx"), options, providers=["CPUExecutionProvider"])
