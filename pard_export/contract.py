@@ -16,8 +16,9 @@ Three attention flavours share every other tensor:
            A TensorRT plan built from a plugin graph takes one more input, attention_sync int32 [N], and gives it
            back as attention_sync_out (same memory): the split-K counters of its PardAttention kernels, which the
            runtime allocates zero-filled once and the kernels leave at zero (export/tensorrt_lowering.py).
-- inplace: the plugin flavour's IO in standard ONNX ops (opset 24), for ONNX Runtime: each layer writes its S new
-           rows at past_len[b] with TensorScatter and attends over the whole buffer, rows past past_len[b]+i masked.
+- inplace: the plugin flavour's IO in ONNX ops (opset 24, and ONNX Runtime's SkipSimplifiedLayerNormalization), for
+           ONNX Runtime: each layer writes its S new rows at past_len[b] with TensorScatter and attends over the whole
+           buffer, rows past past_len[b]+i masked.
            The runtime binds each kv_cache.{i}.* and kv_cache_out.{i}.* to one OrtValue (IO binding), so the new
            rows land in the buffer that is read and no step copies the cache. C is the runtime's choice per
            generation (attention costs grow with C, not with max_seq_len): it grows the buffers as rows need it.
@@ -105,6 +106,12 @@ class GraphSpec:
     def buffered(self) -> bool:
         """The caches are preallocated buffers [B,Hkv,C,D] indexed by past_len (plugin and inplace flavours)."""
         return self.attention in BUFFERED
+
+    @property
+    def mask_slots(self) -> int:
+        """Tokens the graph appends to each call's input: K-1 for the draft graph, 0 for the others."""
+        drafts = [t.dims[1] for t in self.outputs if t.name == DRAFT_IDS]
+        return int(drafts[0]) - 1 if drafts else 0
 
     @property
     def past_names(self) -> list[str]:

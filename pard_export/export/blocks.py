@@ -81,6 +81,15 @@ class PluginPrologue(Prologue):
         return self._embed_and_rotary(input_ids, position_ids, embed)
 
 
+class HalfRotaryPrologue(PluginPrologue):
+    """The inplace flavour's prologue: cos and sin [B, S, D/2], the tables RotaryEmbedding takes (fused_layer.py)."""
+
+    def _embed_and_rotary(self, input_ids, position_ids, embed):
+        freqs = position_ids[..., None].float() * self.inv_freq  # [B, S, D/2]
+        cos, sin = (freqs.cos() * self.rope_scale).to(self.dtype), (freqs.sin() * self.rope_scale).to(self.dtype)
+        return F.embedding(input_ids, embed), cos, sin
+
+
 class DecoderLayer(nn.Module):
     """One pre-norm decoder layer over a concatenated KV cache; present drops the last `drop_tail` slots."""
 
@@ -143,17 +152,14 @@ def split_layer_weights(names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[
 
 
 class PluginAttentionInputs(nn.Module):
-    """Plugin flavour, one layer up to its PardAttention node: q [B, S, Hq, D], k and v [B, S, Hkv, D]; with
-    heads_first (inplace flavour: the caches' layout) q [B, Hq, S, D], k and v [B, Hkv, S, D]."""
+    """Plugin flavour, one layer up to its PardAttention node: q [B, S, Hq, D], k and v [B, S, Hkv, D]."""
 
-    def __init__(self, arch: ArchSpec, weight_names: tuple[str, ...], heads_first: bool = False):
+    def __init__(self, arch: ArchSpec, weight_names: tuple[str, ...]):
         super().__init__()
-        self.arch, self.weight_names, self.heads_first = arch, weight_names, heads_first
+        self.arch, self.weight_names = arch, weight_names
 
     def forward(self, hidden, cos, sin, *weights):
         q, k, v = attention_inputs(self.arch, hidden, cos, sin, dict(zip(self.weight_names, weights)))
-        if self.heads_first:
-            return q, k, v
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 

@@ -2,8 +2,8 @@
 
 Plain flavour: prologue, L copies of one traced decoder layer, head. Plugin flavour (contract.py): each layer is
 two traced halves with a pard::PardAttention node between them (plugins/pard_attention/schema.py). Inplace flavour:
-the same halves around a block of standard ops that writes the new KV rows into the buffers and attends over them
-(inplace_attention.py).
+per layer, hand-written blocks of fused ops before and after (fused_layer.py) a block of standard ops that writes
+the new KV rows into the buffers and attends over them (inplace_attention.py).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from .arch import ArchSpec
 from .blocks import (
     DecoderLayer,
     DraftHead,
+    HalfRotaryPrologue,
     PluginAttentionInputs,
     PluginAttentionOutputs,
     PluginPrologue,
@@ -59,7 +60,7 @@ from .blocks import (
 )
 from .onnx_file import ONNX_DTYPES, save_with_weights
 from .pard_draft import draft_to_target
-from . import inplace_attention
+from . import fused_layer, inplace_attention
 from .stitch import Placement, block_model, stitch
 
 _EXAMPLE_BATCH, _EXAMPLE_NEW, _EXAMPLE_PAST = 2, 5, 7  # distinct and >= 2, so nothing specialises
@@ -93,18 +94,20 @@ def export_draft(model, arch: ArchSpec, path: Path, *, k: int, vocab: int, mask_
 
 def _export(model, arch: ArchSpec, path: Path, flavour: _Flavour) -> GraphSpec:
     weights, names = hf_weights(model), weight_names(model)
+    attention = flavour.spec.attention
+    if attention == INPLACE:
+        weights = fused_layer.fused_weights(weights, arch.layers, fused_layer.has_qkv_bias(_layer_param_names(model)))
     head_rows = draft_to_target(model)  # a trimmed draft head: the target id of each row
     if head_rows is not None:
         weights[HEAD_ROWS] = head_rows
-    buffered = flavour.spec.buffered
     examples = _Examples(arch, model.dtype, new=_EXAMPLE_NEW + flavour.mask_slots)
     head_wiring = {"hidden": f"hidden_states.{arch.layers}", "norm": names.norm, "lm": names.lm_head}
     if head_rows is not None:
         head_wiring["rows"] = HEAD_ROWS
     placements = [
         Placement(_trace_prologue(model, flavour, examples, weights[names.embed]), "prologue",
-                  _interface(_prologue_wiring(names, buffered))),
-        *(_buffered_layers if buffered else _plain_layers)(model, arch, flavour, examples, weights),
+                  _interface(_prologue_wiring(names, attention))),
+        *_LAYERS[attention](model, arch, flavour, examples, weights),
         Placement(_trace_head(flavour, examples, weights, names), "head",
                   _interface(head_wiring | {n: n for n in flavour.head_outputs})),
     ]
@@ -118,9 +121,9 @@ def _export(model, arch: ArchSpec, path: Path, flavour: _Flavour) -> GraphSpec:
     return spec
 
 
-def _prologue_wiring(names: WeightNames, buffered: bool) -> dict[str, str]:
+def _prologue_wiring(names: WeightNames, attention: str) -> dict[str, str]:
     wiring = {INPUT_IDS: INPUT_IDS, POSITION_IDS: POSITION_IDS, "embed": names.embed, "hidden": "hidden_states.0"}
-    if buffered:
+    if attention in (PLUGIN, INPLACE):
         return wiring | {"cos": _SHARED_BY_LAYERS["cos"], "sin": _SHARED_BY_LAYERS["sin"]}
     return wiring | {ATTENTION_MASK: ATTENTION_MASK} | _SHARED_BY_LAYERS
 
@@ -131,7 +134,8 @@ def _trace_prologue(model, flavour: _Flavour, examples: _Examples, embed) -> onn
     if flavour.spec.buffered:
         ids, positions, _, embed = examples.prologue(embed)
         dims = examples.prologue_dims()
-        return _trace(PluginPrologue(*settings), (ids, positions, embed), [INPUT_IDS, POSITION_IDS, "embed"],
+        prologue = HalfRotaryPrologue if flavour.spec.attention == INPLACE else PluginPrologue
+        return _trace(prologue(*settings), (ids, positions, embed), [INPUT_IDS, POSITION_IDS, "embed"],
                       ["hidden", "cos", "sin"], (dims[0], dims[1], dims[3]))
     return _trace(
         Prologue(*settings),
@@ -155,49 +159,82 @@ def _plain_layers(model, arch: ArchSpec, flavour: _Flavour, examples: _Examples,
     return [Placement(layer, f"layers.{j}", _interface(_layer_wiring(j, layer_params))) for j in range(arch.layers)]
 
 
-def _buffered_layers(model, arch: ArchSpec, flavour: _Flavour, examples: _Examples, weights) -> list[Placement]:
-    """Per layer: the traced half before attention, attention over the layer's KV buffers (a PardAttention node, or
-    the inplace flavour's scatter-and-attend block), the traced half after it."""
-    inplace = flavour.spec.attention == INPLACE
+def _plugin_layers(model, arch: ArchSpec, flavour: _Flavour, examples: _Examples, weights) -> list[Placement]:
+    """Per layer: the traced half before attention, a PardAttention node over the layer's KV buffers, the traced
+    half after it."""
     before, after = split_layer_weights(_layer_param_names(model))
-    first = {n: weights[f"model.layers.0.{n}"] for n in before + after}  # traced with layer 0's weights
-    inputs = _trace(PluginAttentionInputs(arch, before, heads_first=inplace),
-                    examples.attention_inputs([first[n] for n in before]),
-                    ["hidden", "cos", "sin", *before], ["q", "k", "v"], examples.attention_inputs_dims(len(before)))
-    outputs = _trace(PluginAttentionOutputs(arch, after), examples.attention_outputs([first[n] for n in after]),
-                     ["hidden", "attended", *after], ["hidden_out"], examples.attention_outputs_dims(len(after)))
-    dtype = ONNX_DTYPES[model.dtype]
-    placements, shared = [], {}
-    if inplace:
-        node, shared = inplace_attention.layer_block(arch, dtype), inplace_attention.SHARED
-        placements.append(Placement(inplace_attention.mask_block(arch, dtype), "attention_mask",
-                                    _interface(inplace_attention.mask_wiring(kv_cache_name(0, "key")))))
-    else:
-        node = _attention_node_block(arch, dtype)
+    inputs, outputs = _traced_halves(arch, examples, weights, before, after)
+    node = _attention_node_block(arch, ONNX_DTYPES[model.dtype])
+    placements = []
     for j in range(arch.layers):
         wiring = _plugin_layer_wiring(j, before, after)
         placements += [
             Placement(inputs, f"layers.{j}.before_attention", _interface(wiring[0])),
-            Placement(node, f"layers.{j}.attention", _interface(wiring[1] | shared)),
+            Placement(node, f"layers.{j}.attention", _interface(wiring[1])),
             Placement(outputs, f"layers.{j}.after_attention", _interface(wiring[2])),
         ]
     return placements
 
 
+def _fused_layers(model, arch: ArchSpec, flavour: _Flavour, examples: _Examples, weights) -> list[Placement]:
+    """The inplace flavour: the attention mask once, then per layer the hand-written block before attention
+    (fused_layer.py), attention over the layer's buffers (inplace_attention.py), the block after it."""
+    dtype = ONNX_DTYPES[model.dtype]
+    has_bias = fused_layer.has_qkv_bias(_layer_param_names(model))
+    before, after, attend = {}, {}, inplace_attention.layer_block(arch, dtype)
+    placements = [Placement(inplace_attention.mask_block(arch, dtype), "attention_mask",
+                            _interface(inplace_attention.mask_wiring(kv_cache_name(0, "key"))))]
+    for j in range(arch.layers):
+        first, last = j == 0, j == arch.layers - 1
+        before.setdefault(first, fused_layer.before_attention_block(arch, dtype, has_bias, first))
+        after.setdefault(last, fused_layer.after_attention_block(arch, dtype, last))
+        into, out = fused_layer.stream_wiring(j, arch.layers)
+        attention = _attention_wiring(j)
+        stream = f"layers.{j}.stream"  # the residual stream entering the layer, from before to after attention
+        before_wiring = into | {"cos": _SHARED_BY_LAYERS["cos"], "sin": _SHARED_BY_LAYERS["sin"], "stream": stream}
+        before_wiring |= {n: attention[n] for n in ("q", "k", "v")}
+        after_wiring = out | {"stream": stream, "attended": attention["out"]}
+        placements += [
+            Placement(before[first], f"layers.{j}.before_attention",
+                      _interface(before_wiring | _layer_weights(j, fused_layer.before_weights(arch, has_bias)))),
+            Placement(attend, f"layers.{j}.attention", _interface(attention | inplace_attention.SHARED)),
+            Placement(after[last], f"layers.{j}.after_attention",
+                      _interface(after_wiring | _layer_weights(j, fused_layer.AFTER_WEIGHTS))),
+        ]
+    return placements
+
+
+def _traced_halves(arch: ArchSpec, examples: _Examples, weights, before: tuple[str, ...], after: tuple[str, ...]):
+    first = {n: weights[f"model.layers.0.{n}"] for n in before + after}  # traced with layer 0's weights
+    inputs = _trace(PluginAttentionInputs(arch, before), examples.attention_inputs([first[n] for n in before]),
+                    ["hidden", "cos", "sin", *before], ["q", "k", "v"], examples.attention_inputs_dims(len(before)))
+    outputs = _trace(PluginAttentionOutputs(arch, after), examples.attention_outputs([first[n] for n in after]),
+                     ["hidden", "attended", *after], ["hidden_out"], examples.attention_outputs_dims(len(after)))
+    return inputs, outputs
+
+
 def _plugin_layer_wiring(j: int, before: tuple[str, ...], after: tuple[str, ...]) -> tuple[dict[str, str], ...]:
-    """Wiring of layer j's three buffered-flavour blocks: before attention, the attention node, after it."""
+    """Wiring of layer j's three plugin-flavour blocks: before attention, the attention node, after it."""
+    attention, hidden, shared = _attention_wiring(j), f"hidden_states.{j}", _SHARED_BY_LAYERS
+    before_wiring = {"hidden": hidden, "cos": shared["cos"], "sin": shared["sin"]}
+    before_wiring |= {n: attention[n] for n in ("q", "k", "v")}
+    after_wiring = {"hidden": hidden, "attended": attention["out"], "hidden_out": f"hidden_states.{j + 1}"}
+    return before_wiring | _layer_weights(j, before), attention, after_wiring | _layer_weights(j, after)
+
+
+def _attention_wiring(j: int) -> dict[str, str]:
+    """Layer j's attention over its buffers (PardAttention node or the inplace block), keyed by its interface names;
+    q, k, v are also keyed "q", "k", "v" for the block before it."""
     q, k, v, out = (f"layers.{j}.attention.{name}" for name in ("q", "k", "v", "out"))
-    hidden, shared = f"hidden_states.{j}", _SHARED_BY_LAYERS
-    before_wiring = {"hidden": hidden, "cos": shared["cos"], "sin": shared["sin"], "q": q, "k": k, "v": v}
-    node_wiring = {
-        "q": q, "k_new": k, "v_new": v, "k_cache": kv_cache_name(j, "key"), "v_cache": kv_cache_name(j, "value"),
-        "past_len": PAST_LEN, "out": out, "k_cache_out": kv_cache_out_name(j, "key"),
-        "v_cache_out": kv_cache_out_name(j, "value"),
+    return {
+        "q": q, "k": k, "v": v, "k_new": k, "v_new": v, "out": out, "past_len": PAST_LEN,
+        "k_cache": kv_cache_name(j, "key"), "v_cache": kv_cache_name(j, "value"),
+        "k_cache_out": kv_cache_out_name(j, "key"), "v_cache_out": kv_cache_out_name(j, "value"),
     }
-    after_wiring = {"hidden": hidden, "attended": out, "hidden_out": f"hidden_states.{j + 1}"}
-    before_wiring |= {name: f"model.layers.{j}.{name}" for name in before}
-    after_wiring |= {name: f"model.layers.{j}.{name}" for name in after}
-    return before_wiring, node_wiring, after_wiring
+
+
+def _layer_weights(j: int, names: tuple[str, ...]) -> dict[str, str]:
+    return {name: f"model.layers.{j}.{name}" for name in names}
 
 
 def _attention_node_block(arch: ArchSpec, dtype: int) -> onnx.ModelProto:
@@ -250,6 +287,7 @@ def hf_weights(model) -> dict[str, torch.Tensor]:
     return {name: param.detach() for name, param in model.named_parameters()}
 
 
+_LAYERS = {PLAIN: _plain_layers, PLUGIN: _plugin_layers, INPLACE: _fused_layers}
 HEAD_ROWS = "draft_to_target"  # int64 [head rows]: a trimmed draft head's target ids
 _SHARED_BY_LAYERS = {"bias": "attention_bias", "cos": "rope_cos", "sin": "rope_sin"}
 

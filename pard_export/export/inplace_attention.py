@@ -5,8 +5,8 @@ Per layer, with q [B, Hq, S, D], k_new and v_new [B, Hkv, S, D] and the buffers 
     runtime binds the input and output to one OrtValue), then the G = Hq/Hkv query heads of each KV head attend
     together, as one [G*S, D] x [D, C] matmul over the whole buffer (K and V are read once per KV head), with the
     rows past each query's position masked. The mask is built once per graph (mask_block) and shared by the layers.
-ONNX Runtime's GroupQueryAttention was measured slower here (it reads K and V once per query head; 2.0 vs 0.8 ms per
-SmolLM2 layer at 5,000 cached rows), and it refuses batches of calls that have a past and more than one token.
+Why not ONNX Runtime's GroupQueryAttention: fused_layer.py. This block is also faster per call at long contexts
+(SmolLM2 layer, 5,000 cached rows, one new token: 260 vs 379 us).
 """
 
 from __future__ import annotations

@@ -47,11 +47,10 @@ class PluginCache:
         self.kv: KVStore = (graph.kv_store(kv_heads, head_dim, capacity) if graph.kv_in_place
                             else HostKV(spec.past_names, spec.present_names, (kv_heads, capacity, head_dim),
                                         graph.kv_dtype))
-        drafts = [t.dims[1] for t in spec.outputs if t.name == DRAFT_IDS]
         # The draft graph appends K-1 mask slots and reads its K drafts off the last K positions, so every row's
         # real tokens must end its input (no right padding).
-        self.ends_aligned = bool(drafts)
-        self.mask_slots = int(drafts[0]) - 1 if drafts else 0
+        self.ends_aligned = any(t.name == DRAFT_IDS for t in spec.outputs)
+        self.mask_slots = spec.mask_slots
         self.start(1)
 
     def start(self, batch: int) -> None:
