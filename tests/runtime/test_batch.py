@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 import tiny_models
-from pard_export.runtime import Session
+from pard_export.contract import DRAFT_IDS, DRAFT_LOGITS, LOGITS
+from pard_export.runtime import Session, decoding
 
 PROMPTS = [[276, 297, 298, 294], [302, 73, 308, 272, 268, 72, 11, 91, 316], [54, 83], [120, 121, 122, 123, 124, 125, 126]]
 NEW_TOKENS = 40
@@ -75,3 +76,23 @@ def test_stream_batch_events_add_up_to_each_rows_result(session, singles):
             results[event.row] = event.result
     assert [tokens[i] for i in range(3)] == [results[i].token_ids for i in range(3)] == singles["pard"][:3]
     assert [texts[i] for i in range(3)] == [results[i].text for i in range(3)]
+
+
+@pytest.mark.parametrize("attention", ["inplace", "plain"])
+def test_prompts_prefilled_in_chunks_give_the_same_tokens(tiny_pair, engine, monkeypatch, attention):
+    """Long prompts go in chunks without logits (decoding.prefill_chunks); here chunks of 3 tokens, so rows of a batch
+    run out at different chunks (some chunks hold no token of a row)."""
+    target, draft = tiny_pair("llama")
+    with Session(engine(target, draft, 4, attention=attention, with_ar_draft=True)) as s:
+        monkeypatch.setattr(decoding, "_CHUNKED_FROM", 10**6)
+        whole = {mode: [s.generate(p, max_new_tokens=16, mode=mode).token_ids for p in PROMPTS] for mode in s.modes}
+        monkeypatch.setattr(decoding, "_CHUNKED_FROM", 1)
+        monkeypatch.setattr(decoding, "PREFILL_CHUNK", 3)
+        headless = []
+        for cache in s._caches.values():
+            forward = cache.forward
+            monkeypatch.setattr(cache, "forward", lambda *a, _f=forward, **kw: headless.append(kw.get("skip")) or _f(*a, **kw))
+        for mode in s.modes:
+            assert [s.generate(p, max_new_tokens=16, mode=mode).token_ids for p in PROMPTS] == whole[mode], mode
+            assert [r.token_ids for r in s.generate_batch(PROMPTS, max_new_tokens=16, mode=mode)] == whole[mode], mode
+    assert headless.count((LOGITS,)) >= 2 * len(PROMPTS) and (DRAFT_IDS, DRAFT_LOGITS) in headless
