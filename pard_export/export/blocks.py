@@ -58,12 +58,13 @@ class Prologue(nn.Module):
         return hidden, bias, cos, sin
 
     def _embed_and_rotary(self, input_ids, position_ids, embed):
-        hidden = F.embedding(input_ids, embed)  # [B, S, Hd]
-        freqs = position_ids[..., None].float() * self.inv_freq  # [B, S, D/2]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = (emb.cos() * self.rope_scale).to(self.dtype)[:, None]  # [B, 1, S, D]
-        sin = (emb.sin() * self.rope_scale).to(self.dtype)[:, None]
-        return hidden, cos, sin
+        cos, sin = (torch.cat((t, t), dim=-1)[:, None] for t in self._half_rotary(position_ids))  # [B, 1, S, D]
+        return F.embedding(input_ids, embed), cos, sin
+
+    def _half_rotary(self, position_ids):
+        """cos and sin [B, S, D/2] of each position, scaled, in the model's dtype."""
+        freqs = position_ids[..., None].float() * self.inv_freq
+        return (freqs.cos() * self.rope_scale).to(self.dtype), (freqs.sin() * self.rope_scale).to(self.dtype)
 
     def _append_mask_slots(self, input_ids, position_ids):
         B = input_ids.shape[0]
@@ -85,9 +86,7 @@ class HalfRotaryPrologue(PluginPrologue):
     """The inplace flavour's prologue: cos and sin [B, S, D/2], the tables RotaryEmbedding takes (fused_layer.py)."""
 
     def _embed_and_rotary(self, input_ids, position_ids, embed):
-        freqs = position_ids[..., None].float() * self.inv_freq  # [B, S, D/2]
-        cos, sin = (freqs.cos() * self.rope_scale).to(self.dtype), (freqs.sin() * self.rope_scale).to(self.dtype)
-        return F.embedding(input_ids, embed), cos, sin
+        return F.embedding(input_ids, embed), *self._half_rotary(position_ids)
 
 
 class DecoderLayer(nn.Module):

@@ -302,7 +302,7 @@ def _short_name(target: str) -> str:
 
 
 def _attention_for(backend: str, attention: str | None) -> str:
-    """The graphs' flavour: inplace for ONNX Runtime unless asked (as fast as plain on CPU, and lossless with int8
+    """The graphs' flavour: inplace for ONNX Runtime unless asked (faster than plain on CPU, and lossless with int8
     activations: export/quantize.py); TensorRT runs the PardAttention flavour only
     (plugins/pard_attention/tensorrt_plugin.py)."""
     if attention is None:

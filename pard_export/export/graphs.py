@@ -106,7 +106,7 @@ def _export(model, arch: ArchSpec, path: Path, flavour: _Flavour) -> GraphSpec:
         head_wiring["rows"] = HEAD_ROWS
     placements = [
         Placement(_trace_prologue(model, flavour, examples, weights[names.embed]), "prologue",
-                  _interface(_prologue_wiring(names, attention))),
+                  _interface(_prologue_wiring(names, flavour.spec.buffered))),
         *_LAYERS[attention](model, arch, flavour, examples, weights),
         Placement(_trace_head(flavour, examples, weights, names), "head",
                   _interface(head_wiring | {n: n for n in flavour.head_outputs})),
@@ -121,9 +121,9 @@ def _export(model, arch: ArchSpec, path: Path, flavour: _Flavour) -> GraphSpec:
     return spec
 
 
-def _prologue_wiring(names: WeightNames, attention: str) -> dict[str, str]:
+def _prologue_wiring(names: WeightNames, buffered: bool) -> dict[str, str]:
     wiring = {INPUT_IDS: INPUT_IDS, POSITION_IDS: POSITION_IDS, "embed": names.embed, "hidden": "hidden_states.0"}
-    if attention in (PLUGIN, INPLACE):
+    if buffered:
         return wiring | {"cos": _SHARED_BY_LAYERS["cos"], "sin": _SHARED_BY_LAYERS["sin"]}
     return wiring | {ATTENTION_MASK: ATTENTION_MASK} | _SHARED_BY_LAYERS
 

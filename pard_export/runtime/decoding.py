@@ -56,12 +56,14 @@ def prefill_chunks(cache: BatchCache, rows, keep: int, skip: tuple[str, ...]) ->
     PREFILL_CHUNK tokens (a long prompt); returns the tokens left. Attention over a cache that grows with the chunks
     costs about half of one call's tokens x all rows, and each call's attention bias stays small (SmolLM2, 5,000
     tokens: time to first token 30 -> 19 s)."""
+    if max(len(row) for row in rows) - keep < _CHUNKED_FROM:  # every step after the prefill
+        return rows
     rows = [list(row) for row in rows]
     before = [row[:-keep] for row in rows]
     lengths = [len(row) for row in before]
     # Every row gets a piece of every chunk (the draft graph's calls need a token per row), in proportion to its length.
     chunks = min(-(-max(lengths) // PREFILL_CHUNK), min(lengths))
-    if max(lengths) < _CHUNKED_FROM or not chunks:
+    if not chunks:
         return rows
     for j in range(chunks):
         pieces = [row[n * j // chunks : n * (j + 1) // chunks] for row, n in zip(before, lengths)]

@@ -90,8 +90,11 @@ def test_prompts_prefilled_in_chunks_give_the_same_tokens(tiny_pair, engine, mon
         monkeypatch.setattr(decoding, "PREFILL_CHUNK", 3)
         headless = []
         for cache in s._caches.values():
-            forward = cache.forward
-            monkeypatch.setattr(cache, "forward", lambda *a, _f=forward, **kw: headless.append(kw.get("skip")) or _f(*a, **kw))
+            def recording(*args, _forward=cache.forward, **kwargs):
+                headless.append(kwargs.get("skip"))
+                return _forward(*args, **kwargs)
+
+            monkeypatch.setattr(cache, "forward", recording)
         for mode in s.modes:
             assert [s.generate(p, max_new_tokens=16, mode=mode).token_ids for p in PROMPTS] == whole[mode], mode
             assert [r.token_ids for r in s.generate_batch(PROMPTS, max_new_tokens=16, mode=mode)] == whole[mode], mode
