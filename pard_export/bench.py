@@ -7,7 +7,6 @@ acceptance, draft and verify step times, and the share of decode time spent outs
 from __future__ import annotations
 
 import json
-import os
 import platform
 import statistics
 import sys
@@ -15,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import PardExportError
+from .host import cpu_count, cpu_name
+from .prompts import load_prompts
 from .runtime import GenerationStats, Session
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parents[1] / "benchmarks" / "prompts.jsonl"
@@ -46,25 +47,6 @@ def bench(engine: str | Path, *, prompts: str | Path | None = None, max_new_toke
     if plot:
         plot_report(report, Path(plot))
     return report
-
-
-def load_prompts(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise PardExportError(f"prompt file {path} not found; pass --prompts FILE.jsonl")
-    items = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PardExportError(f"{path}:{number} is not JSON ({e.msg}); each line needs a prompt or prompt_ids") from e
-        if not isinstance(item, dict) or not ("prompt" in item or "prompt_ids" in item):
-            raise PardExportError(f"{path}:{number} has neither \"prompt\" nor \"prompt_ids\"")
-        items.append(item)
-    if not items:
-        raise PardExportError(f"{path} holds no prompts")
-    return items
 
 
 def _check_modes(modes: Sequence[str] | None, session: Session) -> list[str]:
@@ -120,6 +102,8 @@ def summarize(runs: list[tuple[GenerationStats, float]]) -> dict:
         "draft_step_ms": statistics.median(s.draft_step_ms for s in stats),
         "verify_step_ms": statistics.median(s.verify_step_ms for s in stats),
         "outside_onnxruntime_pct": 100 * (wall_s - sum(busy for _, busy in runs)) / wall_s if wall_s else 0.0,
+        "drafts_per_step": [sum(col) for col in zip(*(s.drafts_per_step for s in stats))],
+        "modelled_tokens_per_second": statistics.median(s.modelled_tokens_per_second for s in stats),
     }
 
 
@@ -128,6 +112,8 @@ def _speedups(modes: dict) -> dict:
     speedup = {}
     if "pard" in rate and "ar" in rate:
         speedup["pard_vs_ar"] = rate["pard"] / rate["ar"]
+    if "pard-fixed" in rate and "ar" in rate:
+        speedup["pard_fixed_vs_ar"] = rate["pard-fixed"] / rate["ar"]
     if "pard" in rate and "ar-draft" in rate:
         speedup["pard_vs_ar_draft"] = rate["pard"] / rate["ar-draft"]
     return speedup
@@ -147,17 +133,11 @@ def _step_costs(modes: dict) -> dict:
 
 
 def machine_info(session: Session) -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import onnxruntime
 
     return {
-        "cpu": cpu,
-        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu": cpu_name(),
+        "cpus": cpu_count(),
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
         "providers": session.providers,
@@ -166,12 +146,15 @@ def machine_info(session: Session) -> dict:
 
 def format_report(report: dict) -> str:
     lines = [f"k={report['k']}, {report['prompts']} prompts x {report['max_new_tokens']} new tokens, {report['machine']['cpu']}",
-             f"{'mode':9} {'tok/s':>8} {'tau':>6} {'ttft ms':>8} {'draft ms':>9} {'verify ms':>10} {'outside ORT':>12}"]
+             f"{'mode':10} {'tok/s':>8} {'tau':>6} {'ttft ms':>8} {'draft ms':>9} {'verify ms':>10} {'outside ORT':>12}"]
     for mode, m in report["modes"].items():
-        lines.append(f"{mode:9} {m['tokens_per_second']:8.1f} {m['mean_accepted_tokens']:6.2f} {m['ttft_ms']:8.1f} "
+        lines.append(f"{mode:10} {m['tokens_per_second']:8.1f} {m['mean_accepted_tokens']:6.2f} {m['ttft_ms']:8.1f} "
                      f"{m['draft_step_ms']:9.2f} {m['verify_step_ms']:10.2f} {m['outside_onnxruntime_pct']:11.1f}%")
         if m["per_position_acceptance"]:
-            lines.append(f"{'':9} per-position acceptance: " + " ".join(f"{x:.2f}" for x in m["per_position_acceptance"]))
+            lines.append(f"{'':10} per-position acceptance: " + " ".join(f"{x:.2f}" for x in m["per_position_acceptance"]))
+        if m["modelled_tokens_per_second"]:
+            lines.append(f"{'':10} steps by drafts verified (n = 0..k): {m['drafts_per_step']}; modelled "
+                         f"{m['modelled_tokens_per_second']:.1f} tok/s")
     lines += [f"speedup {name}: {value:.2f}x" for name, value in report["speedup"].items()]
     costs = report.get("step_cost", {})
     if "pard_draft_vs_decode" in costs:
@@ -190,7 +173,7 @@ def plot_report(report: dict, path: Path) -> None:
         raise PardExportError("--plot needs matplotlib: pip install matplotlib") from e
     modes = report["modes"]
     fig, (speed, acceptance) = plt.subplots(1, 2, figsize=(10, 4))
-    colors = {"ar": "#888888", "pard": "#dd6622", "ar-draft": "#4488aa"}
+    colors = {"ar": "#888888", "pard": "#dd6622", "pard-fixed": "#eeaa44", "ar-draft": "#4488aa"}
     speed.bar(list(modes), [m["tokens_per_second"] for m in modes.values()], color=[colors[m] for m in modes])
     speed.set_ylabel("tokens / s (prefill excluded)")
     speed.set_title(f"decode speed, k={report['k']}")

@@ -11,6 +11,7 @@ import sys
 import time
 
 from .errors import PardExportError
+from .contract import MODES
 
 EXIT_BAD_INPUT = 2
 
@@ -41,7 +42,10 @@ def _parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser("build", help="export draft + target to an engine directory")
     build.add_argument("--target", required=True, help="preset, Hugging Face id, local directory or .gguf file")
-    build.add_argument("--k", type=int, default=8, help="drafts per step: fixed mask slots in the draft graph (1..32)")
+    build.add_argument("--k", type=_k_value, default=8,
+                       help="drafts per step: fixed mask slots in the draft graph (1..32), or auto: calibrate k = 1..16 "
+                            "on this machine and keep the fastest (onnxruntime)")
+    build.add_argument("--calibration", help="--k auto: JSON lines of prompts to calibrate on (default: bundled)")
     build.add_argument("--draft", help="the PARD draft (default: the preset's)")
     build.add_argument("--out", help="engine directory (default engines/<target>-k<K>-<backend>)")
     build.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) or tensorrt")
@@ -83,7 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, help="makes sampling reproducible")
     generate.add_argument("--draft-sampling", action="store_true", help="sample drafts instead of taking the draft's argmax")
     generate.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not part of the output")
-    generate.add_argument("--mode", default="pard", help="pard (default), ar (target only) or ar-draft (AR speculative)")
+    generate.add_argument("--mode", default="pard", choices=MODES,
+                          help="pard (default: drafts per step chosen from measurements), pard-fixed (k every step), "
+                               "ar (target only) or ar-draft (AR speculative)")
     generate.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     generate.add_argument("--json", action="store_true", help="print one JSON object when done: token_ids, text, stats")
     generate.add_argument("--verify", action="store_true", help="check every file's sha256 against the manifest")
@@ -98,6 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", help="write a PNG: tokens/s per mode, per-position acceptance")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(run=_run_bench)
+
+    calibrate = commands.add_parser("calibrate", help="measure what adaptive pard decides from, on this machine")
+    calibrate.add_argument("--engine", required=True)
+    calibrate.add_argument("--prompts", help="JSON lines whose draft acceptance seeds the estimates (default: bundled)")
+    calibrate.add_argument("--threads", type=int, help="onnxruntime threads, as the Session that will use it")
+    calibrate.set_defaults(run=_run_calibrate)
 
     distill = commands.add_parser("distill", help="training data: the target's own greedy answers to a prompt file")
     distill.add_argument("--engine", required=True, help="an engine directory holding the target")
@@ -162,6 +174,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _k_value(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of drafts or auto, got {text!r}") from None
+
+
 def _token_ids(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -188,6 +209,7 @@ def _run_build(args) -> int:
         opt_batch=args.opt_batch,
         prefill_chunk=args.prefill_chunk,
         timing_cache=args.timing_cache,
+        calibration=args.calibration,
         quantize=args.quantize,
         draft_quantize=args.draft_quantize,
         keep_head_float=args.keep_head_float,
@@ -220,6 +242,21 @@ def _run_generate(args) -> int:
             pieces += 1
     print()
     print(f"[{args.mode}] {pieces} pieces streamed in {time.perf_counter() - started:.2f} s", file=sys.stderr)
+    return 0
+
+
+def _run_calibrate(args) -> int:
+    from .runtime import Session
+
+    with Session(args.engine, threads=args.threads) as session:
+        calibration = session.calibrate(force=True, prompts=args.prompts)
+        where = session.calibration_file
+    costs = calibration.costs
+    print(f"measured in {calibration.seconds:.1f} s; kept in {where or 'memory only (nowhere writable)'}")
+    print("acceptance by position (given the earlier ones): " + " ".join(f"{a:.2f}" for a in calibration.acceptance))
+    for context, seconds in zip(costs.contexts, costs.seconds):
+        steps = " ".join(f"{s / seconds[0]:.2f}" for s in seconds[1:])
+        print(f"context {context:5d}: ar step {seconds[0] * 1e3:.2f} ms; with n = 1..{len(seconds) - 1} drafts, in ar steps: {steps}")
     return 0
 
 

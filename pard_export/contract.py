@@ -51,6 +51,9 @@ TARGET = "target"
 DRAFT = "draft"
 DRAFT_AR = "draft_ar"  # optional: the draft as a plain AR model (target IO), for the ar-draft baseline
 ROLES = (TARGET, DRAFT, DRAFT_AR)
+# Session modes: pard chooses n <= K drafts per step from measurements (runtime/drafting.py), pard-fixed verifies K every
+# step, ar runs the target alone, ar-draft the draft autoregressively (ordinary speculative decoding).
+MODES = ("ar", "pard", "pard-fixed", "ar-draft")
 
 MAX_K = 32
 

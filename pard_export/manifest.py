@@ -13,6 +13,7 @@ from .errors import EngineError
 FORMAT = "pard-export/1"
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
+CALIBRATION_FILE = "calibration.json"  # measured on each host that runs the engine (runtime/calibration.py): not hashed
 _REBUILD = "rebuild it with pard-export build"
 
 
@@ -56,6 +57,8 @@ class Manifest:
     # role -> its weight-only quantization (export/quantize.py QuantScheme.to_dict(): name, bits, block_size,
     # accuracy_level, symmetric, head_quantized); a role left out is float; absent in engines built before it
     quantization: dict[str, dict] = field(default_factory=dict)
+    # build --k auto: {"prompts", "acceptance", "k_sweep": {k: modelled tokens/s}, "k"}; empty for a given k
+    k_selection: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -77,9 +80,9 @@ def sha256_of(path: Path) -> str:
 
 
 def hash_files(root: Path) -> dict[str, FileEntry]:
-    """Every file under root except the manifest, keyed by its relative POSIX path."""
+    """Every file under root except the manifest and the calibration, keyed by its relative POSIX path."""
     entries = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name not in (MANIFEST_FILE, CALIBRATION_FILE)):
         entries[path.relative_to(root).as_posix()] = FileEntry(sha256_of(path), path.stat().st_size)
     return entries
 
@@ -170,4 +173,5 @@ def _from_dict(data: dict) -> Manifest:
         files={name: FileEntry(**entry) for name, entry in data["files"].items()},
         tools=dict(data.get("tools", {})),
         quantization=_quantization(data.get("quantization", {}), models),
+        k_selection=dict(data.get("k_selection", {})),
     )

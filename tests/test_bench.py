@@ -9,7 +9,8 @@ import pytest
 from pard_export.cli import main
 
 MODE_KEYS = {"tokens_per_second", "mean_accepted_tokens", "target_forwards", "draft_forwards", "new_tokens", "ttft_ms",
-             "per_position_acceptance", "draft_step_ms", "verify_step_ms", "outside_onnxruntime_pct"}
+             "per_position_acceptance", "draft_step_ms", "verify_step_ms", "outside_onnxruntime_pct", "drafts_per_step",
+             "modelled_tokens_per_second"}
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +32,16 @@ def test_report_and_plot(bench_engine, prompts, tmp_path, capsys):
     assert main(argv) == 0
     report = json.loads(out.read_text())
     assert set(report) >= {"modes", "speedup", "k", "prompts", "machine"}
-    assert list(report["modes"]) == ["ar", "pard", "ar-draft"]
+    assert list(report["modes"]) == ["ar", "pard", "pard-fixed", "ar-draft"]
     assert (report["k"], report["prompts"]) == (4, 2)
     for mode, numbers in report["modes"].items():
         assert MODE_KEYS <= set(numbers), mode
         assert numbers["new_tokens"] > 0 and numbers["tokens_per_second"] > 0
     assert report["modes"]["ar"]["mean_accepted_tokens"] == 1.0 and report["modes"]["ar"]["draft_forwards"] == 0
     assert len(report["modes"]["pard"]["per_position_acceptance"]) == 4
-    assert set(report["speedup"]) == {"pard_vs_ar", "pard_vs_ar_draft"}
+    assert set(report["speedup"]) == {"pard_vs_ar", "pard_fixed_vs_ar", "pard_vs_ar_draft"}
+    assert report["modes"]["pard"]["modelled_tokens_per_second"] > 0  # adaptive: its cost model's expectation
+    assert sum(report["modes"]["pard-fixed"]["drafts_per_step"][:-1]) <= 4 * report["prompts"]  # k but at the end
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "speedup pard_vs_ar" in capsys.readouterr().out
 

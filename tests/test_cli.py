@@ -97,8 +97,49 @@ def test_opt_batch_outside_the_batches_the_plans_serve(capsys, tmp_path, pair, o
 
 
 def test_argparse_errors_are_one_line(capsys):
-    _fails_cleanly(capsys, ["build", "--target", "x", "--k", "eight"], "invalid int value")
+    _fails_cleanly(capsys, ["build", "--target", "x", "--k", "eight"], "expected a number of drafts or auto")
     _fails_cleanly(capsys, ["generate", "--engine", "e", "--prompt-ids", "1,x"], "comma-separated")
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--k", "auto", "--calibration", "missing.jsonl"], "prompt file missing.jsonl not found"),
+    (["--k", "auto", "--calibration", "EMPTY"], "holds no prompts"),
+    (["--k", "auto", "--backend", "tensorrt"], "--k auto measures the engine on this machine"),
+    (["--k", "4", "--calibration", "p.jsonl"], "--calibration is read by --k auto only"),
+])
+def test_bad_k_auto(capsys, tmp_path, pair, flags, match):
+    out = tmp_path / "o"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    flags = [str(empty) if flag == "EMPTY" else flag for flag in flags]
+    _fails_cleanly(capsys, ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), *flags], match, out)
+
+
+def test_k_auto_keeps_the_best_modelled_k_and_its_sweep(capsys, tmp_path, pair):
+    out = tmp_path / "auto"
+    assert main(["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), "--k", "auto",
+                 "--quiet"]) == 0
+    from pard_export.manifest import CALIBRATION_FILE, read_manifest, verify_hashes
+    from pard_export.runtime import Session
+
+    manifest = read_manifest(out)
+    verify_hashes(out, manifest)
+    sweep = {int(k): v for k, v in manifest.k_selection["k_sweep"].items()}
+    assert sorted(sweep) == list(range(1, 17)) and manifest.k == manifest.k_selection["k"]
+    assert sweep[manifest.k] == max(sweep.values())
+    assert len(manifest.k_selection["acceptance"]) == 16
+    assert (out / CALIBRATION_FILE).is_file()
+    with Session(out) as session:
+        assert session.calibration.k == manifest.k  # kept for the final engine: no measuring at first use
+        ids = [5, 9, 14, 3]
+        assert session.generate(ids, max_new_tokens=12).token_ids == session.generate(ids, max_new_tokens=12, mode="ar").token_ids
+
+
+def test_calibrate_prints_and_keeps_the_measurement(capsys, engine_copy):
+    assert main(["calibrate", "--engine", str(engine_copy)]) == 0
+    out = capsys.readouterr().out
+    assert "kept in" in out and str(engine_copy) in out and "context" in out
+    assert (engine_copy / "calibration.json").is_file()
 
 
 def test_refuses_non_empty_out_without_force(capsys, tmp_path, pair):
@@ -184,7 +225,7 @@ def test_generate_sampling_flags(capsys, engine_copy):
 @pytest.mark.parametrize(
     "flags,match",
     [(["--temperature", "-1"], "temperature"), (["--top-p", "0"], "top_p"), (["--top-k", "-2"], "top_k"),
-     (["--mode", "beam"], "unknown mode"), (["--mode", "ar-draft"], "--with-ar-draft"), (["--prompt", ""], "empty")],
+     (["--mode", "beam"], "invalid choice: 'beam'"), (["--mode", "ar-draft"], "--with-ar-draft"), (["--prompt", ""], "empty")],
 )
 def test_generate_bad_settings(capsys, engine_copy, flags, match):
     argv = ["generate", "--engine", str(engine_copy), "--prompt", "hi", *flags]

@@ -13,7 +13,7 @@ from .. import __version__
 from ..contract import ATTENTIONS, DRAFT, DRAFT_AR, INPLACE, PLAIN, PLUGIN, TARGET, GraphSpec
 from ..errors import PardExportError
 from ..files import staging_dir
-from ..manifest import TOKENIZER_DIR, Manifest, ModelEntry, graph_file, hash_files, write_manifest
+from ..manifest import CALIBRATION_FILE, TOKENIZER_DIR, Manifest, ModelEntry, graph_file, hash_files, write_manifest
 from . import checks
 from .arch import ArchSpec
 from .quantize import (DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK_SIZE, INT8_ACTIVATIONS, QuantScheme, quant_scheme,
@@ -24,12 +24,14 @@ BACKENDS = ("onnxruntime", "tensorrt")
 DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_MAX_SEQ_LEN = 8192
 _TOOLS = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "onnxruntime-extensions", "tensorrt", "triton")
-_STAGES = ("check", "load", "export target", "export draft", "quantize", "compile", "manifest")
+_STAGES = ("check", "load", "export target", "export draft", "quantize", "compile", "manifest", "calibrate")
+AUTO_K = "auto"
+AUTO_MAX_K = 16  # --k auto: candidates 1..AUTO_MAX_K
 
 
 def build(
     target: str,
-    k: int = 8,
+    k: int | str = 8,
     *,
     draft: str | None = None,
     out: str | Path | None = None,
@@ -49,6 +51,7 @@ def build(
     keep_head_float: bool = False,
     quant_block_size: int = DEFAULT_BLOCK_SIZE,
     quant_accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
+    calibration: str | Path | None = None,
     progress: bool = True,
 ) -> Path:
     """Export target.onnx and draft.onnx (k fixed mask slots) into an engine directory; returns its path.
@@ -61,7 +64,13 @@ def build(
     timing cache file `timing_cache` if given.
     quantize="int4"|"int8" (onnxruntime only) stores the target's linear weights, LM head included unless
     keep_head_float, as MatMulNBits blocks of quant_block_size with one scale each (export/quantize.py); the draft and
-    draft_ar follow draft_quantize (None: the same as the target; "none": float)."""
+    draft_ar follow draft_quantize (None: the same as the target; "none": float).
+    k="auto" (onnxruntime) exports a draft of AUTO_MAX_K mask slots, calibrates the engine on this machine with the
+    prompts of `calibration` (JSON lines; default: the bundled ones), keeps the k of the best modelled speed
+    (runtime/calibration.py modelled_speeds) and records the sweep in the manifest's k_selection."""
+    auto = k == AUTO_K
+    _check_auto(auto, backend, calibration)
+    k = AUTO_MAX_K if auto else k
     checks.check_k(k)
     _check_choice("backend", backend, BACKENDS)
     _check_choice("dtype", dtype, DTYPES)
@@ -85,7 +94,7 @@ def build(
             raise PardExportError(f"--opt-batch {opt_batch} must lie between 1 and --max-batch {max_batch}")
         check_tensorrt_build(dtype)  # TensorRT importable, fp16/bf16: before anything is loaded or written
     flavour = {PLUGIN: "-plugin", PLAIN: "-plain"}.get(attention, "")  # inplace, the onnxruntime default: none
-    name = f"{_short_name(target)}-k{k}-{backend}{flavour}{_quant_suffix(schemes)}"
+    name = f"{_short_name(target)}-k{AUTO_K if auto else k}-{backend}{flavour}{_quant_suffix(schemes)}"
     out = Path(out) if out else Path("engines") / name
     if out.exists() and any(out.iterdir()) and not force:
         raise PardExportError(f"{out} exists and is not empty; pass --force to replace it or choose another --out")
@@ -108,8 +117,65 @@ def build(
                 raise PardExportError("the target's tokenizer has no fast (tokenizer.json) form, which the runtime needs")
             manifest = _manifest(pair, specs, staging, k, dtype, backend, attention, plans)
             quantized = {role: scheme.to_dict() for role, scheme in schemes.items() if role in specs}
-            write_manifest(staging, replace(manifest, quantization=quantized))
+            manifest = replace(manifest, quantization=quantized)
+            write_manifest(staging, manifest)
+            if auto:
+                stage("calibrate")
+                _choose_k(pair, staging, manifest, specs, schemes, dtype, attention, calibration)
     return out
+
+
+def _check_auto(auto: bool, backend: str, calibration) -> None:
+    if not auto:
+        if calibration is not None:
+            raise PardExportError("--calibration is read by --k auto only; pass --k auto or leave it out")
+        return
+    if backend != "onnxruntime":
+        raise PardExportError("--k auto measures the engine on this machine, which runs onnxruntime engines only; "
+                              "pass a number with --backend tensorrt (the sweep of an onnxruntime build is a guide)")
+    if calibration is not None:
+        from ..prompts import load_prompts
+
+        load_prompts(Path(calibration))  # unreadable or empty: fail before anything is built
+
+
+def _choose_k(pair: _Pair, staging: Path, manifest: Manifest, specs: dict[str, GraphSpec],
+              schemes: dict[str, QuantScheme], dtype: str, attention: str, calibration) -> None:
+    """Calibrate the AUTO_MAX_K engine in `staging`, keep the k with the best modelled speed (the draft exported
+    again with k slots), and calibrate the final engine, so its first use starts at once."""
+    from ..runtime import Session
+    from ..runtime.calibration import modelled_speeds
+
+    with Session(staging) as session:
+        measured = session.calibrate(force=True, prompts=calibration)
+    speeds = modelled_speeds(measured, manifest.k, range(1, manifest.k + 1))
+    best = max(speeds, key=lambda k: (round(speeds[k], 6), -k))
+    if best != manifest.k:
+        specs = _export_draft_again(pair, staging, best, dtype, attention, schemes, specs)
+    selection = {"prompts": Path(calibration).name if calibration else "bundled", "acceptance": list(measured.acceptance),
+                 "k_sweep": {str(k): speed for k, speed in speeds.items()}, "k": best}
+    (staging / CALIBRATION_FILE).unlink(missing_ok=True)  # measured with the AUTO_MAX_K draft
+    final = _manifest(pair, specs, staging, best, dtype, manifest.backend, attention, {})
+    write_manifest(staging, replace(final, quantization=manifest.quantization, k_selection=selection))
+    with Session(staging) as session:
+        session.calibrate(force=True, prompts=calibration)
+
+
+def _export_draft_again(pair: _Pair, staging: Path, k: int, dtype: str, attention: str,
+                        schemes: dict[str, QuantScheme], specs: dict[str, GraphSpec]) -> dict[str, GraphSpec]:
+    import torch
+
+    from .graphs import export_draft
+
+    model = pair.draft.load_model(getattr(torch, dtype))
+    for stale in (staging / graph_file(DRAFT), staging / f"{graph_file(DRAFT)}.data"):
+        stale.unlink(missing_ok=True)
+    spec = export_draft(model, pair.draft_arch, staging / graph_file(DRAFT), k=k, vocab=pair.vocab, mask_id=pair.mask_id,
+                        attention=attention)
+    if DRAFT in schemes:
+        quantize_graph(staging / graph_file(DRAFT), schemes[DRAFT])
+    _compile_onnxruntime(staging, {DRAFT: spec})
+    return {**specs, DRAFT: spec}
 
 
 @dataclass(frozen=True)

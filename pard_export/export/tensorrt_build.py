@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..contract import BATCH, CAPACITY, PAST, SEQUENCE, TOTAL, GraphSpec, cache_capacity
 from ..errors import BackendUnavailableError, PardExportError
+from ..files import write_atomic
 from ..tensorrt_support import require_tensorrt
 
 TRT_DTYPES = ("float16", "bfloat16")
@@ -183,7 +184,7 @@ def build_plan(onnx_path: Path, plan_path: Path, profiles: list[Profile], settin
     plan = _serialize(builder, network, config, onnx_path)
     plan_path.write_bytes(plan)
     if settings.timing_cache is not None:
-        _write_atomic(settings.timing_cache, memoryview(cache.serialize()))
+        write_atomic(settings.timing_cache, memoryview(cache.serialize()))
     return len(plan)
 
 
@@ -218,13 +219,6 @@ def _timing_cache(config, path: Path | None):
     cache = config.create_timing_cache(data)
     config.set_timing_cache(cache, ignore_mismatch=False)
     return cache
-
-
-def _write_atomic(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(data)
-    Path(f.name).replace(path)
 
 
 # --- What CI checks without a GPU -------------------------------------------------------------------------------

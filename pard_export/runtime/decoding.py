@@ -162,11 +162,13 @@ class GenerationStats:
     per_position_acceptance: list[float] = field(default_factory=list)  # P(draft i accepted), i = 1..k
     per_position_accepted: list[int] = field(default_factory=list)  # the counts behind it
     per_position_drafted: list[int] = field(default_factory=list)
+    drafts_per_step: list[int] = field(default_factory=list)  # [n] = steps that verified n drafts, n = 0..k
     ttft_ms: float = 0.0
     total_ms: float = 0.0
     tokens_per_second: float = 0.0  # after the first step (prefill excluded)
     draft_step_ms: float = 0.0  # mean per step, over steps after the first
     verify_step_ms: float = 0.0
+    modelled_tokens_per_second: float = 0.0  # adaptive pard: what its cost model and estimates expected
     finish_reason: str = ""
 
     def to_dict(self) -> dict:
@@ -183,9 +185,14 @@ class StatsRecorder:
         self.draft_s = self.verify_s = 0.0
         self.timed_steps = 0
         self.first_step_tokens = 0
+        self.steps_by_drafts = np.zeros(k + 1, dtype=np.int64)
+        self.modelled_tokens = self.modelled_s = 0.0
 
-    def record(self, step: RowStep, emitted: int, result: StepResult, first: bool) -> None:
+    def record(self, step: RowStep, emitted: int, result: StepResult, first: bool,
+               modelled: tuple[float, float] | None = None) -> None:
+        """modelled: (expected tokens, expected seconds) of this step, where a cost model chose its drafts."""
         s = self.stats
+        self.steps_by_drafts[step.drafted] += 1
         s.target_forwards += 1
         s.draft_forwards += result.draft_forwards
         s.new_tokens += emitted
@@ -199,6 +206,9 @@ class StatsRecorder:
             self.draft_s += result.draft_s
             self.verify_s += result.verify_s
             self.timed_steps += 1
+            if modelled is not None:
+                self.modelled_tokens += modelled[0]
+                self.modelled_s += modelled[1]
 
     def finish(self, reason: str, ttft_s: float, total_s: float) -> GenerationStats:
         s = self.stats
@@ -208,6 +218,9 @@ class StatsRecorder:
         if self.tries.any():
             s.per_position_acceptance = [float(x) for x in self.hits / np.maximum(self.tries, 1)]
             s.per_position_accepted, s.per_position_drafted = self.hits.tolist(), self.tries.tolist()
+        s.drafts_per_step = self.steps_by_drafts.tolist()
+        if self.modelled_s:
+            s.modelled_tokens_per_second = self.modelled_tokens / self.modelled_s
         s.ttft_ms, s.total_ms = ttft_s * 1e3, total_s * 1e3
         later_tokens, later_s = s.new_tokens - self.first_step_tokens, total_s - ttft_s
         s.tokens_per_second = later_tokens / later_s if later_tokens > 0 and later_s > 0 else s.new_tokens / total_s

@@ -9,20 +9,24 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import DRAFT, DRAFT_AR, PLUGIN, TARGET, GraphSpec, cache_capacity
+from ..contract import DRAFT, DRAFT_AR, MODES, PLUGIN, TARGET, GraphSpec, cache_capacity
 from ..errors import EngineError, GenerationError
 from ..manifest import TOKENIZER_DIR, Manifest, read_manifest, verify_hashes
+from ..prompts import CALIBRATION_PROMPTS, load_prompts
 from .backend_ort import OrtGraph
 from .cache import BatchCache
+from .calibration import (Calibration, conditional_acceptance, load_calibration, measure_costs, now_iso,
+                          save_calibration, settings_key)
 from .decoding import (GenerationStats, StatsRecorder, StepResult, ar_draft_step, ar_step, pard_step,
                        step_lengths)
+from .drafting import AdaptiveDrafts
 from .interfaces import Graph, KVCache
 from .plugin_cache import PluginCache
 from .sampling import SamplingParams
 from .streaming import RowText
 from .text import TextCodec
 
-MODES = ("ar", "pard", "ar-draft")
+CALIBRATION_TOKENS = 48  # new tokens per calibration prompt (the acceptance the estimates start from)
 
 Prompt = str | Sequence[int]
 
@@ -92,7 +96,9 @@ class Session:
     (generate_batch) or one Session per worker."""
 
     def __init__(self, engine_dir: str | Path, *, verify: bool = False, threads: int | None = None,
-                 providers: Sequence[str] | None = None):
+                 providers: Sequence[str] | None = None, calibration: Calibration | None = None):
+        """calibration: the step costs and acceptance adaptive pard starts from (default: measured on first use and
+        kept beside the engine, see calibrate())."""
         self.engine_dir = Path(engine_dir)
         self.manifest: Manifest = read_manifest(self.engine_dir)
         if verify:
@@ -103,6 +109,9 @@ class Session:
         self.codec = TextCodec(self.engine_dir / TOKENIZER_DIR)
         self._caches = {role: self._cache(role, threads, providers) for role in self.manifest.models}
         self._eos = frozenset(self.manifest.eos_token_ids)
+        self._threads = threads
+        self._calibration = calibration
+        self.calibration_file: Path | None = None  # where calibrate() found or kept it
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -116,6 +125,25 @@ class Session:
     @property
     def providers(self) -> list[str]:
         return self._caches[TARGET].graph.providers
+
+    @property
+    def calibration(self) -> Calibration:
+        """What adaptive pard decides from: loaded, or measured now (seconds to a minute, once per engine and host)."""
+        if self._calibration is None:
+            self._calibration = self.calibrate()
+        return self._calibration
+
+    def calibrate(self, *, force: bool = False, prompts: str | Path | None = None) -> Calibration:
+        """Measure the step costs on this host and the draft's acceptance on `prompts` (default: the bundled
+        calibration prompts), keep them (calibration.py) and use them from now on. Without force, a kept calibration
+        of this engine, host and settings is loaded instead."""
+        key = settings_key(self.manifest.backend, self.providers, self._threads)
+        kept = None if force or prompts else load_calibration(self.engine_dir, key, self.manifest.k)
+        if kept is None:
+            measured = self._measure_calibration(Path(prompts) if prompts else CALIBRATION_PROMPTS)
+            kept = measured, save_calibration(self.engine_dir, key, measured)
+        self._calibration, self.calibration_file = kept
+        return self._calibration
 
     def generate(self, prompt: Prompt | Sequence[Prompt], *, max_new_tokens: int = 128, mode: str = "pard",
                  chat: bool = False, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
@@ -176,6 +204,27 @@ class Session:
             return TrtGraph(self.engine_dir / file, io, capture=step_lengths(self.manifest.k))
         return OrtGraph(self.engine_dir / file, io, threads=threads, providers=providers)
 
+    def _measure_calibration(self, prompts: Path) -> Calibration:
+        started = time.perf_counter()
+        items = load_prompts(prompts)
+        m = self.manifest
+        costs = measure_costs(self._caches[TARGET], self._caches[DRAFT], m.k, m.max_seq_len, m.vocab_size)
+        chat = self.codec.chat_template is not None
+        texts = [item.get("prompt_ids") or item["prompt"] for item in items]
+        encode = self.codec.encode_chat if chat else self.codec.encode
+        ids = [(encode(text) if isinstance(text, str) else list(text))[-(m.max_seq_len // 2):]  # room for answers
+               for text in texts]
+        try:
+            results = self.generate_batch(ids, max_new_tokens=CALIBRATION_TOKENS, mode="pard-fixed")
+        except GenerationError:  # more prompts than the engine's largest batch (tensorrt --max-batch)
+            results = [self.generate(row, max_new_tokens=CALIBRATION_TOKENS, mode="pard-fixed") for row in ids]
+        accepted, drafted = np.zeros(m.k, dtype=np.int64), np.zeros(m.k, dtype=np.int64)
+        for stats in (r.stats for r in results if r.stats.per_position_drafted):
+            accepted += stats.per_position_accepted
+            drafted += stats.per_position_drafted
+        acceptance = conditional_acceptance(accepted.tolist(), drafted.tolist())
+        return Calibration(costs, acceptance, now_iso(), time.perf_counter() - started)
+
     def _check_attention(self, role: str) -> None:
         m, io = self.manifest, self.manifest.models[role].io
         if io.attention != m.attention:
@@ -229,7 +278,8 @@ class Session:
             for ids, limit in zip(prompt_ids, request.max_new_tokens)
         ]
         rngs = [np.random.default_rng(None if params.seed is None else [params.seed, i]) for i in range(len(rows))]
-        caches = [self._caches[TARGET]] + ([self._caches[DRAFT if mode == "pard" else DRAFT_AR]] if mode != "ar" else [])
+        caches = [self._caches[TARGET]] + ([self._caches[DRAFT_AR if mode == "ar-draft" else DRAFT]] if mode != "ar" else [])
+        adaptive = AdaptiveDrafts(self.calibration.costs, self.calibration.acceptance, len(rows)) if mode == "pard" else None
         for cache in caches:
             cache.start(len(rows))
         active = list(range(len(rows)))
@@ -237,13 +287,21 @@ class Session:
         draft_new = [list(ids) for ids in prompt_ids]
         start, ttft = time.perf_counter(), None
         while active:
-            result = self._step(caches, mode, target_new, draft_new, min(rows[i].budget for i in active), params,
-                                [rngs[i] for i in active])
+            most = min(self.manifest.k, min(rows[i].budget for i in active) - 1)  # never verify drafts past a limit
+            if adaptive is None:
+                n, modelled = (0 if mode == "ar" else most), None
+            else:
+                context = max(len(prompt_ids[i]) + len(rows[i].tokens) for i in active)
+                n, modelled = _adaptive_drafts(adaptive, active, context, most, max(len(new) for new in draft_new))
+            result = self._step(caches, mode, target_new, draft_new, n, params, [rngs[i] for i in active])
+            if adaptive is not None:
+                adaptive.observe(active, n, [step.accepted for step in result.rows])
             ttft = ttft if ttft is not None else time.perf_counter() - start
-            for i, step in zip(active, result.rows):
+            for pos, (i, step) in enumerate(zip(active, result.rows)):
                 row = rows[i]
                 kept = row.accept(step.emitted, self._eos)
-                row.recorder.record(step, kept, result, first=row.recorder.stats.target_forwards == 0)
+                row.recorder.record(step, kept, result, first=row.recorder.stats.target_forwards == 0,
+                                    modelled=None if modelled is None else modelled[pos])
                 done = row.finish_reason is not None
                 piece = row.text.take_visible(final=done) if row.text is not None else ""
                 final = self._result(row, ttft, time.perf_counter() - start) if done else None
@@ -257,17 +315,24 @@ class Session:
             draft_new = [result.rows[pos].draft_unseen for pos in keep]
             active = [active[pos] for pos in keep]
 
-    def _step(self, caches, mode: str, target_new, draft_new, min_budget: int, params, rngs) -> StepResult:
-        n = min(self.manifest.k, min_budget - 1)  # never verify drafts that could not be emitted
-        if mode == "ar" or n < 1:
+    def _step(self, caches, mode: str, target_new, draft_new, n: int, params, rngs) -> StepResult:
+        if n < 1:
             return ar_step(caches[0], target_new, draft_new, params, rngs)
-        if mode == "pard":
+        if mode in ("pard", "pard-fixed"):
             return pard_step(caches[0], caches[1], target_new, draft_new, n, params, rngs)
         return ar_draft_step(caches[0], caches[1], target_new, draft_new, n, params, rngs, self.manifest.vocab_size)
 
     def _result(self, row: _Row, ttft: float, total: float) -> GenerationResult:
         text = row.text.text if row.text is not None else self.codec.decode(row.tokens)
         return GenerationResult(row.tokens, text, row.recorder.finish(row.finish_reason, ttft, total))
+
+
+def _adaptive_drafts(adaptive: AdaptiveDrafts, active: list[int], context: int, most: int,
+                     unseen: int) -> tuple[int, list[tuple[float, float]]]:
+    """The drafts the next step verifies, and per row the (tokens, seconds) the cost model expects of it."""
+    n, seconds = adaptive.choose(active, context, most)
+    step_s = seconds[n] + (adaptive.costs.catch_up_seconds(unseen) if n else 0.0)
+    return n, [(adaptive.expected(i, n), step_s) for i in active]  # before the step updates the estimates
 
 
 def _token_limits(max_new_tokens: int | Sequence[int], rows: int) -> tuple[int, ...]:

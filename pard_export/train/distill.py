@@ -18,7 +18,7 @@ def distill(engine: str | Path, prompts_file: str | Path, out: str | Path, *, ma
     Returns the number of answer tokens written in this run."""
     from tqdm import tqdm
 
-    from ..bench import load_prompts
+    from ..prompts import load_prompts
     from ..runtime import Session
 
     prompts = load_prompts(Path(prompts_file))[:limit]

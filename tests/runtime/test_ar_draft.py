@@ -22,6 +22,6 @@ def test_ar_draft_equals_target_greedy(tiny_pair, engine, references, k):
 def test_engine_without_ar_draft_refuses_the_mode(tiny_pair, engine):
     target, draft = tiny_pair("qwen3")
     with Session(engine(target, draft, 4)) as session:
-        assert session.modes == ("ar", "pard")
+        assert session.modes == ("ar", "pard", "pard-fixed")
         with pytest.raises(GenerationError, match="--with-ar-draft"):
             session.generate([5, 6], mode="ar-draft")

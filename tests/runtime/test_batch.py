@@ -28,15 +28,15 @@ def singles(session):
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3, 4])
-@pytest.mark.parametrize("mode", ["pard", "ar", "ar-draft"])
+@pytest.mark.parametrize("mode", ["pard", "pard-fixed", "ar", "ar-draft"])
 def test_rows_equal_their_batch_of_one(session, singles, mode, batch):
     results = session.generate_batch(PROMPTS[:batch], max_new_tokens=NEW_TOKENS, mode=mode)
     assert [r.token_ids for r in results] == singles[mode][:batch]
-    assert singles["pard"] == singles["ar"] == singles["ar-draft"]
+    assert singles["pard"] == singles["pard-fixed"] == singles["ar"] == singles["ar-draft"]
 
 
 def test_acceptance_differs_between_rows(session):
-    results = session.generate(PROMPTS, max_new_tokens=NEW_TOKENS)  # a list of prompts is a batch
+    results = session.generate(PROMPTS, max_new_tokens=NEW_TOKENS, mode="pard-fixed")  # a list of prompts is a batch
     assert len({r.stats.accepted_drafts for r in results}) > 1
 
 

@@ -76,6 +76,10 @@ class InPlaceGraph:
     def busy_s(self):
         return self.graph.busy_s
 
+    @property
+    def providers(self):
+        return ["InPlaceTestDouble"]
+
     def kv_store(self, kv_heads, head_dim, capacity):
         self.kv = NumpyKV(self.spec.past_names, (kv_heads, capacity, head_dim), self.kv_dtype, self.max_batch)
         return self.kv
@@ -122,12 +126,12 @@ def test_plugin_engine_uses_preallocated_buffers(session):
         assert isinstance(cache.kv, NumpyKV if getattr(cache.graph, "kv_in_place", False) else HostKV)
 
 
-@pytest.mark.parametrize("mode", ["pard", "ar", "ar-draft"])
+@pytest.mark.parametrize("mode", ["pard", "pard-fixed", "ar", "ar-draft"])
 def test_each_prompt_equals_target_greedy(session, references, mode):
     for prompt_ids, expected in references("llama"):
         result = session.generate(prompt_ids, max_new_tokens=NEW_TOKENS, mode=mode)
         assert result.token_ids == expected, mode
-        if mode == "pard":
+        if mode == "pard-fixed":
             assert result.stats.mean_accepted_tokens > 1.0  # drafts were accepted, so lengths were lowered and kept
 
 
@@ -144,18 +148,18 @@ def test_a_batch_of_two_equals_target_greedy_with_different_acceptance(session, 
 
     monkeypatch.setattr(draft, "forward", counting)
     cases = [references("llama")[i] for i in rows]  # prompts of different lengths
-    results = session.generate_batch([ids for ids, _ in cases], max_new_tokens=NEW_TOKENS)
+    results = session.generate_batch([ids for ids, _ in cases], max_new_tokens=NEW_TOKENS, mode="pard-fixed")
     assert [r.token_ids for r in results] == [expected for _, expected in cases]
     assert any(len(set(counts)) > 1 for counts in new_per_row[1:])  # after the prompts: different acceptance
     # Lossless output alone would not notice wrong drafts (they are just rejected): the drafts, as their
     # acceptance shows, must be the plain engine's too.
-    plain = plain_session.generate_batch([ids for ids, _ in cases], max_new_tokens=NEW_TOKENS)
+    plain = plain_session.generate_batch([ids for ids, _ in cases], max_new_tokens=NEW_TOKENS, mode="pard-fixed")
     assert [r.stats.per_position_accepted for r in results] == [r.stats.per_position_accepted for r in plain]
 
 
 def test_a_batch_of_three_whose_rows_finish_at_different_steps(session, references):
     cases = references("llama")
-    results = session.generate_batch([ids for ids, _ in cases], max_new_tokens=NEW_TOKENS)
+    results = session.generate_batch([ids for ids, _ in cases], max_new_tokens=NEW_TOKENS, mode="pard-fixed")
     assert [r.token_ids for r in results] == [expected for _, expected in cases]
     assert len({r.stats.target_forwards for r in results}) > 1  # rows left the batch at different steps
 
@@ -165,7 +169,7 @@ def test_rows_leaving_the_batch_take_their_caches_along(session, references):
     kept or mixed the wrong rows would change their tokens (or, reading a row that left, make them NaN)."""
     cases = references("llama")
     limits = [5, NEW_TOKENS // 2, NEW_TOKENS]
-    results = session.generate_batch([ids for ids, _ in cases], max_new_tokens=limits)
+    results = session.generate_batch([ids for ids, _ in cases], max_new_tokens=limits, mode="pard-fixed")
     assert [r.token_ids for r in results] == [expected[:n] for (_, expected), n in zip(cases, limits)]
     for role in ("target", "draft"):  # the two graphs of pard mode
         kv = session._caches[role].kv
@@ -271,7 +275,9 @@ def test_every_call_after_the_prefill_has_a_length_the_tensorrt_backend_captures
             return _run(feeds, skip)
 
         monkeypatch.setattr(cache.graph, "run", run)
-    for mode in ("pard", "ar", "ar-draft"):
+    # Adaptive pard is left out: after ar steps the draft reads the tokens it missed in one call of up to 9 tokens,
+    # which TensorRT runs without a captured graph.
+    for mode in ("pard-fixed", "ar", "ar-draft"):
         for prompt_ids, _ in references("llama"):
             for lengths in calls.values():
                 lengths.clear()

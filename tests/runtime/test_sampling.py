@@ -14,6 +14,8 @@ from transformers import AutoModelForCausalLM
 import tiny_models
 from pard_export.errors import GenerationError
 from pard_export.runtime import Session, decoding
+from pard_export.runtime.calibration import Calibration
+from pard_export.runtime.drafting import StepCosts
 
 VOCAB = 64
 PROMPT = [7, 21, 33]
@@ -44,7 +46,11 @@ def small_vocab_models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sessions(small_vocab_models, engine):
     target, drafts = small_vocab_models
-    opened = {kind: Session(engine(target, draft, K, with_ar_draft=True)) for kind, draft in drafts.items()}
+    # Costs shaped like a real pair's (a cheap draft), so adaptive pard drafts, and with a changing number of drafts
+    costs = StepCosts((32,), (tuple(1.0 if n == 0 else 1.15 + 0.1 * n for n in range(K + 1)),))
+    calibration = Calibration(costs, (0.5,) * K)
+    opened = {kind: Session(engine(target, draft, K, with_ar_draft=True), calibration=calibration)
+              for kind, draft in drafts.items()}
     yield opened
     for s in opened.values():
         s.close()
@@ -106,7 +112,8 @@ def tv_and_bound(pairs, joint) -> tuple[float, float]:
 
 CONCENTRATED = dict(temperature=0.8, top_k=12)  # ~100 cells: a tight bound, so the check has power
 SETTINGS = [
-    dict(CONCENTRATED, mode="pard"),
+    dict(CONCENTRATED, mode="pard"),  # adaptive: the number of drafts per step follows the estimates
+    dict(CONCENTRATED, mode="pard-fixed"),
     dict(CONCENTRATED, mode="pard", draft_sampling=True),
     dict(temperature=0.7, top_k=12, top_p=0.9, mode="pard", draft_sampling=True),
     dict(temperature=1.0, mode="pard", draft_sampling=True),  # the whole vocabulary (4000 cells, a loose bound)
@@ -136,7 +143,8 @@ def test_the_check_catches_a_wrong_acceptance_rule(sessions, small_vocab_models,
 
     monkeypatch.setattr(decoding, "verify_sampled", accept_every_draft)
     joint = exact_joint(small_vocab_models[0], CONCENTRATED["temperature"], CONCENTRATED["top_k"], 1.0)
-    tv, bound = tv_and_bound(sample_pairs(sessions[draft], **CONCENTRATED, draft_sampling=draft_sampling), joint)
+    pairs = sample_pairs(sessions[draft], **CONCENTRATED, draft_sampling=draft_sampling, mode="pard-fixed")
+    tv, bound = tv_and_bound(pairs, joint)
     print(f"accept-every-draft, {draft} draft, draft_sampling={draft_sampling}: TV {tv:.4f} > bound {bound:.4f}")
     assert tv > bound
 

@@ -39,7 +39,7 @@ def test_exactly_max_new_tokens(session, expected, n):
 
 
 def test_stats_are_consistent(session):
-    pard = session.generate(PROMPT, max_new_tokens=30).stats
+    pard = session.generate(PROMPT, max_new_tokens=30, mode="pard-fixed").stats
     assert pard.new_tokens == 30
     # one draft forward per step, except a last step with room for one token only (nothing to draft for)
     assert pard.target_forwards - 1 <= pard.draft_forwards <= pard.target_forwards
@@ -47,8 +47,13 @@ def test_stats_are_consistent(session):
     assert pard.acceptance_rate == pytest.approx(pard.accepted_drafts / pard.drafted_tokens)
     assert len(pard.per_position_acceptance) == 4
     assert pard.ttft_ms > 0 and pard.tokens_per_second > 0
+    assert pard.drafts_per_step[-1] >= pard.target_forwards - 4 and sum(pard.drafts_per_step) == pard.target_forwards
     ar = session.generate(PROMPT, max_new_tokens=30, mode="ar").stats
     assert (ar.target_forwards, ar.draft_forwards, ar.mean_accepted_tokens) == (30, 0, 1.0)
+    assert ar.drafts_per_step == [30, 0, 0, 0, 0] and ar.modelled_tokens_per_second == 0.0
+    adaptive = session.generate(PROMPT, max_new_tokens=30, mode="pard").stats
+    assert sum(adaptive.drafts_per_step) == adaptive.target_forwards and adaptive.drafts_per_step[0] < 30
+    assert adaptive.draft_forwards == sum(adaptive.drafts_per_step[1:]) and adaptive.modelled_tokens_per_second > 0
 
 
 def test_stops_at_eos_and_keeps_it(pair, engine, expected, tmp_path):

@@ -31,6 +31,7 @@ class TritonPythonModel:
         engine = os.path.join(args["model_repository"], args["model_version"], parameters["engine_dir"])
         threads = int(parameters.get("threads") or 0) or None
         self.session = Session(engine, threads=threads)
+        self.session.calibration  # loaded, or measured now (once per engine and host), not during the first request
         self.max_tokens_limit = int(parameters["max_tokens_limit"])
         pb_utils.Logger.log_info(f"pard: serving {engine} (k={self.session.manifest.k}, "
                                  f"{self.session.manifest.backend}, {self.session.providers[0]})")

@@ -1,0 +1,197 @@
+"""How many drafts each step verifies (adaptive PARD): the engine's step costs on this host, each row's acceptance
+so far, and the n in 0..K with the most expected tokens per second. n = 0 is an ar step.
+
+The draft graph always proposes K tokens in one forward; verifying only n of them makes the target's forward
+shorter (n + 1 tokens). Where the draft agrees rarely, or the target's forward of several tokens costs much more
+than one (quantized weights on a CPU, long contexts), fewer drafts, or none, are faster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# Tuned by replaying the SmolLM2 engines' measured per-position agreement (chat, documents, random tokens; fp32 and
+# int4) through this policy with their calibrated costs (docs/benchmarks.md, "Adaptive drafting").
+PRIOR_WEIGHT = 1.0  # the calibrated rates count as this many observations of each position
+FORGET = 0.95  # per observation of a position: the estimate follows about the last 20 steps of this row
+DRIFT = 0.9  # per step where a position goes unverified: it returns towards the calibrated rate
+FIRST_PROBE = 16  # ar steps before one step verifies a single draft again (a probe)
+LAST_PROBE = 64  # the wait doubles after each probe that finds nothing accepted, up to this
+PROBE_SCALE = 150.0  # where drafting is modelled only a little slower, a probe comes after 150 x the shortfall ar steps
+SOONEST_PROBE = 4  # but not before this many
+WORTH_TRYING = 0.95  # below this speed of ar steps at the calibrated rates, a request does not try drafting
+HYSTERESIS = 0.05  # a row that drafts keeps drafting until that is modelled 5 % slower than ar steps (estimate noise)
+CATCH_UP_FROM = 2  # tokens the draft reads in a step that follows a step with one accepted draft
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """Seconds per decoding step that verifies n drafts (index n = 0..K; 0 is an ar step, n >= 1 one draft forward
+    plus a target forward of n + 1 tokens), measured at batch 1 at a few context lengths, and at a larger batch at
+    the first of them (its ratio to batch 1 scales every context)."""
+
+    contexts: tuple[int, ...]  # ascending
+    seconds: tuple[tuple[float, ...], ...]  # [contexts][K + 1]
+    batch: int = 1  # the larger batch measured (1: none)
+    batch_seconds: tuple[float, ...] = ()  # [K + 1] at contexts[0]
+    catch_up: float = 0.0  # seconds per token the draft has not seen beyond CATCH_UP_FROM (after ar steps)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_table", np.asarray(self.seconds, dtype=np.float64))  # [C, K+1]
+
+    @property
+    def k(self) -> int:
+        return len(self.seconds[0]) - 1
+
+    def at(self, context: int, batch: int = 1) -> np.ndarray:
+        """Seconds per step for n = 0..K at this context length and batch: piecewise linear in the context (and
+        beyond the ends along the nearest segment), linear in the batch."""
+        table = self._table
+        if len(self.contexts) == 1:
+            seconds = table[0]
+        else:
+            i = int(np.clip(np.searchsorted(self.contexts, context) - 1, 0, len(self.contexts) - 2))
+            (c0, c1), (t0, t1) = self.contexts[i : i + 2], table[i : i + 2]
+            seconds = t0 + (t1 - t0) * (context - c0) / (c1 - c0)
+        seconds = np.maximum(seconds, table.min(axis=0))  # never below what was measured
+        seconds[1:] = np.maximum.accumulate(seconds[1:])  # verifying more drafts never costs less (timing noise)
+        if batch > 1 and self.batch > 1:
+            per_row = (np.asarray(self.batch_seconds) / table[0] - 1) / (self.batch - 1)
+            seconds = seconds * (1 + per_row * (batch - 1))
+        return seconds
+
+    def catch_up_seconds(self, unseen: int) -> float:
+        """What a drafting step costs beyond seconds[n] when the draft has `unseen` tokens to read first: after ar
+        steps, every one of them. Paid once, and worth it over the drafting steps that follow, so it does not enter
+        the choice of n (after ar steps only a probe drafts again)."""
+        return max(0, unseen - CATCH_UP_FROM) * self.catch_up
+
+    def to_dict(self) -> dict:
+        return {"contexts": list(self.contexts), "seconds": [list(row) for row in self.seconds], "batch": self.batch,
+                "batch_seconds": list(self.batch_seconds), "catch_up": self.catch_up}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StepCosts:
+        return cls(tuple(int(c) for c in data["contexts"]), tuple(tuple(float(s) for s in row) for row in data["seconds"]),
+                   int(data["batch"]), tuple(float(s) for s in data["batch_seconds"]), float(data["catch_up"]))
+
+
+def expected_tokens(rates: np.ndarray) -> np.ndarray:
+    """[..., K+1]: the tokens a step emits on average when it verifies n = 0..K drafts: the target's own, plus
+    draft i when drafts 1..i are all accepted (rates[..., i-1] = P(draft i accepted | drafts before it accepted))."""
+    reach = np.cumsum(np.cumprod(rates, axis=-1), axis=-1)
+    return 1.0 + np.concatenate([np.zeros_like(reach[..., :1]), reach], axis=-1)
+
+
+def step_speeds(step_seconds: Sequence[float], rows_rates: Sequence[np.ndarray]) -> np.ndarray:
+    """Expected tokens per second over all rows of a step verifying n = 0..len(step_seconds)-1 drafts."""
+    tokens = expected_tokens(np.asarray(rows_rates, dtype=np.float64)).sum(axis=0)[: len(step_seconds)]
+    return tokens / np.asarray(step_seconds)
+
+
+def choose_drafts(step_seconds: Sequence[float], rows_rates: Sequence[np.ndarray]) -> int:
+    """The n in 0..len(step_seconds)-1 with the most expected tokens per second over all rows, one n for the batch
+    (ties: the fewer drafts)."""
+    return int(np.argmax(step_speeds(step_seconds, rows_rates)))
+
+
+class Acceptance:
+    """One row's estimate of P(draft j accepted | drafts before j accepted), j = 1..K: forgetful counts of its own
+    steps over a prior at the calibrated rates."""
+
+    def __init__(self, prior: np.ndarray):
+        self.prior = np.asarray(prior, dtype=np.float64)
+        self.hits = np.zeros_like(self.prior)
+        self.tries = np.zeros_like(self.prior)
+
+    @property
+    def rates(self) -> np.ndarray:
+        first = (self.hits[0] + PRIOR_WEIGHT * self.prior[0]) / (self.tries[0] + PRIOR_WEIGHT)
+        # Deeper positions are verified less often: their prior is the calibrated profile, scaled by how this row's
+        # first draft fares against the calibration's.
+        prior = np.clip(self.prior * (first / max(self.prior[0], 1e-3)), 0.0, 1.0)
+        prior[0] = self.prior[0]
+        return (self.hits + PRIOR_WEIGHT * prior) / (self.tries + PRIOR_WEIGHT)
+
+    def observe(self, drafted: int, accepted: int) -> None:
+        """A step verified `drafted` drafts and accepted the first `accepted`: positions 1..accepted were accepted,
+        position accepted + 1 (if drafted) was rejected, later ones were not decided."""
+        decided = min(accepted + 1, drafted)
+        self.hits[:decided] *= FORGET
+        self.tries[:decided] *= FORGET
+        self.hits[:accepted] += 1
+        self.tries[:decided] += 1
+        self.hits[decided:] *= DRIFT
+        self.tries[decided:] *= DRIFT
+
+
+class AdaptiveDrafts:
+    """The choice of n for each step of one request (a batch of rows): the best n by the costs and every row's
+    estimate, with three amendments:
+    - the first step always drafts, so the draft reads the prompt with the target's prefill, not in a later probe;
+    - a step after a drafting step keeps drafting unless that is modelled HYSTERESIS slower than an ar step (a few
+      rejections pull an estimate under the line more often than the text changes);
+    - after FIRST_PROBE ar steps in a row one step verifies a single draft (a probe), so a change of text (code
+      after prose) is noticed. Each probe that finds nothing accepted doubles the wait, up to LAST_PROBE; one that
+      finds agreement probes again at once; where drafting is modelled only a little slower, the probe comes after
+      PROBE_SCALE x the shortfall ar steps (at least SOONEST_PROBE)."""
+
+    def __init__(self, costs: StepCosts, prior: Sequence[float], rows: int):
+        self.costs = costs
+        self.rows = [Acceptance(np.asarray(prior)) for _ in range(rows)]
+        self.ar_steps = 0
+        self.probe_after = FIRST_PROBE
+        self.prior = np.asarray(prior, dtype=np.float64)
+        self.started = self.drafting = self.probing = False
+        self.trying = True  # drafting is worth trying at all (decided at the first step)
+
+    def choose(self, rows: Sequence[int], context: int, most: int) -> tuple[int, np.ndarray]:
+        """(n <= most, the modelled seconds of each n) for the next step of `rows` (indices into the request) at
+        this context length."""
+        seconds = self.costs.at(context, len(rows))[: most + 1]
+        rates = [self.rows[r].rates for r in rows]
+        n = choose_drafts(seconds, rates)
+        self.probing = False
+        if most >= 1:
+            speeds = step_speeds(seconds, rates)
+            if not self.started:
+                self.started, self.trying = True, self._worth_trying(seconds, len(rows))
+                n = max(n, 1) if self.trying else n
+            elif n == 0 and self.drafting and speeds[1:].max() >= (1 - HYSTERESIS) * speeds[0]:
+                n = 1 + int(np.argmax(speeds[1:]))
+            if n:
+                self.ar_steps, self.probe_after = 0, FIRST_PROBE
+            elif self.trying:
+                n = self._probe_due(speeds)
+        self.drafting = n > 0
+        return n, seconds
+
+    def _worth_trying(self, seconds: np.ndarray, rows: int) -> bool:
+        """Whether drafting at the calibrated rates is at least WORTH_TRYING x as fast as ar steps here; where it
+        is not, a request drafts only where its estimates say so, and never probes."""
+        speeds = step_speeds(seconds, [self.prior] * rows)
+        return bool(speeds[1:].max() >= WORTH_TRYING * speeds[0])
+
+    def _probe_due(self, speeds: np.ndarray) -> int:
+        """1 where this ar step should verify a draft after all (a probe), else 0."""
+        self.ar_steps += 1
+        soon = PROBE_SCALE * (1.0 - speeds[1:].max() / speeds[0])
+        if self.ar_steps <= (max(soon, SOONEST_PROBE) if soon < FIRST_PROBE else self.probe_after):
+            return 0
+        self.ar_steps, self.probing = 0, True
+        self.probe_after = min(2 * self.probe_after, LAST_PROBE)  # kept only if nothing is accepted
+        return 1
+
+    def observe(self, rows: Sequence[int], drafted: int, accepted: Sequence[int]) -> None:
+        if not drafted:
+            return
+        for r, a in zip(rows, accepted):
+            self.rows[r].observe(drafted, a)
+        if self.probing and any(accepted):  # found agreement: probe again at once, unless the estimates now draft
+            self.ar_steps = self.probe_after = FIRST_PROBE
+
+    def expected(self, row: int, n: int) -> float:
+        return float(expected_tokens(self.rows[row].rates)[n])
