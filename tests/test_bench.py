@@ -38,7 +38,7 @@ def test_report_and_plot(bench_engine, prompts, tmp_path, capsys):
         assert MODE_KEYS <= set(numbers), mode
         assert numbers["new_tokens"] > 0 and numbers["tokens_per_second"] > 0
     assert report["modes"]["ar"]["mean_accepted_tokens"] == 1.0 and report["modes"]["ar"]["draft_forwards"] == 0
-    assert len(report["modes"]["pard"]["per_position_acceptance"]) == 4
+    assert len(report["modes"]["pard-fixed"]["per_position_acceptance"]) == 4
     assert set(report["speedup"]) == {"pard_vs_ar", "pard_fixed_vs_ar", "pard_vs_ar_draft"}
     assert report["modes"]["pard"]["modelled_tokens_per_second"] > 0  # adaptive: its cost model's expectation
     assert sum(report["modes"]["pard-fixed"]["drafts_per_step"][:-1]) <= 4 * report["prompts"]  # k but at the end

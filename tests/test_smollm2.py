@@ -37,7 +37,7 @@ def test_greedy_equals_transformers(smollm2_engine, reference):
             ids = tokenizer(prompt, return_tensors="pt").input_ids
             with torch.no_grad():
                 expected = model.generate(ids, do_sample=False, max_new_tokens=NEW_TOKENS)[0, ids.shape[1] :].tolist()
-            for mode in ("pard", "ar"):
+            for mode in ("pard", "pard-fixed", "ar"):
                 result = session.generate(prompt, max_new_tokens=NEW_TOKENS, mode=mode)
                 assert result.token_ids == expected, (prompt, mode)
 

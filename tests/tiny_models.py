@@ -106,3 +106,13 @@ def reference_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int
     with torch.no_grad():
         out = model.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=max_new_tokens)
     return out[0, len(prompt_ids) :].tolist()
+
+
+def cpu_like_calibration(k: int, acceptance: float = 0.5):
+    """Costs shaped like SmolLM2's on a CPU (a draft forward 0.15 decode steps, each verified draft 0.05 more), so
+    adaptive pard judges the tiny models, whose draft costs as much as their target, as it would a real pair."""
+    from pard_export.runtime.calibration import Calibration
+    from pard_export.runtime.drafting import StepCosts
+
+    seconds = tuple(1.0 if n == 0 else 1.15 + 0.05 * n for n in range(k + 1))
+    return Calibration(StepCosts((32,), (seconds,)), (acceptance,) * k)

@@ -8,8 +8,6 @@ import numpy as np
 
 import tiny_models
 from pard_export.runtime import Session, drafting
-from pard_export.runtime.calibration import Calibration
-from pard_export.runtime.drafting import StepCosts
 
 NEW_TOKENS = tiny_models.NEW_TOKENS
 
@@ -25,18 +23,11 @@ def test_pard_and_ar_equal_target_greedy(arch, k, tiny_pair, engine, references)
                 assert result.token_ids == expected, (arch, k, mode)
 
 
-def cpu_like(k: int) -> Calibration:
-    """Costs shaped like SmolLM2's on a CPU (a draft forward 0.15 decode steps, each verified draft 0.05 more), so the
-    tiny models, whose draft costs as much as their target, are judged as a real pair would be."""
-    seconds = tuple(1.0 if n == 0 else 1.15 + 0.05 * n for n in range(k + 1))
-    return Calibration(StepCosts((32,), (seconds,)), (0.5,) * k)
-
-
 @pytest.mark.parametrize("mode", ["pard", "pard-fixed"])
 def test_draft_copy_of_target_accepts_more_and_stays_lossless(tiny_pair, engine, references, tmp_path, mode):
     target, _ = tiny_pair("llama")
     draft = tiny_models.make_model(tmp_path / "copy", "llama", tiny_models.TARGET_SIZE, seed=0)  # same weights
-    with Session(engine(target, draft, 4), calibration=cpu_like(4)) as session:
+    with Session(engine(target, draft, 4), calibration=tiny_models.cpu_like_calibration(4)) as session:
         for prompt_ids, expected in references("llama"):
             result = session.generate(prompt_ids, max_new_tokens=NEW_TOKENS, mode=mode)
             assert result.token_ids == expected
@@ -48,7 +39,7 @@ def test_draft_copy_of_target_accepts_more_and_stays_lossless(tiny_pair, engine,
 
 def test_random_draft_is_lossless_with_little_acceptance(tiny_pair, engine, references):
     target, draft = tiny_pair("llama")
-    with Session(engine(target, draft, 8), calibration=cpu_like(8)) as session:
+    with Session(engine(target, draft, 8), calibration=tiny_models.cpu_like_calibration(8)) as session:
         prompt_ids, expected = references("llama")[0]
         fixed = session.generate(prompt_ids, max_new_tokens=NEW_TOKENS, mode="pard-fixed")
         adaptive = session.generate(prompt_ids, max_new_tokens=NEW_TOKENS)
@@ -67,7 +58,7 @@ def test_drafts_per_step_changing_every_step_stay_lossless(tiny_pair, engine, re
     choices = np.random.default_rng(k)
     monkeypatch.setattr(drafting, "choose_drafts", lambda seconds, rates: int(choices.integers(len(seconds))))
     cases = references("llama")[:batch]
-    with Session(engine(target, draft, k), calibration=cpu_like(k)) as session:
+    with Session(engine(target, draft, k), calibration=tiny_models.cpu_like_calibration(k)) as session:
         results = session.generate_batch([ids for ids, _ in cases], max_new_tokens=NEW_TOKENS)
     assert [r.token_ids for r in results] == [expected for _, expected in cases]
     steps = results[0].stats.drafts_per_step

@@ -14,8 +14,6 @@ from transformers import AutoModelForCausalLM
 import tiny_models
 from pard_export.errors import GenerationError
 from pard_export.runtime import Session, decoding
-from pard_export.runtime.calibration import Calibration
-from pard_export.runtime.drafting import StepCosts
 
 VOCAB = 64
 PROMPT = [7, 21, 33]
@@ -46,9 +44,7 @@ def small_vocab_models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sessions(small_vocab_models, engine):
     target, drafts = small_vocab_models
-    # Costs shaped like a real pair's (a cheap draft), so adaptive pard drafts, and with a changing number of drafts
-    costs = StepCosts((32,), (tuple(1.0 if n == 0 else 1.15 + 0.1 * n for n in range(K + 1)),))
-    calibration = Calibration(costs, (0.5,) * K)
+    calibration = tiny_models.cpu_like_calibration(K)  # adaptive pard drafts, a number of drafts that changes
     opened = {kind: Session(engine(target, draft, K, with_ar_draft=True), calibration=calibration)
               for kind, draft in drafts.items()}
     yield opened
