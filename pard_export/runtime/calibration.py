@@ -68,24 +68,18 @@ def engine_id(engine_dir: Path) -> str:
     return hashlib.sha256((engine_dir / MANIFEST_FILE).read_bytes()).hexdigest()
 
 
-def calibration_paths(engine_dir: Path) -> list[Path]:
-    """Where a calibration is looked for, in order: beside the engine, then the user's cache folder."""
+def calibration_paths(engine_dir: Path, engine: str) -> list[Path]:
+    """Where a calibration of the engine `engine` (engine_id) is kept, in order: beside it, then the user's cache."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pard-export" / "calibration"
-    return [engine_dir / CALIBRATION_FILE, cache / f"{engine_id(engine_dir)[:32]}.json"]
+    return [engine_dir / CALIBRATION_FILE, cache / f"{engine[:32]}.json"]
 
 
 def load_calibration(engine_dir: Path, key: str, k: int) -> tuple[Calibration, Path] | None:
     """The entry for `key` and its file, or None (with a one-line warning where a file exists but cannot be used)."""
-    for path in calibration_paths(engine_dir):
-        if not path.is_file():
-            continue
-        data = _read(path)
-        if data is None:
-            continue
-        if data.get("engine") != engine_id(engine_dir):
-            log.warning("%s was measured for another engine; calibrating again", path)
-            continue
-        entry = data.get("entries", {}).get(key)
+    engine = engine_id(engine_dir)
+    for path in calibration_paths(engine_dir, engine):
+        data = _read(path, engine, warn=True)
+        entry = data["entries"].get(key) if data else None
         if entry is None:
             continue
         try:
@@ -100,10 +94,9 @@ def load_calibration(engine_dir: Path, key: str, k: int) -> tuple[Calibration, P
 
 def save_calibration(engine_dir: Path, key: str, calibration: Calibration) -> Path | None:
     """Add the entry to the first writable place; None where none is (the calibration then lives in memory only)."""
-    for path in calibration_paths(engine_dir):
-        data = _read(path) if path.is_file() else None
-        if data is None or data.get("engine") != engine_id(engine_dir) or data.get("format") != FORMAT:
-            data = {"format": FORMAT, "engine": engine_id(engine_dir), "entries": {}}
+    engine = engine_id(engine_dir)
+    for path in calibration_paths(engine_dir, engine):
+        data = _read(path, engine, warn=False) or {"format": FORMAT, "engine": engine, "entries": {}}
         data["entries"][key] = calibration.to_dict()
         try:
             write_atomic(path, (json.dumps(data, indent=1) + "\n").encode())
@@ -115,16 +108,24 @@ def save_calibration(engine_dir: Path, key: str, calibration: Calibration) -> Pa
     return None
 
 
-def _read(path: Path) -> dict | None:
+def _read(path: Path, engine: str, warn: bool) -> dict | None:
+    """The calibration file's contents where it is one of this engine's; else None (said in one line if warn)."""
+    if not path.is_file():
+        return None
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        log.warning("%s is not a calibration file (unreadable JSON); calibrating again", path)
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
-        log.warning("%s is not a calibration file; calibrating again", path)
-        return None
-    return data
+        data, problem = None, "is not a calibration file (unreadable JSON)"
+    else:
+        valid = isinstance(data, dict) and isinstance(data.get("entries"), dict) and data.get("format") == FORMAT
+        problem = None if valid else "is not a calibration file"
+        if valid and data.get("engine") != engine:
+            problem = "was measured for another engine"
+    if problem is None:
+        return data
+    if warn:
+        log.warning("%s %s; calibrating again", path, problem)
+    return None
 
 
 def measure_costs(target: KVCache, draft: KVCache, k: int, max_seq_len: int, vocab: int, seed: int = 0) -> StepCosts:
