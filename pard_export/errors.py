@@ -23,3 +23,15 @@ class GenerationError(PardExportError, ValueError):
 
 class BackendUnavailableError(PardExportError):
     """An optional backend (TensorRT, CUDA) is not installed or has no GPU on this host."""
+
+
+class TrtBuildError(PardExportError):
+    """TensorRT (or TensorRT-RTX) could not parse a graph or build a plan from it."""
+
+
+class RepositoryError(PardExportError):
+    """A Triton model repository or its config is not what Triton and the `pard` model need."""
+
+
+class RequestError(GenerationError):
+    """A serving request the model refuses; the message goes back to the client as the response's error."""

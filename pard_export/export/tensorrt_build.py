@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..contract import BATCH, CAPACITY, PAST, SEQUENCE, TOTAL, GraphSpec, cache_capacity
-from ..errors import BackendUnavailableError, PardExportError
+from ..errors import BackendUnavailableError, PardExportError, TrtBuildError
 from ..files import write_atomic
 from ..tensorrt_support import require_tensorrt
 
@@ -33,9 +33,6 @@ RTX_MISSING = (
     "TensorRT-RTX is not installed; pip install tensorrt-rtx-cu12 (it builds plans without a GPU) to check the graphs"
 )
 
-
-class TrtBuildError(PardExportError):
-    """TensorRT (or TensorRT-RTX) could not parse a graph or build a plan from it."""
 
 
 @dataclass(frozen=True)
@@ -95,26 +92,7 @@ DIM_VALUES: dict[str, DimValue] = {
 }
 
 Shape = tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Profile:
-    """An optimization profile: (min, opt, max) shapes per input name, in the graph's input order."""
-
-    name: str
-    shapes: tuple[tuple[str, tuple[Shape, Shape, Shape]], ...]
-
-    def as_dict(self) -> dict[str, tuple[Shape, Shape, Shape]]:
-        return dict(self.shapes)
-
-    def contains(self, shapes: Mapping[str, Shape]) -> bool:
-        """Whether every given input shape lies within this profile's [min, max] box."""
-        ranges = self.as_dict()
-        return all(
-            name in ranges and len(shape) == len(ranges[name][0])
-            and all(lo <= d <= hi for d, lo, hi in zip(shape, ranges[name][0], ranges[name][2]))
-            for name, shape in shapes.items()
-        )
+POLYGRAPHY_MISSING = "polygraphy is not installed; pip install 'pard-export[tensorrt]' (its Profile holds the shapes)"
 
 
 def profile_points(settings: TrtBuildSettings) -> dict[str, tuple[ProfilePoint, ProfilePoint, ProfilePoint]]:
@@ -132,16 +110,30 @@ def profile_points(settings: TrtBuildSettings) -> dict[str, tuple[ProfilePoint, 
 
 
 def optimization_profiles(spec: GraphSpec, settings: TrtBuildSettings,
-                          dim_values: Mapping[str, DimValue] = DIM_VALUES) -> list[Profile]:
-    """One Profile per entry of profile_points, covering every input of `spec`."""
-    profiles = []
+                          dim_values: Mapping[str, DimValue] = DIM_VALUES) -> dict:
+    """Profile name ("step", "prefill") -> a Polygraphy Profile: (min, opt, max) for every input of `spec`, in the
+    graph's input order."""
+    try:
+        from polygraphy.backend.trt import Profile
+    except ImportError as e:
+        raise BackendUnavailableError(POLYGRAPHY_MISSING) from e
+    profiles = {}
     for name, corners in profile_points(settings).items():
-        shapes = []
+        profile = Profile()
         for tensor in spec.inputs:
-            shapes.append((tensor.name, tuple(_shape(tensor.name, tensor.dims, point, settings, dim_values)
-                                              for point in corners)))
-        profiles.append(Profile(name, tuple(shapes)))
+            profile.add(tensor.name, *(_shape(tensor.name, tensor.dims, point, settings, dim_values)
+                                       for point in corners))
+        profiles[name] = profile
     return profiles
+
+
+def within(profile, shapes: Mapping[str, Shape]) -> bool:
+    """Whether every given input shape lies within the Polygraphy Profile's [min, max] box."""
+    return all(
+        name in profile and len(shape) == len(profile[name].min)
+        and all(lo <= d <= hi for d, lo, hi in zip(shape, profile[name].min, profile[name].max))
+        for name, shape in shapes.items()
+    )
 
 
 def _shape(tensor: str, dims, point: ProfilePoint, settings: TrtBuildSettings, dim_values) -> Shape:
@@ -159,12 +151,12 @@ def _shape(tensor: str, dims, point: ProfilePoint, settings: TrtBuildSettings, d
     return tuple(shape)
 
 
-def build_plan(onnx_path: Path, plan_path: Path, profiles: list[Profile], settings: TrtBuildSettings) -> int:
+def build_plan(onnx_path: Path, plan_path: Path, profiles: Mapping, settings: TrtBuildSettings) -> int:
     """Parse `onnx_path` with TensorRT's ONNX parser and write a serialized engine to `plan_path`; returns its size.
 
     A strongly typed network (the ONNX dtypes decide precisions), PREFER_AOT_PYTHON_PLUGINS (a plugin with both
     an AOT and a JIT implementation embeds the AOT kernel, so the plan needs no Python), aliased plugin IO (the
-    PardAttention caches are updated in place), one optimization profile per `profiles` entry, and a timing cache
+    PardAttention caches are updated in place), one optimization profile per `profiles` entry (in order), and a timing cache
     reused across builds. Register the plugins (plugins.pard_attention.tensorrt_plugin.register) first."""
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -198,13 +190,15 @@ def _parse(trt, builder, logger, onnx_path: Path, flags: int):
     return network
 
 
-def _add_profiles(builder, config, profiles: list[Profile]) -> None:
-    for profile in profiles:
+def _add_profiles(builder, config, profiles: Mapping) -> None:
+    """The Polygraphy Profiles into the builder config (by hand, not Profile.to_trt: that needs `tensorrt` itself,
+    and TensorRT-RTX builds here without it)."""
+    for name, profile in profiles.items():
         trt_profile = builder.create_optimization_profile()
-        for name, (lo, opt, hi) in profile.shapes:
-            trt_profile.set_shape(name, lo, opt, hi)
+        for tensor, shapes in profile.items():
+            trt_profile.set_shape(tensor, shapes.min, shapes.opt, shapes.max)
         if config.add_optimization_profile(trt_profile) < 0:
-            raise TrtBuildError(f"TensorRT refused the {profile.name!r} optimization profile (min <= opt <= max per dim?)")
+            raise TrtBuildError(f"TensorRT refused the {name!r} optimization profile (min <= opt <= max per dim?)")
 
 
 def _serialize(builder, network, config, onnx_path: Path) -> bytes:
@@ -248,7 +242,7 @@ class LintReport:
         return not self.failing and not self.entries
 
 
-def build_rtx_plan(onnx_path: Path, profiles: list[Profile], compute_capability: str = "SM89") -> RtxBuild:
+def build_rtx_plan(onnx_path: Path, profiles: Mapping, compute_capability: str = "SM89") -> RtxBuild:
     """Parse `onnx_path` with TensorRT-RTX and build (never deserialize: no GPU here) a plan for one compute
     capability (SM75, SM80, SM86, SM89, SM120). Proves the plain graphs parse and build in a TensorRT-family
     builder; TensorRT-RTX has no plugin layers, so the plugin-flavour graphs cannot be checked this way."""
@@ -309,7 +303,7 @@ def check_plain_graphs(engine_dir: str | Path, compute_capability: str = "SM89",
         path = engine_dir / entry.file
         profiles = optimization_profiles(entry.io, settings)
         built = build_rtx_plan(path, profiles, compute_capability)
-        opt_shapes = {name: shapes[1] for name, shapes in profiles[0].shapes}
+        opt_shapes = {name: shapes.opt for name, shapes in profiles["step"].items()}
         report = lint_onnx(path, opt_shapes, {"input_ids": (0, entry.vocab_rows - 1), "attention_mask": (1, 1)})
         if not report.clean:
             problem = report.entries[0].get("message", "").strip() if report.entries else ", ".join(report.failing)
@@ -355,4 +349,5 @@ def _register_plugins() -> None:
             "the PardAttention TensorRT plugin (plugins/pard_attention) is not importable; run pard-export from the "
             "repository root or put it on PYTHONPATH"
         ) from e
+    require_tensorrt()
     tensorrt_plugin.register()

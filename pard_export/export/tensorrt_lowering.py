@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..contract import ATTENTION_SYNC, ATTENTION_SYNC_OUT
-from .tensorrt_build import TrtBuildError
+from ..errors import TrtBuildError
 
 LOWERED_SUFFIX = ".tensorrt.onnx"  # draft.onnx -> draft.tensorrt.onnx, beside it
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import PardExportError
+from ..errors import RepositoryError
 from .protocol import INPUTS, OUTPUTS, Tensor
 
 MODEL_NAME = "pard"
@@ -13,9 +13,6 @@ KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 # config parameters the model reads (runtime/triton/pard/1/model.py)
 ENGINE_DIR, MAX_TOKENS_LIMIT, THREADS = "engine_dir", "max_tokens_limit", "threads"
 
-
-class RepositoryError(PardExportError):
-    """A model repository or its config is not what Triton and the `pard` model need."""
 
 
 @dataclass(frozen=True)

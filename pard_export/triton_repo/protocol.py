@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import GenerationError
+from ..errors import RequestError
 
 TEXT_INPUT, INPUT_IDS, MAX_TOKENS = "text_input", "input_ids", "max_tokens"
 TEMPERATURE, TOP_P, TOP_K, SEED, STREAM, CHAT = "temperature", "top_p", "top_k", "seed", "stream", "chat"
@@ -52,9 +52,6 @@ OUTPUTS = (
     Tensor(MEAN_ACCEPTED, "TYPE_FP32", (1,)),
 )
 
-
-class RequestError(GenerationError):
-    """A request the model refuses; the message goes back to the client as the response's error."""
 
 
 @dataclass(frozen=True)

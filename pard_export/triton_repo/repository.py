@@ -6,10 +6,11 @@ import shutil
 import sysconfig
 from pathlib import Path
 
+from ..errors import RepositoryError
 from ..files import staging_dir
 from ..manifest import Manifest, read_manifest, verify_hashes
-from .config import (ENGINE_DIR, KINDS, MAX_TOKENS_LIMIT, MODEL_NAME, RepositoryError, ServingSettings,
-                     build_config, check_config, parse_config, render)
+from .config import (ENGINE_DIR, KINDS, MAX_TOKENS_LIMIT, MODEL_NAME, ServingSettings, build_config, check_config,
+                     parse_config, render)
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "runtime" / "triton"
 MODEL_FILE = "model.py"

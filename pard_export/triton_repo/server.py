@@ -21,7 +21,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .config import MODEL_NAME, RepositoryError
+from ..errors import RepositoryError
+from .config import MODEL_NAME
 
 DEFAULT_ENV = Path(__file__).resolve().parents[2] / ".venv-tritonserver"
 _PYTRITON = "pytriton/tritonserver"

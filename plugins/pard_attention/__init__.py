@@ -19,6 +19,9 @@ explicitly: it needs torch and triton). As an ONNX node (one per decoder layer):
 and builds the node (needs onnx); `onnxruntime_op.py` runs it on ONNX Runtime through onnxruntime-extensions. ONNX
 has no in-place update, so the node also outputs the updated caches [B, Hkv, Smax, D]; TensorRT aliases them to the
 cache inputs.
+
+Layering: this package knows nothing of pard_export (the exporter and runtime import it, never the reverse), so
+the op can ship and be tested on its own; tests/test_import_graph.py enforces that.
 """
 
 from .reference import pard_attention

@@ -26,24 +26,14 @@ attributes below. Nothing here imports tensorrt, triton or torch at module impor
 import functools
 
 from . import DOMAIN, INT_ATTRIBUTES, OP_TYPE
+from .dtypes import triton_dtype_name
 
 PLUGIN_ID = f"{DOMAIN}::{OP_TYPE}"
 ATTRIBUTES = INT_ATTRIBUTES  # num_q_heads, num_kv_heads, head_size: typed `int` plugin attributes
 ALIASED_OUTPUTS = {1: 3, 2: 4, 3: 6}  # output index -> the input index it aliases (k/v caches, sync counters)
-_TRITON_DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 _TRT_TYPE_NAMES = {"*fp16": "FP16", "*bf16": "BF16", "*fp32": "FP32", "*i32": "INT32"}  # AutoTuneCombination's
 
 _registered = False
-
-
-def triton_dtype_name(dtype) -> str:
-    """Triton's pointer type name for a TensorRT DataType or a torch dtype (or its name: "float16",
-    "DataType.HALF", "torch.bfloat16", ...)."""
-    name = str(dtype).lower().removeprefix("datatype.").removeprefix("torch.")
-    name = {"half": "float16", "bf16": "bfloat16", "float": "float32"}.get(name, name)
-    if name not in _TRITON_DTYPES:
-        raise ValueError(f"PardAttention runs in float16, bfloat16 or float32, not {dtype}")
-    return _TRITON_DTYPES[name]
 
 
 def io_types(dtype) -> str:
@@ -149,9 +139,8 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    from pard_export.tensorrt_support import require_tensorrt
+    import tensorrt  # noqa: F401  (ImportError when absent: the caller says how to install it)
 
-    require_tensorrt()
     _define()
     _registered = True
 

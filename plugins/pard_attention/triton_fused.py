@@ -45,7 +45,7 @@ from triton.runtime.interpreter import InterpretedFunction
 
 from . import COUNTERS_PER_BLOCK, MERGE_GROUPS, QUERY_BLOCK, sync_size
 from .reference import check_shapes
-from .tensorrt_plugin import triton_dtype_name
+from .dtypes import triton_dtype_name
 from .triton_kernel import _add, _dot, _larger
 
 BLOCK_M = QUERY_BLOCK  # query rows (tokens x group heads) per program: fixed, since S is only known at run time

@@ -13,7 +13,7 @@ import pytest
 from pard_export.contract import (
     ATTENTION_MASK, BATCH, INPUT_IDS, PAST_LEN, SEQUENCE, TOTAL, GraphSpec, TensorSpec, draft_spec, target_spec,
 )
-from pard_export.errors import BackendUnavailableError, PardExportError
+from pard_export.errors import BackendUnavailableError, PardExportError, TrtBuildError
 from pard_export.export import tensorrt_build as tb
 from pard_export.tensorrt_support import TENSORRT_MISSING, tensorrt_available
 
@@ -61,50 +61,56 @@ def test_tensorrt_builds_half_precision_only(monkeypatch):
 
 def test_profiles_cover_decode_verify_and_prefill_for_the_plain_target():
     spec = target_spec(2, 2, 16, 320)
-    step, prefill = tb.optimization_profiles(spec, SETTINGS)
-    assert (step.name, prefill.name) == ("step", "prefill")
-    assert [name for name, _ in step.shapes] == [t.name for t in spec.inputs]
-    ids, mask, past = (step.as_dict()[n] for n in (INPUT_IDS, ATTENTION_MASK, "past_key_values.0.key"))
+    profiles = tb.optimization_profiles(spec, SETTINGS)
+    assert list(profiles) == ["step", "prefill"]
+    step, prefill = profiles.values()
+    assert list(step.keys()) == [t.name for t in spec.inputs]
+    ids, mask, past = (_ranges(step, n) for n in (INPUT_IDS, ATTENTION_MASK, "past_key_values.0.key"))
     assert ids == ((1, 1), (1, 5), (8, 5))  # S = 1 (decode) .. k + 1 (verify), tuned for verify at batch 1
     assert past == ((1, 2, 0, 16), (1, 2, 256, 16), (8, 2, 1023, 16))  # P from 0 to max_seq_len - 1
     assert mask == ((1, 1), (1, 261), (8, 1024))  # T = P + S at min and opt, capped at max_seq_len
-    assert prefill.as_dict()[INPUT_IDS] == ((1, 1), (1, 128), (8, 128))
-    assert prefill.as_dict()["past_key_values.1.value"][1] == (1, 2, 0, 16)  # prefill is tuned for an empty cache
+    assert _ranges(prefill, INPUT_IDS) == ((1, 1), (1, 128), (8, 128))
+    assert prefill["past_key_values.1.value"].opt == (1, 2, 0, 16)  # prefill is tuned for an empty cache
     for profile in (step, prefill):
-        for name, (lo, opt, hi) in profile.shapes:
-            assert all(a <= b <= c for a, b, c in zip(lo, opt, hi)), name
+        for name, shapes in profile.items():
+            assert all(a <= b <= c for a, b, c in zip(shapes.min, shapes.opt, shapes.max)), name
+
+
+def _ranges(profile, name):
+    shapes = profile[name]
+    return tuple(shapes.min), tuple(shapes.opt), tuple(shapes.max)
 
 
 def test_every_runtime_shape_lies_in_a_profile():
-    profiles = tb.optimization_profiles(draft_spec(1, 1, 16, 320, 4), SETTINGS)
+    step, prefill = tb.optimization_profiles(draft_spec(1, 1, 16, 320, 4), SETTINGS).values()
 
     def shapes(batch, seq, past):
         return {INPUT_IDS: (batch, seq), ATTENTION_MASK: (batch, past + seq), "past_key_values.0.key": (batch, 1, past, 16)}
 
-    assert profiles[0].contains(shapes(1, 1, 1023))  # decode at the very end of the cache
-    assert profiles[0].contains(shapes(8, 5, 0)) and not profiles[0].contains(shapes(8, 6, 0))
-    assert profiles[1].contains(shapes(3, 128, 500)) and not profiles[1].contains(shapes(9, 1, 0))
+    assert tb.within(step, shapes(1, 1, 1023))  # decode at the very end of the cache
+    assert tb.within(step, shapes(8, 5, 0)) and not tb.within(step, shapes(8, 6, 0))
+    assert tb.within(prefill, shapes(3, 128, 500)) and not tb.within(prefill, shapes(9, 1, 0))
 
 
 def test_plugin_flavour_inputs_are_data_not_code():
     spec = target_spec(2, 2, 16, 320, attention="plugin")
-    step, prefill = tb.optimization_profiles(spec, SETTINGS)
-    cache = step.as_dict()["kv_cache.0.key"]
+    step, prefill = tb.optimization_profiles(spec, SETTINGS).values()
+    cache = _ranges(step, "kv_cache.0.key")
     capacity = cache[0][2]
     assert capacity >= SETTINGS.max_seq_len + SETTINGS.k and cache[0] == (1, 2, capacity, 16)
-    assert cache[2] == (8, 2, capacity, 16) and prefill.as_dict()["kv_cache.1.value"][1][2] == capacity
-    assert step.as_dict()[PAST_LEN] == ((1,), (1,), (8,))
+    assert cache[2] == (8, 2, capacity, 16) and prefill["kv_cache.1.value"].opt[2] == capacity
+    assert _ranges(step, PAST_LEN) == ((1,), (1,), (8,))
     odd = GraphSpec("target", (TensorSpec("x", "int64", (BATCH, "mystery")),), ())
     with pytest.raises(PardExportError, match="'mystery'.*DIM_VALUES"):
         tb.optimization_profiles(odd, SETTINGS)
     extended = {**tb.DIM_VALUES, "mystery": lambda p, s: 7}
-    assert tb.optimization_profiles(odd, SETTINGS, extended)[0].as_dict()["x"] == ((1, 7), (1, 7), (8, 7))
+    assert _ranges(tb.optimization_profiles(odd, SETTINGS, extended)["step"], "x") == ((1, 7), (1, 7), (8, 7))
 
 
 def test_a_short_chunk_gives_one_profile():
     spec = GraphSpec("target", (TensorSpec(INPUT_IDS, "int64", (BATCH, SEQUENCE)), TensorSpec("m", "int64", (BATCH, TOTAL))), ())
     settings = tb.TrtBuildSettings(k=8, prefill_chunk=4, max_seq_len=64)
-    assert [p.name for p in tb.optimization_profiles(spec, settings)] == ["step"]
+    assert list(tb.optimization_profiles(spec, settings)) == ["step"]
 
 
 def test_plain_graphs_parse_and_build_with_tensorrt_rtx_and_pass_polygraphy_lint(tiny_pair, engine):
@@ -138,7 +144,7 @@ def _plugin_graph(path):
 def test_rtx_and_lint_fail_loudly_on_a_graph_they_cannot_run(tmp_path):
     pytest.importorskip("tensorrt_rtx")
     path = _plugin_graph(tmp_path / "plugin.onnx")
-    with pytest.raises(tb.TrtBuildError, match="parser rejected plugin.onnx"):
+    with pytest.raises(TrtBuildError, match="parser rejected plugin.onnx"):
         tb.build_rtx_plan(path, [], "SM89")
     lint = tb.lint_onnx(path, {})  # an unregistered custom op: a warning, never clean
     assert lint.ok and not lint.clean and "PardAttention" in lint.entries[0]["message"]

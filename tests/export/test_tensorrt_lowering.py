@@ -11,7 +11,7 @@ import pytest
 from onnx import numpy_helper
 
 from pard_export.contract import ATTENTION_SYNC, ATTENTION_SYNC_OUT
-from pard_export.export.tensorrt_build import TrtBuildError
+from pard_export.errors import TrtBuildError
 from pard_export.export.tensorrt_lowering import lower_for_tensorrt, lowered_path
 from plugins.pard_attention import COUNTERS_PER_BLOCK, DOMAIN, OP_TYPE, sync_size
 from plugins.pard_attention.schema import register_schema
