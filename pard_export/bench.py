@@ -68,9 +68,9 @@ def _measure(session: Session, items: list[dict], modes: list[str], max_new_toke
         # Text prompts are user turns: chat template when the tokenizer has one.
         prompt = item.get("prompt_ids") or item["prompt"]
         chat = "prompt_ids" not in item and session.codec.chat_template is not None
-        busy = session.onnxruntime_seconds
+        busy = session.backend_seconds
         result = session.generate(prompt, max_new_tokens=tokens, mode=mode, chat=chat)
-        return result.stats, session.onnxruntime_seconds - busy
+        return result.stats, session.backend_seconds - busy
 
     for mode in modes:  # warm up every mode (and the shapes of a first step) before timing anything
         run(items[0], mode, WARMUP_TOKENS)

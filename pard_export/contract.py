@@ -31,6 +31,7 @@ from dataclasses import dataclass
 INPUT_IDS = "input_ids"  # int64 [B, S]
 POSITION_IDS = "position_ids"  # int64 [B, S]
 ATTENTION_MASK = "attention_mask"  # int64 [B, T]: 1 = a real token, 0 = padding
+PAD_ID = 0  # the input id of padding: any id will do, as padding is masked out (plain) or lies past a row's length
 LOGITS = "logits"  # float32 [B, S, V]
 DRAFT_IDS = "draft_ids"  # int64 [B, K]
 DRAFT_LOGITS = "draft_logits"  # float32 [B, K, V]
@@ -54,6 +55,12 @@ ROLES = (TARGET, DRAFT, DRAFT_AR)
 # Session modes: pard chooses n <= K drafts per step from measurements (runtime/drafting.py), pard-fixed verifies K every
 # step, ar runs the target alone, ar-draft the draft autoregressively (ordinary speculative decoding).
 MODES = ("ar", "pard", "pard-fixed", "ar-draft")
+
+# What an engine is built for (build's choices, and the manifest's backend, dtype and quantization fields)
+BACKENDS = ("onnxruntime", "tensorrt")
+DTYPES = ("float32", "float16", "bfloat16")
+QUANTIZE_SCHEMES = ("int4", "int8")  # weight-only, onnxruntime backend
+NO_QUANTIZATION = "none"  # --draft-quantize none: keep the draft float while the target is quantized
 
 MAX_K = 32
 

@@ -38,7 +38,7 @@ class OrtGraph:
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = _inference_session(path, spec, options, list(providers or default_providers()))
+            self.session = inference_session(path, spec, options, list(providers or default_providers()))
         except ImportError as e:
             raise EngineError(
                 f"{path} holds PardAttention nodes, which ONNX Runtime runs through onnxruntime-extensions ({e}); "
@@ -73,12 +73,20 @@ class OrtGraph:
 
     def kv_store(self, kv_heads: int, head_dim: int, capacity: int) -> BoundKV:
         """The inplace flavour's caches, up to `capacity` rows per sequence."""
-        assert self.kv_in_place, "only inplace-flavour graphs keep their caches"
+        if not self.kv_in_place:
+            raise EngineError(f"{self._spec.attention}-attention graphs take their caches as inputs; only inplace "
+                              "graphs keep them (kv_store)")
         self._kv = BoundKV(self._spec.past_names, (kv_heads, head_dim), capacity, self.kv_dtype, self._device())
         return self._kv
 
+    def close(self) -> None:
+        """Drop the ONNX Runtime session, its IO bindings and the caches (ONNX Runtime frees them with the last
+        reference)."""
+        self.session, self._kv, self._bindings, self._bound_values = None, None, {}, None
+
     def _run_bound(self, feeds: dict[str, np.ndarray], skip: tuple[str, ...]) -> dict[str, np.ndarray]:
-        assert self._kv is not None, "kv_store() makes the caches before the first call"
+        if self._kv is None:
+            raise EngineError("an inplace graph ran before kv_store() made its caches")
         if self._kv.values is not self._bound_values:  # new buffers (a new batch, growth): bind them afresh
             self._bindings, self._bound_values = {}, self._kv.values
         binding, fetched = self._binding(skip)
@@ -107,7 +115,9 @@ class OrtGraph:
         return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
 
 
-def _inference_session(path: Path, spec: GraphSpec, options: ort.SessionOptions, providers: list[str]):
+def inference_session(path: Path, spec: GraphSpec, options: ort.SessionOptions, providers: list[str]):
+    """The ONNX Runtime session of one graph, the PardAttention op registered where the graph has it (the one
+    factory: the build's load check uses it too)."""
     if spec.attention == PLUGIN:  # the op and the graph pass need onnx and onnxruntime-extensions: plugin engines only
         from plugins.pard_attention.onnxruntime_op import inference_session
 

@@ -191,7 +191,9 @@ class TrtGraph:
 
     def kv_store(self, kv_heads: int, head_dim: int, capacity: int) -> DeviceKV:
         """The static device caches [max_batch, Hkv, C, D] (plugin flavour), allocated on the first call."""
-        assert self.kv_in_place, "only plugin-flavour plans keep their caches"
+        if not self.kv_in_place:
+            raise EngineError("plain-attention plans take their caches as inputs; only plugin plans keep them "
+                              "(kv_store)")
         row_shape = (kv_heads, capacity, head_dim)
         if self.kv is None or self.kv.row_shape != row_shape:
             pick_profile(self._ranges, {past: (1, *row_shape) for past, _ in self.io.static_kv})  # a clear error now
@@ -210,7 +212,9 @@ class TrtGraph:
         hosted = [np.ascontiguousarray(feeds[name], dtype=self._dtypes[name]) for name in self.io.uploads]
         shapes = {name: array.shape for name, array in zip(self.io.uploads, hosted)}
         if self.io.static_kv:
-            assert self.kv is not None and self.kv.batch == shapes[INPUT_IDS][0], "PluginCache starts kv_store()"
+            if self.kv is None or self.kv.batch != shapes[INPUT_IDS][0]:
+                raise EngineError(f"a plugin plan ran {shapes[INPUT_IDS][0]} rows, but its caches were started for "
+                                  f"{None if self.kv is None else self.kv.batch} (PluginCache starts kv_store())")
             shapes |= {past: (self.kv.batch, *self.kv.row_shape) for past, _ in self.io.static_kv}
         context = self._contexts[pick_profile(self._ranges, shapes)]
         to_device = self._cuda.cudaMemcpyKind.cudaMemcpyHostToDevice
@@ -239,15 +243,20 @@ class TrtGraph:
         return outputs
 
     def close(self) -> None:
-        for graph in self._graphs.values():
-            self._cuda.cudaGraphExecDestroy(graph)
+        """Free the CUDA graphs, device buffers, caches, counters and stream; drop the contexts and the engine."""
+        if self._stream is None:
+            return
+        self._cuda.cudaStreamSynchronize(self._stream)  # nothing in flight may use what is freed next
+        self._drop_graphs()
         for pointer, _ in self._buffers.values():
             self._cuda.cudaFree(pointer)
         if self.kv is not None:
             self.kv.free()
         if self._sync:
             self._cuda.cudaFree(self._sync)
-        self._graphs, self._buffers, self._contexts, self.kv, self._sync = {}, {}, [], None, 0
+        self._cuda.cudaStreamDestroy(self._stream)
+        self._buffers, self._contexts, self.kv, self._sync, self._stream = {}, [], None, 0, None
+        self.engine = None
 
     def _bind(self, context, name: str, nbytes: int) -> int:
         pointer, size = self._buffers.get(name, (0, 0))
@@ -276,8 +285,11 @@ class TrtGraph:
                 raise EngineError("TensorRT failed to run the plan (its log says why)")
             mode = self._cuda.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
             _check(self._cuda.cudaStreamBeginCapture(self._stream, mode))
-            context.execute_async_v3(self._stream)
-            graph = _check(self._cuda.cudaStreamEndCapture(self._stream))
+            enqueued = context.execute_async_v3(self._stream)
+            graph = _check(self._cuda.cudaStreamEndCapture(self._stream))  # end the capture even when that failed
+            if not enqueued:
+                self._cuda.cudaGraphDestroy(graph)
+                raise EngineError("TensorRT failed to enqueue the plan under CUDA graph capture (its log says why)")
             self._graphs[key] = _check(self._cuda.cudaGraphInstantiate(graph, 0))
             _check(self._cuda.cudaGraphDestroy(graph))
             return  # the first, uncaptured run already computed this call

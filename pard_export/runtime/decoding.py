@@ -14,11 +14,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..contract import DRAFT_IDS, DRAFT_LOGITS, LOGITS
+from ..contract import DRAFT_IDS, DRAFT_LOGITS, LOGITS, PAD_ID
 from .cache import BatchCache
 from .sampling import SamplingParams, propose, sample, verify_greedy, verify_sampled, warp
-
-PAD_ID = 0  # any id: padding columns are masked out
 
 
 def step_lengths(k: int) -> range:

@@ -44,6 +44,9 @@ class Graph(Protocol):
     def kv_store(self, kv_heads: int, head_dim: int, capacity: int) -> KVStore:
         """The caches it owns (only where kv_in_place)."""
 
+    def close(self) -> None:
+        """Free what it holds (the backend's session, device buffers, CUDA graphs, stream); it is not run again."""
+
 
 class KVCache(Protocol):
     """A graph and its KV cache for B rows (BatchCache, PluginCache): what the decoding steps call."""

@@ -31,11 +31,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..contract import DRAFT_IDS, DRAFT_LOGITS, INPUT_IDS, LOGITS, PAST_LEN, POSITION_IDS, GraphSpec
+from ..contract import DRAFT_IDS, DRAFT_LOGITS, INPUT_IDS, LOGITS, PAD_ID, PAST_LEN, POSITION_IDS, GraphSpec
 from ..errors import GenerationError
 from .interfaces import Graph, KVStore
-
-PAD_ID = 0  # any id: pads only ever sit above a row's real tokens
 
 
 class PluginCache:
@@ -162,7 +160,8 @@ def row_moves(rows: np.ndarray) -> list[tuple[int, int]]:
     """(source, target) row copies that make `rows` rows 0 .. len(rows)-1 in place, in an order that never overwrites
     a row still to be copied: with rows ascending, target t lies below every later source (rows[j] > rows[t] >= t)."""
     rows = np.asarray(rows, dtype=np.int64)
-    assert (np.diff(rows) > 0).all() and (rows >= 0).all(), f"rows to keep must be ascending, got {rows.tolist()}"
+    if not ((np.diff(rows) > 0).all() and (rows >= 0).all()):
+        raise GenerationError(f"rows to keep must be ascending and non-negative, got {rows.tolist()}")
     return [(int(source), target) for target, source in enumerate(rows) if source != target]
 
 

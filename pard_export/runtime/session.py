@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,8 @@ from .sampling import SamplingParams
 from .streaming import RowText
 from .text import TextCodec
 
+_IN_USE = ("this Session is already generating (an unfinished stream, or another thread); finish or close that "
+           "stream first, batch the prompts with generate_batch, or give each thread its own Session")
 CALIBRATION_TOKENS = 48  # new tokens per calibration prompt (the acceptance the estimates start from)
 
 Prompt = str | Sequence[int]
@@ -92,8 +96,10 @@ class _Row:
 class Session:
     """The compiled draft and target of one engine directory (numpy + onnxruntime; no torch).
 
-    One request at a time: a Session owns its KV caches. Serve concurrent requests with a batch
-    (generate_batch) or one Session per worker."""
+    One generation at a time: a Session owns its KV caches, so a second generation while one is unfinished (an
+    open stream, another thread) raises GenerationError instead of sharing them. Serve concurrent requests with a
+    batch (generate_batch) or one Session per worker. close() frees the graphs (device memory included); a closed
+    Session refuses work."""
 
     def __init__(self, engine_dir: str | Path, *, verify: bool = False, threads: int | None = None,
                  providers: Sequence[str] | None = None, calibration: Calibration | None = None):
@@ -112,15 +118,20 @@ class Session:
         self._threads = threads
         self._calibration = calibration
         self.calibration_file: Path | None = None  # where calibrate() found or kept it
+        self._in_use = threading.Lock()  # held by the generation (or calibration) that owns the caches
+        self._closed = False
 
     @property
     def modes(self) -> tuple[str, ...]:
         return tuple(m for m in MODES if m != "ar-draft" or DRAFT_AR in self._caches)
 
     @property
-    def onnxruntime_seconds(self) -> float:
-        """Time spent inside onnxruntime so far, all graphs together (the rest is this runtime's own)."""
+    def backend_seconds(self) -> float:
+        """Time spent inside the backend (ONNX Runtime or TensorRT) so far, all graphs together; the rest of a
+        generation's time is this runtime's own."""
         return sum(cache.graph.busy_s for cache in self._caches.values())
+
+    onnxruntime_seconds = backend_seconds  # the name before TensorRT engines ran here too
 
     @property
     def providers(self) -> list[str]:
@@ -137,9 +148,11 @@ class Session:
         """Measure the step costs on this host and the draft's acceptance on `prompts` (default: the bundled
         calibration prompts), keep them (calibration.py) and use them from now on. Without force, a kept calibration
         of this engine, host and settings is loaded instead."""
+        self._check_open()
         key = settings_key(self.manifest.backend, self.providers, self._threads)
         kept = None if force or prompts else load_calibration(self.engine_dir, key, self.manifest.k)
         if kept is None:
+            self._check_idle()
             measured = self._measure_calibration(Path(prompts) if prompts else CALIBRATION_PROMPTS)
             kept = measured, save_calibration(self.engine_dir, key, measured)
         self._calibration, self.calibration_file = kept
@@ -180,7 +193,11 @@ class Session:
         return self._decode(ids, request, with_text=True)
 
     def close(self) -> None:
-        self._caches = {}
+        """Free every graph (sessions, device buffers, CUDA graphs and streams); later calls raise GenerationError.
+        A stream still open raises GenerationError at its next step."""
+        for cache in self._caches.values():
+            cache.graph.close()
+        self._caches, self._closed = {}, True
 
     def __enter__(self) -> Session:
         return self
@@ -208,7 +225,8 @@ class Session:
         started = time.perf_counter()
         items = load_prompts(prompts)
         m = self.manifest
-        costs = measure_costs(self._caches[TARGET], self._caches[DRAFT], m.k, m.max_seq_len, m.vocab_size)
+        with self._exclusive():
+            costs = measure_costs(self._caches[TARGET], self._caches[DRAFT], m.k, m.max_seq_len, m.vocab_size)
         chat = self.codec.chat_template is not None
         texts = [item.get("prompt_ids") or item["prompt"] for item in items]
         encode = self.codec.encode_chat if chat else self.codec.encode
@@ -238,6 +256,7 @@ class Session:
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
                  draft_sampling: bool = False, stop: Sequence[str] = ()) -> tuple[list[list[int]], _Request]:
         """Check everything before any work, so bad input generates nothing."""
+        self._check_idle()
         if mode not in MODES:
             raise GenerationError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if mode not in self.modes:
@@ -270,7 +289,14 @@ class Session:
         return ids
 
     def _decode(self, prompt_ids: list[list[int]], request: _Request, with_text: bool) -> Iterator[StreamEvent]:
-        """A StreamEvent per active row and step; the text is tracked only when with_text."""
+        """A StreamEvent per active row and step; the text is tracked only when with_text. The caches are this
+        generation's from its first step to its last (or until the caller drops the iterator)."""
+        calibration = self.calibration if request.mode == "pard" else None  # may generate itself: before taking over
+        with self._exclusive():
+            yield from self._decode_exclusive(prompt_ids, request, with_text, calibration)
+
+    def _decode_exclusive(self, prompt_ids: list[list[int]], request: _Request, with_text: bool,
+                          calibration: Calibration | None) -> Iterator[StreamEvent]:
         m, mode, params = self.manifest, request.mode, request.params
         rows = [
             _Row(limit, m.max_seq_len - len(ids), StatsRecorder(mode, m.k),
@@ -279,7 +305,7 @@ class Session:
         ]
         rngs = [np.random.default_rng(None if params.seed is None else [params.seed, i]) for i in range(len(rows))]
         caches = [self._caches[TARGET]] + ([self._caches[DRAFT_AR if mode == "ar-draft" else DRAFT]] if mode != "ar" else [])
-        adaptive = AdaptiveDrafts(self.calibration.costs, self.calibration.acceptance, len(rows)) if mode == "pard" else None
+        adaptive = AdaptiveDrafts(calibration.costs, calibration.acceptance, len(rows)) if calibration else None
         for cache in caches:
             cache.start(len(rows))
         active = list(range(len(rows)))
@@ -287,6 +313,7 @@ class Session:
         draft_new = [list(ids) for ids in prompt_ids]
         start, ttft = time.perf_counter(), None
         while active:
+            self._check_open()  # close() may come between two steps of a stream
             most = min(self.manifest.k, min(rows[i].budget for i in active) - 1)  # never verify drafts past a limit
             if adaptive is None:
                 n, modelled = (0 if mode == "ar" else most), None
@@ -314,6 +341,28 @@ class Session:
             target_new = [[rows[active[pos]].tokens[-1]] for pos in keep]
             draft_new = [result.rows[pos].draft_unseen for pos in keep]
             active = [active[pos] for pos in keep]
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The caches for the caller alone until the block ends, or GenerationError if another generation holds
+        them."""
+        self._check_open()
+        if not self._in_use.acquire(blocking=False):
+            raise GenerationError(_IN_USE)
+        try:
+            yield
+        finally:
+            self._in_use.release()
+
+    def _check_idle(self) -> None:
+        """Refuse before any work (a stream's own check comes only at its first step)."""
+        self._check_open()
+        if self._in_use.locked():
+            raise GenerationError(_IN_USE)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise GenerationError("this Session is closed; create a new Session(engine_dir) to generate again")
 
     def _step(self, caches, mode: str, target_new, draft_new, n: int, params, rngs) -> StepResult:
         if n < 1:

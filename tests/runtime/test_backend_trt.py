@@ -68,6 +68,7 @@ class FakeCuda:
     def __init__(self):
         self.copies, self.launches, self.captures, self.memsets, self.capturing = [], [], 0, [], False
         self.allocated, self._next = {}, 1 << 20
+        self.streams, self.graph_execs = set(), set()  # alive: created and not yet destroyed
 
     def cudaMalloc(self, size):
         pointer, self._next = self._next, self._next + size + 4096
@@ -79,7 +80,12 @@ class FakeCuda:
         return (0,)
 
     def cudaStreamCreate(self):
+        self.streams.add("stream")
         return 0, "stream"
+
+    def cudaStreamDestroy(self, stream):
+        self.streams.remove(stream)
+        return (0,)
 
     def cudaMemsetAsync(self, pointer, value, count, stream):
         self.memsets.append((pointer, count))
@@ -101,6 +107,7 @@ class FakeCuda:
         return 0, "graph"
 
     def cudaGraphInstantiate(self, graph, flags):
+        self.graph_execs.add(f"exec{self.captures}")
         return 0, f"exec{self.captures}"
 
     def cudaGraphDestroy(self, graph):
@@ -111,6 +118,7 @@ class FakeCuda:
         return (0,)
 
     def cudaGraphExecDestroy(self, graph):
+        self.graph_execs.remove(graph)
         return (0,)
 
 
@@ -138,7 +146,7 @@ class FakeContext:
     def execute_async_v3(self, stream):
         assert set(self.addresses) >= set(self.engine.dims), "TensorRT needs an address for every IO tensor"
         self.engine.runs.append((dict(self.shapes), dict(self.addresses), self.engine.cuda.capturing))
-        return True
+        return not (self.engine.fail_under_capture and self.engine.cuda.capturing)
 
 
 class FakeEngine:
@@ -157,6 +165,7 @@ class FakeEngine:
                 self.io.append((name, mode))
                 self.dims[name], self.dtypes[name] = (sync,), np.int32
         self.num_io_tensors, self.num_optimization_profiles, self.runs = len(self.io), 2, []
+        self.fail_under_capture = False  # execute_async_v3 returns False while the stream is being captured
 
     def get_tensor_name(self, index):
         return self.io[index][0]
@@ -225,6 +234,7 @@ def test_trt_graph_keeps_plugin_caches_in_static_device_buffers(fake_trt_graph):
     moved = cuda.copies[copies_before:]
     assert sorted(moved) == sorted(("D2D", p, p + kv.row_bytes, kv.row_bytes) for p in kv.pointers.values())
     cache.forward(np.array([[3]]), np.ones((1, 1), dtype=bool))
+    assert cuda.graph_execs == {"exec1", "exec2"}
 
     buffers = {pointer: name for name, (pointer, _) in graph._buffers.items()}
     assert not {name for name in graph._buffers if name.startswith("kv_cache")}
@@ -239,7 +249,27 @@ def test_trt_graph_keeps_plugin_caches_in_static_device_buffers(fake_trt_graph):
             assert addresses[past] == addresses[present] == kv.pointers[past]
             assert shapes[past] == (batch, 2, 40, 4)
     graph.close()
-    assert cuda.allocated == {}
+    assert cuda.allocated == {} and cuda.graph_execs == set() and cuda.streams == set()
+    graph.close()  # a second close does nothing
+
+
+def test_trt_graph_raises_when_the_captured_enqueue_fails(fake_trt_graph):
+    """execute_async_v3 under stream capture returning False is an EngineError, with the capture ended and nothing
+    instantiated (the stream stays usable)."""
+    spec = target_spec(2, 2, 4, 11, attention="plugin")
+    graph, engine, cuda = fake_trt_graph(spec)
+    cache = PluginCache(graph, spec, kv_heads=2, head_dim=4, capacity=40)
+    cache.start(1)
+    engine.fail_under_capture = True
+    with pytest.raises(EngineError, match="under CUDA graph capture"):
+        cache.forward(np.array([[1]]), np.ones((1, 1), dtype=bool))  # S = 1: captured
+    assert not cuda.capturing and cuda.graph_execs == set()
+
+
+def test_trt_graph_refuses_kv_store_on_a_plain_plan(fake_trt_graph):
+    graph, _, _ = fake_trt_graph(target_spec(2, 2, 4, 11, attention="plain"))
+    with pytest.raises(EngineError, match="only plugin plans keep them"):
+        graph.kv_store(2, 4, 40)
 
 
 def test_trt_graph_binds_one_zeroed_sync_buffer_as_both_sync_tensors(fake_trt_graph):

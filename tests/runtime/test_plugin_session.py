@@ -80,6 +80,9 @@ class InPlaceGraph:
     def providers(self):
         return ["InPlaceTestDouble"]
 
+    def close(self):
+        self.graph.close()
+
     def kv_store(self, kv_heads, head_dim, capacity):
         self.kv = NumpyKV(self.spec.past_names, (kv_heads, capacity, head_dim), self.kv_dtype, self.max_batch)
         return self.kv

@@ -101,3 +101,77 @@ def test_text_prompt_and_decoded_text(session, pair):
     result = session.generate("The quick brown fox", max_new_tokens=10)
     assert result.token_ids == tiny_models.reference_greedy(pair[0], tokenizer("The quick brown fox").input_ids, 10)
     assert result.text == tokenizer.decode(result.token_ids, skip_special_tokens=True)
+
+
+def test_a_second_generation_while_a_stream_is_open_is_refused(session, expected):
+    """Two generators would share (and corrupt) the KV caches: the second is a GenerationError, before any work for
+    stream_batch and at the first step for stream; the open stream goes on unharmed."""
+    first = session.stream_batch([PROMPT], max_new_tokens=12, mode="pard")
+    tokens = next(first).token_ids
+    with pytest.raises(GenerationError, match="already generating"):
+        session.stream_batch([PROMPT], max_new_tokens=4)
+    with pytest.raises(GenerationError, match="already generating"):
+        next(session.stream(PROMPT, max_new_tokens=4))
+    with pytest.raises(GenerationError, match="already generating"):
+        session.generate(PROMPT, max_new_tokens=4, mode="ar")
+    with pytest.raises(GenerationError, match="already generating"):
+        session.calibrate(force=True)
+    for event in first:
+        tokens += event.token_ids
+    assert tokens == expected[:12]
+    assert session.generate(PROMPT, max_new_tokens=6).token_ids == expected[:6]  # free again once it finished
+
+
+def test_a_dropped_or_closed_stream_frees_the_session(session, expected):
+    stream = session.stream_batch([PROMPT], max_new_tokens=12)
+    next(stream)
+    stream.close()
+    assert session.generate(PROMPT, max_new_tokens=5, mode="ar").token_ids == expected[:5]
+    stream = session.stream_batch([PROMPT], max_new_tokens=12)
+    next(stream)
+    del stream
+    assert session.generate(PROMPT, max_new_tokens=5).token_ids == expected[:5]
+
+
+def test_another_thread_cannot_generate_while_a_stream_is_open(session):
+    import threading
+
+    stream = session.stream_batch([PROMPT], max_new_tokens=8)
+    next(stream)
+    errors = []
+
+    def generate():
+        try:
+            session.generate(PROMPT, max_new_tokens=4)
+        except GenerationError as e:
+            errors.append(str(e))
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    worker.join()
+    stream.close()
+    assert len(errors) == 1 and "give each thread its own Session" in errors[0]
+
+
+def test_close_frees_the_graphs_and_refuses_work(pair, engine, expected):
+    s = Session(engine(*pair, 4))
+    graphs = [cache.graph for cache in s._caches.values()]
+    stream = s.stream_batch([PROMPT], max_new_tokens=8, mode="pard-fixed")
+    next(stream)
+    s.close()
+    assert all(graph.session is None for graph in graphs)  # the ONNX Runtime sessions are gone
+    with pytest.raises(GenerationError, match="Session is closed"):
+        next(stream)  # the open stream stops at its next step
+    for call in (lambda: s.generate(PROMPT), lambda: s.stream_batch([PROMPT]), lambda: s.calibrate(force=True)):
+        with pytest.raises(GenerationError, match="Session is closed; create a new Session"):
+            call()
+    s.close()  # closing twice is harmless
+    with Session(engine(*pair, 4)) as again:  # the engine itself is untouched
+        assert again.generate(PROMPT, max_new_tokens=5, mode="ar").token_ids == expected[:5]
+
+
+def test_backend_seconds_counts_backend_time(session):
+    before = session.backend_seconds
+    session.generate(PROMPT, max_new_tokens=4, mode="ar")
+    assert session.backend_seconds > before
+    assert session.onnxruntime_seconds == session.backend_seconds  # the old name, kept
