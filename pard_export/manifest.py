@@ -13,6 +13,7 @@ from .errors import EngineError
 FORMAT = "pard-export/1"
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
+SMALL_FILE_BYTES = 16 << 20  # graphs, tokenizer: hashed at every load (milliseconds); weights only when verifying
 CALIBRATION_FILE = "calibration.json"  # measured on each host that runs the engine (runtime/calibration.py): not hashed
 _REBUILD = "rebuild it with pard-export build"
 
@@ -92,7 +93,8 @@ def write_manifest(root: Path, manifest: Manifest) -> None:
 
 
 def read_manifest(root: Path) -> Manifest:
-    """Parse and check the manifest: format, required keys, files present, inside root, of the right size."""
+    """Parse and check the manifest: format, required keys, files present, inside root, of the right size, and the
+    small files (graphs, tokenizer: SMALL_FILE_BYTES at most) matching their hashes. verify_hashes checks the rest."""
     root = Path(root)
     path = root / MANIFEST_FILE
     if not root.is_dir():
@@ -109,11 +111,15 @@ def read_manifest(root: Path) -> Manifest:
     if manifest.format != FORMAT:
         raise EngineError(f"{path} has format {manifest.format!r}, this runtime reads {FORMAT!r}; {_REBUILD}")
     _check_files(root, manifest)
+    verify_hashes(root, manifest, largest=SMALL_FILE_BYTES)
     return manifest
 
 
-def verify_hashes(root: Path, manifest: Manifest) -> None:
+def verify_hashes(root: Path, manifest: Manifest, *, largest: int | None = None) -> None:
+    """EngineError unless every file (of at most `largest` bytes; None: all) matches its sha256 in the manifest."""
     for name, entry in manifest.files.items():
+        if largest is not None and entry.bytes > largest:
+            continue
         if sha256_of(Path(root) / name) != entry.sha256:
             raise EngineError(f"{Path(root) / name} does not match its sha256 in the manifest (modified or corrupted); {_REBUILD}")
 

@@ -6,6 +6,7 @@ import pytest
 
 from pard_export.contract import target_spec
 from pard_export.errors import EngineError
+from pard_export import manifest as manifest_module
 from pard_export.manifest import Manifest, ModelEntry, hash_files, read_manifest, verify_hashes, write_manifest
 
 
@@ -25,11 +26,20 @@ def test_round_trip(tmp_path):
     verify_hashes(tmp_path, read)
 
 
-def test_hash_mismatch_same_size(tmp_path):
+def test_a_small_file_is_hashed_at_every_load(tmp_path):
     _engine(tmp_path)
+    (tmp_path / "target.onnx").write_bytes(b"grapH")  # same size
+    with pytest.raises(EngineError, match="target.onnx does not match its sha256"):
+        read_manifest(tmp_path)
+
+
+def test_a_large_file_is_hashed_only_when_verifying(tmp_path, monkeypatch):
+    _engine(tmp_path)
+    monkeypatch.setattr(manifest_module, "SMALL_FILE_BYTES", 4)  # target.onnx (5 bytes) counts as large
     (tmp_path / "target.onnx").write_bytes(b"grapH")
-    with pytest.raises(EngineError, match="sha256"):
-        verify_hashes(tmp_path, read_manifest(tmp_path))
+    manifest = read_manifest(tmp_path)
+    with pytest.raises(EngineError, match="target.onnx does not match its sha256"):
+        verify_hashes(tmp_path, manifest)
 
 
 @pytest.mark.parametrize(
