@@ -10,10 +10,11 @@ import json
 import sys
 import time
 
+from .contract import ATTENTIONS, BACKENDS, DTYPES, MODES, NO_QUANTIZATION, QUANTIZE_SCHEMES
 from .errors import PardExportError
-from .contract import MODES
 
 EXIT_BAD_INPUT = 2
+_TENSORRT_ONLY = ("--max-batch", "--prefill-chunk", "--opt-batch", "--timing-cache")  # build flags of that backend
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,24 +49,26 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--calibration", help="--k auto: JSON lines of prompts to calibrate on (default: bundled)")
     build.add_argument("--draft", help="the PARD draft (default: the preset's)")
     build.add_argument("--out", help="engine directory (default engines/<target>-k<K>-<backend>)")
-    build.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) or tensorrt")
-    build.add_argument("--dtype", default="float32", help="float32 (default), float16 or bfloat16")
+    build.add_argument("--backend", default="onnxruntime", choices=BACKENDS, help="onnxruntime (default) or tensorrt")
+    build.add_argument("--dtype", default="float32", choices=DTYPES, help="float32 (default), float16 or bfloat16")
     build.add_argument("--max-seq-len", type=int, help="longest prompt + generation the engine serves")
     build.add_argument("--mask-token-id", type=int, help="override the draft config's pard_token")
     build.add_argument("--force", action="store_true", help="replace a non-empty --out")
     build.add_argument("--with-ar-draft", action="store_true", help="also export the draft as a plain AR graph (ar-draft baseline)")
-    build.add_argument("--attention",
+    build.add_argument("--attention", choices=ATTENTIONS,
                        help="inplace (onnxruntime default: KV buffers bound in place, TensorScatter), plain "
                             "(concatenated KV) or plugin (PardAttention nodes over preallocated KV buffers; the "
                             "tensorrt default and only choice)")
-    build.add_argument("--max-batch", type=int, default=8, help="tensorrt: largest batch the plans serve (default 8)")
-    build.add_argument("--prefill-chunk", type=int, default=512,
+    build.add_argument(_TENSORRT_ONLY[0], type=int, help="tensorrt: largest batch the plans serve (default 8)")
+    build.add_argument(_TENSORRT_ONLY[1], type=int,
                        help="tensorrt: most tokens per call, i.e. the prefill chunk (default 512)")
-    build.add_argument("--opt-batch", type=int, default=1,
+    build.add_argument(_TENSORRT_ONLY[2], type=int,
                        help="tensorrt: the batch its kernels and plugin tactics are tuned for (default 1)")
-    build.add_argument("--timing-cache", help="tensorrt: TensorRT timing cache file, read if present and updated")
-    build.add_argument("--quantize", help="int4 or int8: weight-only quantization (MatMulNBits; onnxruntime backend)")
-    build.add_argument("--draft-quantize", help="int4, int8 or none (float) for the draft (default: as --quantize)")
+    build.add_argument(_TENSORRT_ONLY[3], help="tensorrt: TensorRT timing cache file, read if present and updated")
+    build.add_argument("--quantize", choices=QUANTIZE_SCHEMES,
+                       help="int4 or int8: weight-only quantization (MatMulNBits; onnxruntime backend)")
+    build.add_argument("--draft-quantize", choices=(*QUANTIZE_SCHEMES, NO_QUANTIZATION),
+                       help="int4, int8 or none (float) for the draft (default: as --quantize)")
     build.add_argument("--keep-head-float", action="store_true", help="quantize all linear layers but the LM head")
     build.add_argument("--quant-block-size", type=int,
                        help="weights per quantization scale, along K: a power of two >= 16 (default 32)")
@@ -122,23 +125,7 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="COD-train a PARD draft (pard-method.md §5)")
     train.add_argument("--config", help="TOML file of settings (flags override it)")
-    train.add_argument("--data", help="JSON lines from pard-export distill")
-    train.add_argument("--init", help="the model the draft starts from: a preset (its target), directory or .gguf")
-    train.add_argument("--out", help="where the trained draft (a Hugging Face directory) goes")
-    train.add_argument("--layers", type=_token_ids, help="decoder layers of --init to keep, e.g. 0,1,2,-1")
-    train.add_argument("--draft-vocab", type=int, help="LM head rows: the most frequent answer ids (0 = all)")
-    train.add_argument("--mask-token-id", type=int)
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--max-steps", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--keep-rate", type=float, help="COD r (0.7)")
-    train.add_argument("--min-keep-rate", type=float, help="COD r_min (0.2)")
-    train.add_argument("--threads", type=int)
-    train.add_argument("--device", help="cpu (default) or cuda")
-    train.add_argument("--loader-workers", type=int, help="processes building the COD layouts")
-    train.add_argument("--max-minutes", type=float, help="stop (and save) after this much training time")
-    train.add_argument("--seed", type=int)
+    _add_train_settings(train)
     train.add_argument("--resume", help="a checkpoint directory, or 'latest'")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_run_train)
@@ -205,10 +192,7 @@ def _run_build(args) -> int:
         force=args.force,
         with_ar_draft=args.with_ar_draft,
         attention=args.attention,
-        max_batch=args.max_batch,
-        opt_batch=args.opt_batch,
-        prefill_chunk=args.prefill_chunk,
-        timing_cache=args.timing_cache,
+        **_tensorrt_flags(args),
         calibration=args.calibration,
         quantize=args.quantize,
         draft_quantize=args.draft_quantize,
@@ -218,6 +202,15 @@ def _run_build(args) -> int:
     )
     print(out)
     return 0
+
+
+def _tensorrt_flags(args) -> dict:
+    """The tensorrt-only flags that were given; refused for another backend rather than silently ignored."""
+    given = _given(**{flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag in _TENSORRT_ONLY})
+    if given and args.backend != "tensorrt":
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+        raise PardExportError(f"{flags} apply to --backend tensorrt only; drop them for a {args.backend} build")
+    return given
 
 
 def _given(**flags) -> dict:
@@ -280,15 +273,48 @@ def _run_distill(args) -> int:
     return 0
 
 
-_TRAIN_FLAGS = ("data", "init", "out", "layers", "draft_vocab", "mask_token_id", "epochs", "max_steps", "batch_size",
-                "lr", "keep_rate", "min_keep_rate", "threads", "seed", "device", "loader_workers", "max_minutes")
+def _add_train_settings(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (--draft-vocab for draft_vocab), its help from the field's metadata. Every
+    flag defaults to None, so a setting not given on the command line comes from the TOML file or the default."""
+    import dataclasses
+    import typing
+
+    from .train.config import TrainConfig, flag
+
+    types, defaults = typing.get_type_hints(TrainConfig), TrainConfig()
+    for setting in dataclasses.fields(TrainConfig):
+        text = setting.metadata["help"] + _default_text(getattr(defaults, setting.name))
+        parser.add_argument(flag(setting.name), help=text.replace("%", "%%"), **_flag_reading(types[setting.name]))
+
+
+def _default_text(value) -> str:
+    if value in ("", None):
+        return ""
+    return f"; default {','.join(map(str, value)) if isinstance(value, list) else value}"
+
+
+def _flag_reading(kind) -> dict:
+    """How argparse reads a setting of this type: bool as --x / --no-x, list[int] comma-separated."""
+    import typing
+
+    if kind is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if kind == list[int]:
+        return {"type": _token_ids}
+    plain = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]  # int | None reads as int
+    if len(plain) != 1 or plain[0] not in (str, int, float):
+        raise TypeError(f"no flag reading for a setting of type {kind}")
+    return {"type": plain[0]}
 
 
 def _run_train(args) -> int:
-    from .train.config import load_config
+    import dataclasses
+
+    from .train.config import TrainConfig, load_config
     from .train.trainer import train
 
-    config = load_config(args.config, {name: getattr(args, name) for name in _TRAIN_FLAGS})
+    given = {setting.name: getattr(args, setting.name) for setting in dataclasses.fields(TrainConfig)}
+    config = load_config(args.config, given)
     print(train(config, resume=args.resume, progress=not args.quiet))
     return 0
 

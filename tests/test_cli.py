@@ -79,11 +79,22 @@ def test_k_out_of_range(capsys, tmp_path, pair, k):
 
 
 @pytest.mark.parametrize("flags, match", [
-    (["--attention", "bogus"], "--attention 'bogus' is not one of plain, plugin"),
+    (["--attention", "bogus"], "argument --attention: invalid choice: 'bogus'"),
     (["--attention", "plugin", "--dtype", "float16"], "float32 only"),
     (["--attention", "plain", "--backend", "tensorrt", "--dtype", "float16"], "plugin-attention graphs only"),
 ])
 def test_bad_attention(capsys, tmp_path, pair, flags, match):
+    out = tmp_path / "o"
+    _fails_cleanly(capsys, ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), *flags], match, out)
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--backend", "openvino"], "argument --backend: invalid choice: 'openvino'"),
+    (["--dtype", "float64"], "argument --dtype: invalid choice: 'float64'"),
+    (["--max-batch", "4"], "--max-batch apply to --backend tensorrt only; drop them for a onnxruntime build"),
+    (["--opt-batch", "2", "--timing-cache", "t.cache"], "--opt-batch, --timing-cache apply to --backend tensorrt only"),
+])
+def test_build_choices_and_flags_of_another_backend(capsys, tmp_path, pair, flags, match):
     out = tmp_path / "o"
     _fails_cleanly(capsys, ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), *flags], match, out)
 
@@ -164,11 +175,25 @@ def test_corrupted_manifest(capsys, engine_copy):
     _fails_cleanly(capsys, ["generate", "--engine", str(engine_copy), "--prompt", "hi"], "corrupted")
 
 
-def test_hash_mismatch(capsys, engine_copy):
-    path = engine_copy / "tokenizer" / "tokenizer.json"
+def _flip_a_byte(path: Path, offset: int) -> None:
     data = bytearray(path.read_bytes())
-    data[-2] = ord(" ") if data[-2] != ord(" ") else ord("\n")  # same size, different content
+    data[offset] ^= 0x01  # same size, different content
     path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("file", ["tokenizer/tokenizer.json", "draft.onnx", "target.onnx"])
+def test_a_tampered_small_file_fails_every_load(capsys, engine_copy, file):
+    _flip_a_byte(engine_copy / file, len((engine_copy / file).read_bytes()) // 2)
+    line = _fails_cleanly(capsys, ["generate", "--engine", str(engine_copy), "--prompt", "hi"], "sha256")
+    assert file in line
+
+
+def test_a_tampered_weight_file_fails_with_verify(capsys, engine_copy, monkeypatch):
+    from pard_export import manifest
+
+    weights = engine_copy / "target.onnx.data"
+    monkeypatch.setattr(manifest, "SMALL_FILE_BYTES", weights.stat().st_size - 1)  # the tiny weights count as large
+    _flip_a_byte(weights, 100)
     _fails_cleanly(capsys, ["generate", "--engine", str(engine_copy), "--prompt", "hi", "--verify"], "sha256")
 
 

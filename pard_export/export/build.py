@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import __version__
-from ..contract import ATTENTIONS, DRAFT, DRAFT_AR, INPLACE, PLAIN, PLUGIN, TARGET, GraphSpec
+from ..contract import ATTENTIONS, BACKENDS, DRAFT, DRAFT_AR, DTYPES, INPLACE, PLAIN, PLUGIN, TARGET, GraphSpec
 from ..errors import PardExportError
 from ..files import staging_dir
 from ..manifest import CALIBRATION_FILE, TOKENIZER_DIR, Manifest, ModelEntry, graph_file, hash_files, write_manifest
@@ -20,8 +20,6 @@ from .quantize import (DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK_SIZE, INT8_ACTIVATI
                        quantize_graph)
 from .sources import ModelSource, resolve_pair
 
-BACKENDS = ("onnxruntime", "tensorrt")
-DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_MAX_SEQ_LEN = 8192
 _TOOLS = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "onnxruntime-extensions", "tensorrt", "triton")
 _STAGES = ("check", "load", "export target", "export draft", "quantize", "compile", "manifest", "calibrate")
@@ -277,17 +275,14 @@ def _compile_onnxruntime(staging: Path, specs: dict[str, GraphSpec]) -> None:
     """Load each graph once with full optimisation, so a graph ONNX Runtime rejects fails the build, not the user."""
     import onnxruntime as ort
 
+    from ..runtime.backend_ort import inference_session
+
     for role, spec in specs.items():
         file = graph_file(role)
         options = ort.SessionOptions()  # one per graph: a plugin graph registers the custom op library into it
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            if spec.attention == PLUGIN:
-                from plugins.pard_attention.onnxruntime_op import inference_session
-
-                inference_session(staging / file, options, ["CPUExecutionProvider"])
-            else:
-                ort.InferenceSession(str(staging / file), options, providers=["CPUExecutionProvider"])
+            inference_session(staging / file, spec, options, ["CPUExecutionProvider"])
         except ImportError as e:
             raise PardExportError(f"plugin-attention graphs need onnxruntime-extensions to load on ONNX Runtime ({e}); "
                                   "pip install onnxruntime-extensions") from e

@@ -16,10 +16,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..contract import NO_QUANTIZATION, QUANTIZE_SCHEMES
 from ..errors import PardExportError
 
-QUANTIZE_SCHEMES = ("int4", "int8")
-NO_QUANTIZATION = "none"  # --draft-quantize none: keep the draft float while the target is quantized
 _BITS = {"int4": 4, "int8": 8}
 DEFAULT_BLOCK_SIZE = 32
 # MatMulNBits accuracy_level: 0 unset (fp32 on x86 CPUs), 1 fp32, 2 fp16, 3 bf16, 4 int8 activations. 4 runs the

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,10 +61,25 @@ class ModelSource:
         hf_logging.disable_progress_bar()  # the build shows its own stages
         if not self.gguf_file and is_trimmed_draft(self.load_config()):
             return _loading(self, lambda: load_draft(self.location, dtype, self.revision))
-        return _loading(
-            self,
-            lambda: AutoModelForCausalLM.from_pretrained(self.location, dtype=dtype, **self.kwargs).eval(),
-        )
+        with without_gguf_progress():
+            return _loading(
+                self,
+                lambda: AutoModelForCausalLM.from_pretrained(self.location, dtype=dtype, **self.kwargs).eval(),
+            )
+
+
+@contextmanager
+def without_gguf_progress() -> Iterator[None]:
+    """transformers de-quantises a GGUF file under a tqdm bar of its own, which disable_progress_bar() does not reach
+    (a line per refresh between the build's stages): its module's tqdm is a disabled one inside this block."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
 
 
 def resolve(spec: str) -> ModelSource:

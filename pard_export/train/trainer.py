@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
+from .. import __version__
 from ..errors import PardExportError
 from ..export.pard_draft import load_draft, most_frequent_ids, save_draft, shrink, target_to_draft
-from .config import TrainConfig
+from ..files import staging_dir
+from ..manifest import sha256_of
+from .config import TrainConfig, command_line
 from .data import Sequence, read_sequences
 from .layout import IGNORE, Batch, CodSettings, build_layout, collate, keep_sets
 
@@ -212,16 +216,12 @@ class _Runner:
 
     def _checkpoint(self, step: int) -> None:
         root = self.config.checkpoint_dir()
-        final = root / f"checkpoint-{step:06d}"
-        staging = root / f".checkpoint-{step:06d}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        save_draft(self.draft, staging, dtype=torch.float32)
-        torch.save(self.optimizer.state_dict(), staging / OPTIMIZER_FILE)
-        state = {"step": step, "config": asdict(self.config), "losses": self.losses[-200:],
-                 "validation_losses": self.validation_losses}
-        (staging / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)
+        with staging_dir(root / f"checkpoint-{step:06d}") as staging:
+            save_draft(self.draft, staging, dtype=torch.float32)
+            torch.save(self.optimizer.state_dict(), staging / OPTIMIZER_FILE)
+            state = {"step": step, "config": dataclasses.asdict(self.config), "losses": self.losses[-200:],
+                     "validation_losses": self.validation_losses}
+            (staging / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
         for old in sorted(root.glob("checkpoint-*"))[: -self.config.keep_checkpoints]:
             shutil.rmtree(old)
 
@@ -267,14 +267,23 @@ def _resume(config: TrainConfig, where: str):
 
 
 def _write_final(config: TrainConfig, runner: _Runner, tokenizer) -> None:
-    out = Path(config.out)
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    """The draft (the best epoch's weights, if kept) and its training.json, written to config.out at once."""
     if runner.best is not None:
         runner.draft.load_state_dict(runner.best[2])
-    save_draft(runner.draft, staging, tokenizer, dtype=getattr(torch, config.save_dtype))
-    report = {
-        "config": asdict(config),
+    with staging_dir(Path(config.out)) as staging:
+        save_draft(runner.draft, staging, tokenizer, dtype=getattr(torch, config.save_dtype))
+        (staging / "training.json").write_text(json.dumps(_report(config, runner), indent=2) + "\n")
+
+
+def _report(config: TrainConfig, runner: _Runner) -> dict:
+    """The settings (paths relative to the current directory where they lie under it), how to redo the run, results."""
+    portable = dataclasses.replace(config, data=_relative(config.data), init=_relative(config.init),
+                                   out=_relative(config.out))
+    settings = dataclasses.asdict(portable)
+    del settings["out"]  # the report lives in the output
+    return {
+        "config": settings,
+        "reproduce": _reproduction(portable),
         "sequences": len(runner.training),
         "validation_sequences": len(runner.validation),
         "answer_tokens": sum(len(s.ids) - s.first_label for s in runner.training),
@@ -286,7 +295,22 @@ def _write_final(config: TrainConfig, runner: _Runner, tokenizer) -> None:
         "kept_step": runner.best[1] if runner.best else (runner.stopped_at or runner.total_steps),
         "machine": _machine(config),
     }
-    (staging / "training.json").write_text(json.dumps(report, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+
+
+def _reproduction(config: TrainConfig) -> dict:
+    """The command that redoes the run from the directory it ran in, the data it needs, the init and the code."""
+    with open(config.data, "rb") as f:
+        lines = sum(1 for line in f if line.strip())
+    return {
+        "command": command_line(config),
+        "data_sha256": sha256_of(Path(config.data)),
+        "data_lines": lines,
+        "init": config.init,
+        "pard_export_version": __version__,
+    }
+
+
+def _relative(path: str) -> str:
+    """`path` relative to the current directory where it lies under it, else as given (a preset name stays one)."""
+    absolute, here = Path(os.path.abspath(path)), Path.cwd()
+    return str(absolute.relative_to(here)) if absolute.is_relative_to(here) else path

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shlex
 
 import pytest
 import torch
 
+import pard_export
 import tiny_models
 from pard_export.errors import PardExportError
 from pard_export.train.config import load_config
@@ -54,6 +57,26 @@ def test_a_few_steps_lower_the_loss_and_save_a_pard_draft(tiny_pair, data_file, 
     ids = draft_to_target(draft)
     assert len(ids) == 64 and set(range(10, 50)) <= set(ids.tolist()) and tiny_models.EOS in ids.tolist()
     assert (out / "tokenizer.json").is_file() and (out / "training.json").is_file()
+    assert "out" not in report["config"] and report["config"]["data"] == str(data_file)  # outside: as given
+    redo = report["reproduce"]
+    assert redo["data_sha256"] == hashlib.sha256(data_file.read_bytes()).hexdigest() and redo["data_lines"] == 24
+    assert redo["init"] == report["config"]["init"] and redo["pard_export_version"] == pard_export.__version__
+    assert shlex.split(redo["command"])[:2] == ["pard-export", "train"]
+
+
+def test_the_report_records_paths_under_the_current_directory_relative(tiny_pair, data_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    local = tmp_path / "data" / "d.jsonl"
+    local.write_bytes(data_file.read_bytes())
+    out = train(_config(tiny_pair, local, tmp_path / "draft", max_steps=2, checkpoint_every=1), progress=False)
+    report = json.loads((out / "training.json").read_text())
+    assert report["config"]["data"] == "data/d.jsonl"
+    words = shlex.split(report["reproduce"]["command"])
+    assert words[words.index("--data") + 1] == "data/d.jsonl" and words[words.index("--out") + 1] == "draft"
+    checkpoints = tmp_path / "draft.checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-000001", "checkpoint-000002"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "draft", "draft.checkpoints"]  # no staging left
 
 
 def test_resume_continues_where_the_checkpoint_stopped(tiny_pair, data_file, tmp_path):
