@@ -3,9 +3,10 @@
 The cache is the graph's last `present` output, fed back untouched as `past` (contiguous arrays: onnxruntime
 binds them without a copy). Rows differ in length and acceptance, so some cache columns are holes
 (attention_mask 0): the left padding of shorter prompts and drafts the target rejected. Rejecting a draft
-only clears mask bits; no KV moves. When a row's holes pass max(64 columns, a quarter of the cache), or
-rows leave the batch, `compact` gathers each row's real tokens once, right-aligned: the copy is amortised
-over many steps, and the attention over at most that many masked columns costs little.
+only clears mask bits; no KV moves. When the columns that compaction would free (the cache's width less its
+longest row's real tokens: the padding a shorter row needs stays) pass max(64, a quarter of the cache), or rows
+leave the batch, `compact` gathers each row's real tokens once, right-aligned: the copy is amortised over many
+steps, and the attention over at most that many masked columns costs little.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ class BatchCache:
     def compact_if_needed(self, keep_rows: np.ndarray | None = None) -> None:
         batch, width = self.mask.shape
         rows_leave = keep_rows is not None and len(keep_rows) < batch
-        holes_per_row = width - self.mask.sum() / max(batch, 1)
-        if rows_leave or holes_per_row > max(_MIN_HOLE_SLACK, _MAX_HOLE_FRACTION * width):
+        freeable = width - (int(self.mask.sum(axis=1).max()) if batch else 0)
+        if rows_leave or freeable > max(_MIN_HOLE_SLACK, _MAX_HOLE_FRACTION * width):
             self.compact(np.arange(self.mask.shape[0]) if keep_rows is None else keep_rows)
 
     def compact(self, rows: np.ndarray) -> None:

@@ -1,6 +1,7 @@
 """Speculative sampling keeps the target's distribution: the empirical joint distribution of the first two new
 tokens matches the exact one (computed from the target's own probabilities) within a total-variation bound
-derived from the sample size; the same check fails for a deliberately wrong acceptance rule."""
+derived from the sample size; the same check fails for a deliberately wrong acceptance rule. Then `warp`
+(temperature, top-k, top-p) and the checks of SamplingParams on their own, without a model."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from transformers import AutoModelForCausalLM
 
 import tiny_models
 from pard_export.errors import GenerationError
-from pard_export.runtime import Session, decoding
+from pard_export.runtime import Session, decoding, sampling
+from pard_export.runtime.sampling import SamplingParams, warp
 
 VOCAB = 64
 PROMPT = [7, 21, 33]
@@ -36,7 +38,8 @@ def small_vocab_models(tmp_path_factory):
     size = dict(tiny_models.TARGET_SIZE)
 
     def model(name, seed, mask_id=tiny_models.MASK):
-        return tiny_models.make_model(root / name, "llama", size, seed=seed, tokenizer=tokenizer, mask_id=mask_id, vocab_rows=VOCAB)
+        return tiny_models.make_model(root / name, "llama", size, seed=seed, tokenizer=tokenizer, mask_id=mask_id,
+                                      vocab_rows=VOCAB)
 
     return model("target", 5, mask_id=None), {"copy": model("copy", 5), "random": model("random", 9)}
 
@@ -122,7 +125,8 @@ SETTINGS = [
 @pytest.mark.parametrize("draft", ["copy", "random"])
 @pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
 def test_distribution_matches_the_target(sessions, small_vocab_models, settings, draft):
-    joint = exact_joint(small_vocab_models[0], settings["temperature"], settings.get("top_k", 0), settings.get("top_p", 1.0))
+    joint = exact_joint(small_vocab_models[0], settings["temperature"], settings.get("top_k", 0),
+                        settings.get("top_p", 1.0))
     pairs = sample_pairs(sessions[draft], **settings)
     tv, bound = tv_and_bound(pairs, joint)
     print(f"{draft} draft, {settings}: TV {tv:.4f} <= bound {bound:.4f} ({len(pairs)} samples, {len(joint)} cells)")
@@ -156,10 +160,128 @@ def test_same_seed_same_output(sessions):
 
 @pytest.mark.parametrize(
     "settings,match",
-    [(dict(temperature=-0.1), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(top_k=-1), "top_k")],
+    [(dict(temperature=-0.1), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
+     (dict(top_k=-1), "top_k")],
 )
 def test_bad_sampling_settings(sessions, settings, match):
     session = sessions["copy"]
     with pytest.raises(GenerationError, match=match):
         session.generate(PROMPT, max_new_tokens=4, **settings)
     assert len(session.generate(PROMPT, max_new_tokens=4).token_ids) == 4
+
+
+# warp on its own
+
+FIVE_LOGITS = np.array([2.0, -1.0, 0.5, 3.0, 0.0])  # id 3 is the most likely, then 0, 2, 4, 1
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def warped(logits, temperature=1.0, top_k=0, top_p=1.0) -> np.ndarray:
+    return warp(np.asarray(logits, dtype=np.float64), SamplingParams(temperature, top_p, top_k))
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 2.5])
+def test_warp_is_the_softmax_of_the_logits_over_the_temperature(temperature):
+    probs = warp(FIVE_LOGITS.astype(np.float32), SamplingParams(temperature=temperature))
+    assert probs.dtype == np.float64
+    np.testing.assert_allclose(probs, softmax(FIVE_LOGITS / temperature), rtol=1e-6)
+
+
+def test_top_p_of_one_and_top_k_of_zero_keep_every_id():
+    np.testing.assert_allclose(warped(FIVE_LOGITS, top_k=0, top_p=1.0), softmax(FIVE_LOGITS), rtol=1e-12)
+
+
+def test_a_tiny_top_p_keeps_only_the_most_likely_id():
+    assert warped(FIVE_LOGITS, top_p=1e-9).tolist() == [0, 0, 0, 1, 0]
+
+
+@pytest.mark.parametrize("top_p,kept", [(0.25, 1), (0.25 + 1e-9, 2), (0.5, 2), (0.5 + 1e-9, 3), (0.75, 3),
+                                        (0.75 + 1e-9, 4)])
+def test_top_p_keeps_the_fewest_ids_whose_mass_reaches_it(top_p, kept):
+    """Four equal logits: each id holds exactly 1/4, so the cumulative masses 1/4, 1/2, 3/4 are exact. Of equal
+    ids, the lower ones are kept."""
+    assert warped(np.zeros(4), top_p=top_p).tolist() == [1 / kept] * kept + [0.0] * (4 - kept)
+
+
+def test_top_p_breaks_ties_towards_the_lower_ids():
+    probs = warped([0.0, 1.0, 1.0, 1.0, 0.0], top_p=0.5)  # ids 1, 2, 3 hold 0.30 each: two of them reach 0.5
+    assert probs.tolist() == [0.0, 0.5, 0.5, 0.0, 0.0]
+
+
+def test_top_k_of_one_keeps_only_the_most_likely_id():
+    assert warped(FIVE_LOGITS, top_k=1).tolist() == [0, 0, 0, 1, 0]
+
+
+def test_top_k_keeps_the_k_most_likely_ids_renormalised():
+    expected = np.zeros(5)
+    expected[[3, 0]] = softmax(FIVE_LOGITS[[3, 0]])
+    np.testing.assert_allclose(warped(FIVE_LOGITS, top_k=2), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("top_k", [5, 6, 1000])
+def test_a_top_k_as_large_as_the_vocabulary_keeps_every_id(top_k):
+    np.testing.assert_allclose(warped(FIVE_LOGITS, top_k=top_k), softmax(FIVE_LOGITS), rtol=1e-12)
+
+
+def test_top_k_keeps_every_id_tied_with_the_kth():
+    """transformers' TopKLogitsWarper does the same: drop what is below the k-th logit."""
+    assert warped([1.0, 1.0, 1.0, 0.0], top_k=2).tolist() == [1 / 3, 1 / 3, 1 / 3, 0.0]
+
+
+def test_top_p_applies_to_the_top_k_distribution():
+    logits = np.log([0.4, 0.3, 0.2, 0.1])
+    assert (warped(logits, top_p=0.5) > 0).tolist() == [True, True, False, False]  # 0.4 alone does not reach 0.5
+    assert warped(logits, top_k=2, top_p=0.5).tolist() == [1.0, 0.0, 0.0, 0.0]  # 0.4 / 0.7 does
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=0.7), dict(temperature=1.3, top_k=7),
+                                      dict(temperature=1.0, top_p=0.6), dict(temperature=0.5, top_k=20, top_p=0.9)])
+def test_warp_matches_a_sort_based_reference(settings):
+    logits = np.random.default_rng(0).normal(0, 2, size=50)
+    expected = _warp_reference(torch.tensor(logits), settings["temperature"], settings.get("top_k", 0),
+                               settings.get("top_p", 1.0)).numpy()
+    probs = warped(logits, **settings)
+    np.testing.assert_allclose(probs, expected, rtol=1e-9, atol=1e-15)
+    assert probs.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("scale,candidates_suffice", [(3.0, True), (0.01, False)])
+def test_top_p_over_a_large_vocabulary_equals_a_full_sort(scale, candidates_suffice):
+    """Past _TOP_P_CANDIDATES ids, top-p sorts only the most likely ones when they hold enough mass (a peaked
+    distribution), else the whole vocabulary (a flat one)."""
+    logits = np.random.default_rng(1).normal(0, scale, size=3 * sampling._TOP_P_CANDIDATES)
+    top_p = 0.9
+    assert (np.sort(softmax(logits))[-sampling._TOP_P_CANDIDATES:].sum() >= top_p) == candidates_suffice
+    expected = _warp_reference(torch.tensor(logits), 1.0, 0, top_p).numpy()
+    np.testing.assert_allclose(warped(logits, top_p=top_p), expected, rtol=1e-9, atol=1e-15)
+
+
+def test_warp_treats_each_row_of_a_batch_on_its_own():
+    rows = np.random.default_rng(2).normal(0, 3, size=(3, 40))
+    rows[1] += 100.0  # rows on different scales: a max or a cut shared across rows would show
+    settings = dict(temperature=0.8, top_k=10, top_p=0.7)
+    batch = warped(rows, **settings)
+    assert batch.shape == (3, 40)
+    for row, probs in zip(rows, batch):
+        np.testing.assert_allclose(probs, warped(row, **settings), rtol=1e-12)
+    assert ((batch > 0).sum(-1) <= 10).all()
+
+
+@pytest.mark.parametrize(
+    "settings,match",
+    [(dict(temperature=-0.1), "temperature"), (dict(temperature=float("nan")), "temperature"),
+     (dict(top_p=0.0), "top_p"), (dict(top_p=1.0 + 1e-9), "top_p"), (dict(top_p=float("nan")), "top_p"),
+     (dict(top_k=-1), "top_k"), (dict(top_k=2.0), "top_k")],
+)
+def test_sampling_params_refuse_bad_settings(settings, match):
+    with pytest.raises(GenerationError, match=match):
+        SamplingParams(**settings)
+
+
+def test_sampling_params_accept_the_edges_of_their_ranges():
+    params = SamplingParams(temperature=0.0, top_p=1.0, top_k=0)
+    assert params.greedy and not SamplingParams(temperature=1e-6, top_p=1e-9, top_k=1).greedy
