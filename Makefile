@@ -1,4 +1,5 @@
 # make demo: create .venv if missing, install, run the offline SmolLM2 demo.
+# make lint: ruff's checks and formatting (pyproject.toml [tool.ruff]); CI runs it before the tests.
 # make test: create .venv if missing, install, run the whole test suite (CPU; slow real-model tests included).
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 # pard-export's runtime (no torch) for the `pard` model that the server's python backend runs.
 SERVER_VENV ?= .venv-tritonserver
 
-.PHONY: install demo test clean
+.PHONY: install demo lint test clean
 
 install: $(STAMP)
 
@@ -26,6 +27,10 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/pard-export demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: install
 	$(BIN)/python -m pytest || [ $$? -eq 5 ]  # 5 = no tests collected

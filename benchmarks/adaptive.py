@@ -45,8 +45,14 @@ class Prompt:
     max_new_tokens: int
 
 
-def prompt_sets(session: Session, sets, chat_prompts: int | None, docs_per_size: int, randoms_per_size: int,
-                max_new_tokens: int | None) -> list[Prompt]:
+def prompt_sets(
+    session: Session,
+    sets,
+    chat_prompts: int | None,
+    docs_per_size: int,
+    randoms_per_size: int,
+    max_new_tokens: int | None,
+) -> list[Prompt]:
     codec, prompts = session.codec, []
     if "chat" in sets:
         for item in load_prompts(DEFAULT_PROMPTS)[:chat_prompts]:
@@ -54,8 +60,9 @@ def prompt_sets(session: Session, sets, chat_prompts: int | None, docs_per_size:
     if "docs" in sets:
         count = lambda text: len(codec.tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
         for doc in long_documents(DOC_TOKENS, docs_per_size, count):
-            prompts.append(Prompt("docs", f"docs {doc.budget}", codec.encode_chat(document_prompt(doc)),
-                                  max_new_tokens or 96))
+            prompts.append(
+                Prompt("docs", f"docs {doc.budget}", codec.encode_chat(document_prompt(doc)), max_new_tokens or 96)
+            )
     if "random" in sets:
         rng = np.random.default_rng(0)
         vocab = session.manifest.vocab_size
@@ -71,21 +78,30 @@ def measure(session: Session, prompts: list[Prompt]) -> dict:
         session.generate(prompts[0].ids, max_new_tokens=16, mode=mode)
     runs = []
     for i, prompt in enumerate(prompts):
-        order = MODES[i % len(MODES):] + MODES[: i % len(MODES)]
-        results = {mode: session.generate(prompt.ids, max_new_tokens=prompt.max_new_tokens, mode=mode) for mode in order}
+        order = MODES[i % len(MODES) :] + MODES[: i % len(MODES)]
+        results = {
+            mode: session.generate(prompt.ids, max_new_tokens=prompt.max_new_tokens, mode=mode) for mode in order
+        }
         same = {mode: results[mode].token_ids == results["ar"].token_ids for mode in MODES}
         runs.append((prompt, results, same))
         rates = " ".join(f"{m} {results[m].stats.tokens_per_second:6.1f}" for m in MODES)
-        print(f"  {prompt.group:12} {len(prompt.ids):5d} tokens  {rates}  n {results['pard'].stats.drafts_per_step}",
-              flush=True)
+        print(
+            f"  {prompt.group:12} {len(prompt.ids):5d} tokens  {rates}  n {results['pard'].stats.drafts_per_step}",
+            flush=True,
+        )
     return summarize(runs)
 
 
 def summarize(runs) -> dict:
     groups: dict[str, dict] = {}
     for prompt, results, same in runs:
-        group = groups.setdefault(prompt.group, {m: {"tokens": 0, "seconds": 0.0, "forwards": 0, "new": 0,
-                                                     "lossless": True, "drafts_per_step": None} for m in MODES})
+        group = groups.setdefault(
+            prompt.group,
+            {
+                m: {"tokens": 0, "seconds": 0.0, "forwards": 0, "new": 0, "lossless": True, "drafts_per_step": None}
+                for m in MODES
+            },
+        )
         group["prompt_tokens"] = group.get("prompt_tokens", []) + [len(prompt.ids)]
         for mode, result in results.items():
             s, g = result.stats, group[mode]
@@ -101,25 +117,35 @@ def summarize(runs) -> dict:
     for name, group in groups.items():
         row = {"prompt_tokens": int(np.mean(group.pop("prompt_tokens")))}
         for mode, g in group.items():
-            row[mode] = {"tokens_per_second": g["tokens"] / g["seconds"], "tau": g["new"] / g["forwards"],
-                         "lossless": g["lossless"], "drafts_per_step": g["drafts_per_step"].tolist()}
+            row[mode] = {
+                "tokens_per_second": g["tokens"] / g["seconds"],
+                "tau": g["new"] / g["forwards"],
+                "lossless": g["lossless"],
+                "drafts_per_step": g["drafts_per_step"].tolist(),
+            }
         row["pard_vs_ar"] = row["pard"]["tokens_per_second"] / row["ar"]["tokens_per_second"]
         row["pard_fixed_vs_ar"] = row["pard-fixed"]["tokens_per_second"] / row["ar"]["tokens_per_second"]
-        row["pard_vs_best"] = row["pard"]["tokens_per_second"] / max(row["ar"]["tokens_per_second"],
-                                                                     row["pard-fixed"]["tokens_per_second"])
+        row["pard_vs_best"] = row["pard"]["tokens_per_second"] / max(
+            row["ar"]["tokens_per_second"], row["pard-fixed"]["tokens_per_second"]
+        )
         table[name] = row
     return table
 
 
 def format_table(engine: str, table: dict) -> str:
-    lines = [engine, f"{'group':12} {'tokens':>6} {'ar':>7} {'fixed':>7} {'pard':>7} {'tau fx':>6} {'tau':>5} "
-                     f"{'fixed/ar':>8} {'pard/ar':>7} {'pard/best':>9}  n histogram (pard)"]
+    lines = [
+        engine,
+        f"{'group':12} {'tokens':>6} {'ar':>7} {'fixed':>7} {'pard':>7} {'tau fx':>6} {'tau':>5} "
+        f"{'fixed/ar':>8} {'pard/ar':>7} {'pard/best':>9}  n histogram (pard)",
+    ]
     for name, r in table.items():
-        lines.append(f"{name:12} {r['prompt_tokens']:6d} {r['ar']['tokens_per_second']:7.1f} "
-                     f"{r['pard-fixed']['tokens_per_second']:7.1f} {r['pard']['tokens_per_second']:7.1f} "
-                     f"{r['pard-fixed']['tau']:6.2f} {r['pard']['tau']:5.2f} {r['pard_fixed_vs_ar']:8.2f} "
-                     f"{r['pard_vs_ar']:7.2f} {r['pard_vs_best']:9.2f}  {r['pard']['drafts_per_step']}"
-                     + ("" if r["pard"]["lossless"] and r["pard-fixed"]["lossless"] else "  NOT LOSSLESS"))
+        lines.append(
+            f"{name:12} {r['prompt_tokens']:6d} {r['ar']['tokens_per_second']:7.1f} "
+            f"{r['pard-fixed']['tokens_per_second']:7.1f} {r['pard']['tokens_per_second']:7.1f} "
+            f"{r['pard-fixed']['tau']:6.2f} {r['pard']['tau']:5.2f} {r['pard_fixed_vs_ar']:8.2f} "
+            f"{r['pard_vs_ar']:7.2f} {r['pard_vs_best']:9.2f}  {r['pard']['drafts_per_step']}"
+            + ("" if r["pard"]["lossless"] and r["pard-fixed"]["lossless"] else "  NOT LOSSLESS")
+        )
     return "\n".join(lines)
 
 
@@ -139,10 +165,14 @@ def main(argv=None) -> int:
     for engine in args.engine:
         with Session(engine) as session:
             calibration = session.calibrate(force=args.recalibrate)
-            print(f"{engine}: calibration {calibration.seconds:.1f} s, acceptance "
-                  f"{' '.join(f'{a:.2f}' for a in calibration.acceptance)}", flush=True)
-            prompts = prompt_sets(session, sets, args.chat_prompts, args.docs_per_size, args.randoms_per_size,
-                                  args.max_new_tokens)
+            print(
+                f"{engine}: calibration {calibration.seconds:.1f} s, acceptance "
+                f"{' '.join(f'{a:.2f}' for a in calibration.acceptance)}",
+                flush=True,
+            )
+            prompts = prompt_sets(
+                session, sets, args.chat_prompts, args.docs_per_size, args.randoms_per_size, args.max_new_tokens
+            )
             table = measure(session, prompts)
         print(format_table(engine, table), flush=True)
         report[engine] = {"calibration": calibration.to_dict(), "groups": table}

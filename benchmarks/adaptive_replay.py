@@ -35,10 +35,18 @@ def record(engine: str, out: Path, sets: list[str]) -> None:
         k, rows = session.manifest.k, []
         for prompt in prompt_sets(session, sets, None, 1, 2, None):
             answer = session.generate(prompt.ids, max_new_tokens=prompt.max_new_tokens, mode="ar").token_ids
-            rows.append({"group": prompt.group, "prompt_tokens": len(prompt.ids),
-                         "agreeing": _agreement(session, prompt.ids, answer, k)})
-            print(f"{prompt.group:12} {len(prompt.ids):5d} tokens: mean agreeing drafts {np.mean(rows[-1]['agreeing']):.2f}",
-                  flush=True)
+            rows.append(
+                {
+                    "group": prompt.group,
+                    "prompt_tokens": len(prompt.ids),
+                    "agreeing": _agreement(session, prompt.ids, answer, k),
+                }
+            )
+            print(
+                f"{prompt.group:12} {len(prompt.ids):5d} tokens: "
+                f"mean agreeing drafts {np.mean(rows[-1]['agreeing']):.2f}",
+                flush=True,
+            )
     out.write_text(json.dumps({"engine": engine, "k": k, "rows": rows}) + "\n")
 
 
@@ -120,8 +128,10 @@ def main(argv=None) -> int:
     print(f"{'group':12} {'fixed/ar':>8} {'pard/ar':>7} {'pard/best':>9}  n histogram (pard)")
     for group in ar:
         best = max(ar[group][0], fixed[group][0])
-        print(f"{group:12} {fixed[group][0] / ar[group][0]:8.3f} {adaptive[group][0] / ar[group][0]:7.3f} "
-              f"{adaptive[group][0] / best:9.3f}  {adaptive[group][1].tolist()}")
+        print(
+            f"{group:12} {fixed[group][0] / ar[group][0]:8.3f} {adaptive[group][0] / ar[group][0]:7.3f} "
+            f"{adaptive[group][0] / best:9.3f}  {adaptive[group][1].tolist()}"
+        )
     return 0
 
 

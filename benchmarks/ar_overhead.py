@@ -60,8 +60,10 @@ def main() -> None:
     manifest = read_manifest(engine)
     spec = manifest.models["target"].io
     if spec.attention != PLAIN:
-        raise SystemExit(f"{engine} has {spec.attention} attention; the bare loop needs a plain engine: build one with "
-                         "--attention plain")
+        raise SystemExit(
+            f"{engine} has {spec.attention} attention; the bare loop needs a plain engine: build one with "
+            "--attention plain"
+        )
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     bare = ort.InferenceSession(str(engine / "target.onnx"), options, providers=["CPUExecutionProvider"])

@@ -42,13 +42,21 @@ def main() -> None:
             for b in sizes:
                 for mode in modes:
                     rates[(b, mode)].append(throughput(session, prompts[:b], mode, args.tokens))
-    print(f"tokens/s summed over the batch, prefill included ({args.tokens} new tokens per row, median of {args.repeats})")
+    print(
+        f"tokens/s summed over the batch, prefill included ({args.tokens} new tokens per row, median of {args.repeats})"
+    )
     print("| B | " + " | ".join(modes) + " | " + " | ".join(f"{m} vs B=1" for m in modes) + " |")
     print("|---" * (1 + 2 * len(modes)) + "|")
     for b in sizes:
         values = [statistics.median(rates[(b, m)]) for m in modes]
         base = [statistics.median(rates[(sizes[0], m)]) for m in modes]
-        print(f"| {b} | " + " | ".join(f"{v:.1f}" for v in values) + " | " + " | ".join(f"{v / s:.2f}x" for v, s in zip(values, base)) + " |")
+        print(
+            f"| {b} | "
+            + " | ".join(f"{v:.1f}" for v in values)
+            + " | "
+            + " | ".join(f"{v / s:.2f}x" for v, s in zip(values, base))
+            + " |"
+        )
 
 
 if __name__ == "__main__":

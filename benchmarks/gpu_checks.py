@@ -72,20 +72,24 @@ HEADS = [(1, 1), (3, 1), (8, 2), (8, 1)]  # (Hq, Hkv), as in tests/plugins/test_
 TOLERANCE = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}  # fp32 absolute; others relative to max |expected|
 # Seconds after which a section starts no new case (it then fails as incomplete): 8 min in all, so that a run of
 # every section stays under 10 min with its compiles and each section's last case (--budget-scale to change).
-SECTION_BUDGET_S = {"correctness": 45, "fused_correctness": 105, "copy": 15, "timing": 150, "tuning": 105,
-                    "aot": 60}
+SECTION_BUDGET_S = {"correctness": 45, "fused_correctness": 105, "copy": 15, "timing": 150, "tuning": 105, "aot": 60}
 SMOKE_BUDGET_SCALE = 3
 # The fused kernel's tuning, as FusedConfig fields that differ from the defaults: first the TensorRT plugin's
 # tactics (triton_fused.TACTICS, defaults first), then other options not yet timed on a GPU (rounding down with 2
 # programs per SM fills every SM twice, all resident at once); min_keys_per_split 512 was promising in run 2.
 FUSED_TUNING_CONFIGS = [
-    {}, dict(merge_stages=2), dict(merge_tree=True, merge_stages=2), dict(splits_round_down=True), dict(block_n=32),
-    dict(merge_tree=True), dict(merge_tree=True, splits_round_down=True),
-    dict(splits_round_down=True, programs_per_sm=2), dict(min_keys_per_split=512),
+    {},
+    dict(merge_stages=2),
+    dict(merge_tree=True, merge_stages=2),
+    dict(splits_round_down=True),
+    dict(block_n=32),
+    dict(merge_tree=True),
+    dict(merge_tree=True, splits_round_down=True),
+    dict(splits_round_down=True, programs_per_sm=2),
+    dict(min_keys_per_split=512),
 ]
 # (B, past, S): where the fused kernel missed the 70 % target in run 3, plus B 8, past 8192, S 16 (met: 76 %)
-TUNING_SHAPES = ((1, 2048, 16), (1, 8192, 1), (1, 8192, 16), (8, 2048, 1), (8, 2048, 16), (8, 4096, 16),
-                 (8, 8192, 16))
+TUNING_SHAPES = ((1, 2048, 16), (1, 8192, 1), (1, 8192, 16), (8, 2048, 1), (8, 2048, 16), (8, 4096, 16), (8, 8192, 16))
 # every code path of the untimed options at once, for the fused_correctness section
 FUSED_CHECK_CONFIG = dict(merge_tree=True, splits_round_down=True, merge_stages=2)
 # (B, past, S) at which the aot section times the PTX a plan embeds against the JIT-launched fused kernel
@@ -246,11 +250,14 @@ class Checks:
             self._check_time()
             for row in self._time_fused_configs(batch, past, seq, q_heads, kv_heads, head_dim, configs):
                 rows.append(row)
-                print(f"| {batch} | {past} | {seq} | {row['config'] or 'defaults'} "
-                      f"| {_num(row.get('fused_us'), '.1f')} | {_num(row.get('fused_kv_gbps'), '.0f')} "
-                      f"| {_num(row.get('fused_pct_copy'), '.0f')} "
-                      f"| {_num(row.get('fused_vs_kernel_err'), '.1e')} |"
-                      + (f" {row['fused_skipped'][:100]}" if row.get("fused_skipped") else ""), flush=True)
+                print(
+                    f"| {batch} | {past} | {seq} | {row['config'] or 'defaults'} "
+                    f"| {_num(row.get('fused_us'), '.1f')} | {_num(row.get('fused_kv_gbps'), '.0f')} "
+                    f"| {_num(row.get('fused_pct_copy'), '.0f')} "
+                    f"| {_num(row.get('fused_vs_kernel_err'), '.1e')} |"
+                    + (f" {row['fused_skipped'][:100]}" if row.get("fused_skipped") else ""),
+                    flush=True,
+                )
         self.results["tuning_best"] = best = _fastest_configs(rows)
         for line in best:
             print(line)
@@ -285,10 +292,13 @@ class Checks:
                 self._free()
             rows.append({"batch": batch, "past": past, "seq": seq, "jit": jit, "aot": aot})
             ratio = aot["fused_us"] / jit["fused_us"] if aot.get("fused_us") and jit.get("fused_us") else None
-            print(f"| {batch} | {past} | {seq} | {_num(jit.get('fused_us'), '.1f')} "
-                  f"| {_num(aot.get('fused_us'), '.1f')} | {_num(ratio, '.2f')} "
-                  f"| {_num(aot.get('fused_pct_copy'), '.0f')} | {_num(aot.get('fused_vs_kernel_err'), '.1e')} |"
-                  + (f" {aot['fused_skipped'][:100]}" if aot.get("fused_skipped") else ""), flush=True)
+            print(
+                f"| {batch} | {past} | {seq} | {_num(jit.get('fused_us'), '.1f')} "
+                f"| {_num(aot.get('fused_us'), '.1f')} | {_num(ratio, '.2f')} "
+                f"| {_num(aot.get('fused_pct_copy'), '.0f')} | {_num(aot.get('fused_vs_kernel_err'), '.1e')} |"
+                + (f" {aot['fused_skipped'][:100]}" if aot.get("fused_skipped") else ""),
+                flush=True,
+            )
         bad = [row for row in rows if "ok" in row and not row["ok"]]
         if bad:
             raise AssertionError(f"{len(bad)} AOT cases over tolerance, failed or skipped")
@@ -316,8 +326,17 @@ class Checks:
                 if rows:
                     self._check_time()
                 result = self._time_fused(sets, kv_bytes, config=self._config(config))
-                rows.append({"batch": batch, "past": past, "seq": seq, "config": config, "kv_bytes": kv_bytes,
-                             "dtype": str(sets[0][0].dtype).removeprefix("torch."), **result})
+                rows.append(
+                    {
+                        "batch": batch,
+                        "past": past,
+                        "seq": seq,
+                        "config": config,
+                        "kv_bytes": kv_bytes,
+                        "dtype": str(sets[0][0].dtype).removeprefix("torch."),
+                        **result,
+                    }
+                )
         finally:
             del sets
             self._free()
@@ -342,17 +361,38 @@ class Checks:
     def _fused_split_cases(self) -> list[dict]:
         """The fused kernel's split-K merge: long unequal pasts cut into splits of >= 64 keys (up to MAX_SPLITS)."""
         if self.smoke:
-            return [dict(seq=s, heads=(8, 2), head_dim=64, past=(5, 150), dtype="float32", num_splits=None,
-                         min_keys=16) for s in (1, 9)]
-        variants = (((8, 2), 64, "float32"), ((8, 1), 128, "float16"), (LLAMA_HEADS[:2], 128, "bfloat16"),
-                    (LLAMA_HEADS[:2], 128, "float16"), ((3, 1), 64, "bfloat16"))
-        cases = [dict(seq=s, heads=h, head_dim=d, past=(5, 1500), dtype=t, num_splits=None, min_keys=64)
-                 for s in (1, 9, 33) for h, d, t in variants]
-        return cases + [dict(seq=s, heads=LLAMA_HEADS[:2], head_dim=128, past=(8190, 2), dtype="bfloat16",
-                             num_splits=None, min_keys=256) for s in (1, 16)]
+            return [
+                dict(seq=s, heads=(8, 2), head_dim=64, past=(5, 150), dtype="float32", num_splits=None, min_keys=16)
+                for s in (1, 9)
+            ]
+        variants = (
+            ((8, 2), 64, "float32"),
+            ((8, 1), 128, "float16"),
+            (LLAMA_HEADS[:2], 128, "bfloat16"),
+            (LLAMA_HEADS[:2], 128, "float16"),
+            ((3, 1), 64, "bfloat16"),
+        )
+        cases = [
+            dict(seq=s, heads=h, head_dim=d, past=(5, 1500), dtype=t, num_splits=None, min_keys=64)
+            for s in (1, 9, 33)
+            for h, d, t in variants
+        ]
+        return cases + [
+            dict(
+                seq=s,
+                heads=LLAMA_HEADS[:2],
+                head_dim=128,
+                past=(8190, 2),
+                dtype="bfloat16",
+                num_splits=None,
+                min_keys=256,
+            )
+            for s in (1, 16)
+        ]
 
-    def _check_case(self, seq, heads, head_dim, past, dtype, num_splits, fused=False, min_keys=None,
-                    config=None, aot=False) -> dict:
+    def _check_case(
+        self, seq, heads, head_dim, past, dtype, num_splits, fused=False, min_keys=None, config=None, aot=False
+    ) -> dict:
         """One case against the numpy reference: the output, and the whole caches (the new rows written, every
         other row unchanged). fused=True: triton_fused.pard_attention_fused under `config` (FusedConfig fields that
         differ from the defaults; min_keys sets min_keys_per_split); a case it cannot compile or launch (e.g. out of
@@ -390,8 +430,14 @@ class Checks:
         caches_ok = counters_ok and all((tensors[i].float().cpu().numpy() == host[i]).all() for i in (3, 4))
         max_abs = float(abs(out - expected).max())
         error = max_abs if dtype == "float32" else max_abs / float(abs(expected).max())
-        return dict(row, max_abs_err=max_abs, error=error, caches_ok=caches_ok, counters_ok=counters_ok,
-                    ok=caches_ok and error <= TOLERANCE[dtype])
+        return dict(
+            row,
+            max_abs_err=max_abs,
+            error=error,
+            caches_ok=caches_ok,
+            counters_ok=counters_ok,
+            ok=caches_ok and error <= TOLERANCE[dtype],
+        )
 
     # --- timing ---
 
@@ -453,16 +499,24 @@ class Checks:
         torch = self.torch
         half = kv_bytes // 2
         count = 1 if self.device != "cuda" else max(1, min(math.ceil(ROTATE_BYTES / kv_bytes), MAX_SETS))
-        pairs = [(torch.empty(half, dtype=torch.uint8, device=self.device),
-                  torch.empty(half, dtype=torch.uint8, device=self.device)) for _ in range(count)]
+        pairs = [
+            (
+                torch.empty(half, dtype=torch.uint8, device=self.device),
+                torch.empty(half, dtype=torch.uint8, device=self.device),
+            )
+            for _ in range(count)
+        ]
         try:
             us = 1e3 * self._graph_ms([lambda p=p: p[1].copy_(p[0]) for p in pairs])
         finally:
             del pairs
             self._free()
         gbps = 2 * half / (us * 1e-6) / 1e9
-        return {"copy_same_bytes_us": us, "copy_same_bytes_gbps": gbps,
-                "copy_same_bytes_pct": 100 * gbps / self.copy_gbps if self.copy_gbps else None}
+        return {
+            "copy_same_bytes_us": us,
+            "copy_same_bytes_gbps": gbps,
+            "copy_same_bytes_pct": 100 * gbps / self.copy_gbps if self.copy_gbps else None,
+        }
 
     def _time_sdpa(self, sets, past, seq) -> dict:
         """Each SDPA formulation of the same math on the filled caches; checked against the kernel, then timed."""
@@ -601,8 +655,10 @@ class Checks:
         head = f"| {row['kernel']} | {case} | {row['dtype']} | {splits} "
         if "max_abs_err" not in row:
             reason = row.get("skipped") or row.get("failed")
-            return head + f"| n/a | n/a | {row['tolerance']:.0e} | {'skipped' if row.get('skipped') else '**NO**'}: " \
+            return (
+                head + f"| n/a | n/a | {row['tolerance']:.0e} | {'skipped' if row.get('skipped') else '**NO**'}: "
                 f"{reason[:120]} |"
+            )
         ok = "yes" if row["ok"] else "**NO**" if row["caches_ok"] else "**NO** (caches)"
         return head + f"| {row['max_abs_err']:.2e} | {row['error']:.2e} | {row['tolerance']:.0e} | {ok} |"
 
@@ -623,15 +679,22 @@ def _fastest_configs(rows: list[dict]) -> list[str]:
     """Per tuned shape, the fastest config whose output matched the kernel's, against the defaults' time."""
     lines = []
     for shape in dict.fromkeys((row["batch"], row["past"], row["seq"]) for row in rows):
-        timed = [row for row in rows if (row["batch"], row["past"], row["seq"]) == shape and row.get("fused_us")
-                 and row.get("fused_vs_kernel_err", 1.0) <= TOLERANCE[row["dtype"]]]
+        timed = [
+            row
+            for row in rows
+            if (row["batch"], row["past"], row["seq"]) == shape
+            and row.get("fused_us")
+            and row.get("fused_vs_kernel_err", 1.0) <= TOLERANCE[row["dtype"]]
+        ]
         defaults = next((row for row in timed if not row["config"]), None)
         if not timed or defaults is None:
             continue
         best = min(timed, key=lambda row: row["fused_us"])
-        lines.append(f"B={shape[0]} past={shape[1]} S={shape[2]}: fastest {best['config'] or 'defaults'} "
-                     f"{best['fused_us']:.1f} µs, defaults {defaults['fused_us']:.1f} µs "
-                     f"({defaults['fused_us'] / best['fused_us']:.2f}x)")
+        lines.append(
+            f"B={shape[0]} past={shape[1]} S={shape[2]}: fastest {best['config'] or 'defaults'} "
+            f"{best['fused_us']:.1f} µs, defaults {defaults['fused_us']:.1f} µs "
+            f"({defaults['fused_us'] / best['fused_us']:.2f}x)"
+        )
     return lines
 
 

@@ -39,10 +39,13 @@ def best_k(by_k: dict) -> int:
 def _row(k: int, report: dict) -> str:
     ar, pard = report["modes"]["ar"], report["modes"]["pard"]
     acceptance = " ".join(f"{x:.2f}" for x in pard["per_position_acceptance"])
-    return (f"k={k:2d}  ar {ar['tokens_per_second']:6.1f}  pard {pard['tokens_per_second']:6.1f} tok/s  "
-            f"x{report['speedup']['pard_vs_ar']:.2f}  tau {pard['mean_accepted_tokens']:.2f}  "
-            f"draft {report['step_cost']['pard_draft_vs_decode']:.2f} verify {report['step_cost']['pard_verify_vs_decode']:.2f} "
-            f"(decode steps)  acceptance {acceptance}")
+    return (
+        f"k={k:2d}  ar {ar['tokens_per_second']:6.1f}  pard {pard['tokens_per_second']:6.1f} tok/s  "
+        f"x{report['speedup']['pard_vs_ar']:.2f}  tau {pard['mean_accepted_tokens']:.2f}  "
+        f"draft {report['step_cost']['pard_draft_vs_decode']:.2f} "
+        f"verify {report['step_cost']['pard_verify_vs_decode']:.2f} "
+        f"(decode steps)  acceptance {acceptance}"
+    )
 
 
 def plot(summary: dict, path: Path) -> None:

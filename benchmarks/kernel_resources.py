@@ -35,14 +35,18 @@ def main() -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("unset TRITON_INTERPRET: the interpreter compiles nothing")
     q_heads, kv_heads, head_size = (int(x) for x in args.heads.split(","))
-    rows = [dict(config=config, **resources(config, args.dtype, q_heads, kv_heads, head_size, args.arch))
-            for config in FUSED_TUNING_CONFIGS]
+    rows = [
+        dict(config=config, **resources(config, args.dtype, q_heads, kv_heads, head_size, args.arch))
+        for config in FUSED_TUNING_CONFIGS
+    ]
     print(f"sm_{args.arch}, {args.dtype}, Hq {q_heads}, Hkv {kv_heads}, D {head_size}\n")
     print("| config | registers | spill stores B | spill loads B | shared B | cp.async |")
     print("|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['config'] or 'defaults'} | {row['registers']} | {row['spill_stores']} | {row['spill_loads']} "
-              f"| {row['shared']} | {row['cp_async']} |")
+        print(
+            f"| {row['config'] or 'defaults'} | {row['registers']} | {row['spill_stores']} | {row['spill_loads']} "
+            f"| {row['shared']} | {row['cp_async']} |"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
     return 0
@@ -57,23 +61,39 @@ def resources(config: dict, dtype: str, q_heads: int, kv_heads: int, head_size: 
     from plugins.pard_attention import tensorrt_plugin, triton_fused
 
     fused_config = dataclasses.replace(triton_fused.DEFAULT_CONFIG, **config)
-    _, ptx, meta = tensorrt_plugin.compile_kernel(dtype, q_heads, kv_heads, head_size, target=(arch, 32),
-                                                  config=fused_config)
+    _, ptx, meta = tensorrt_plugin.compile_kernel(
+        dtype, q_heads, kv_heads, head_size, target=(arch, 32), config=fused_config
+    )
     suffix = "a" if arch >= 90 else ""  # sm_90a: the wgmma/TMA features Triton's sm_90 PTX uses
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "kernel.ptx"
         source.write_bytes(ptx)
-        done = subprocess.run([get_ptxas(arch).path, "-v", f"-arch=sm_{arch}{suffix}", str(source),
-                               "-o", str(source.with_suffix(".cubin"))], capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [
+                get_ptxas(arch).path,
+                "-v",
+                f"-arch=sm_{arch}{suffix}",
+                str(source),
+                "-o",
+                str(source.with_suffix(".cubin")),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     report = done.stdout + done.stderr
 
     def number(pattern: str) -> int:
         found = re.search(pattern, report)
         return int(found.group(1)) if found else 0
 
-    return {"registers": number(r"Used (\d+) registers"), "spill_stores": number(r"(\d+) bytes spill stores"),
-            "spill_loads": number(r"(\d+) bytes spill loads"), "shared": meta["shared"],
-            "cp_async": ptx.decode().count("cp.async.cg") + ptx.decode().count("cp.async.ca")}
+    return {
+        "registers": number(r"Used (\d+) registers"),
+        "spill_stores": number(r"(\d+) bytes spill stores"),
+        "spill_loads": number(r"(\d+) bytes spill loads"),
+        "shared": meta["shared"],
+        "cp_async": ptx.decode().count("cp.async.cg") + ptx.decode().count("cp.async.ca"),
+    }
 
 
 if __name__ == "__main__":

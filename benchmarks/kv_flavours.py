@@ -44,8 +44,13 @@ def main() -> None:
 
 def _arguments():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engine", action="append", required=True, type=lambda s: tuple(s.split("=", 1)),
-                        help="LABEL=DIR, repeatable; the first is the baseline")
+    parser.add_argument(
+        "--engine",
+        action="append",
+        required=True,
+        type=lambda s: tuple(s.split("=", 1)),
+        help="LABEL=DIR, repeatable; the first is the baseline",
+    )
     parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=[200, 1500, 5000])
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)

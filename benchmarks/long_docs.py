@@ -48,12 +48,12 @@ def is_prose(block: str) -> bool:
     if not lines or len({len(line) - len(line.lstrip()) for line in lines}) != 1:
         return False
     text = " ".join(block.split())
-    return (text[0].isupper() and text.endswith(".") and len(text.split()) >= 12
-            and "::=" not in text and ">>>" not in text)
+    return (
+        text[0].isupper() and text.endswith(".") and len(text.split()) >= 12 and "::=" not in text and ">>>" not in text
+    )
 
 
-def build_document(paragraphs: Sequence[str], budget: int, count_tokens: Callable[[str], int],
-                   start: int = 0) -> str:
+def build_document(paragraphs: Sequence[str], budget: int, count_tokens: Callable[[str], int], start: int = 0) -> str:
     """Paragraphs from `start` on (wrapping around), joined by blank lines, as many as fit into `budget` tokens;
     the first paragraph that does not fit contributes the sentences that do."""
     if not paragraphs:

@@ -101,6 +101,7 @@ class Run:
 
 # --- ORT-GenAI models from the engine's GGUF ------------------------------------------------------------------
 
+
 def ort_genai_models(engine: Path, precisions: Sequence[str], work: Path, gguf: Path | None = None) -> dict[str, Path]:
     """ORT-GenAI model folders, one per precision, built from the GGUF of the engine's target unless already in
     `work`."""
@@ -122,8 +123,9 @@ def _gguf_source(engine: Path, gguf: Path | None):
 
     source = resolve(str(gguf) if gguf else read_manifest(engine).models["target"].source)
     if not source.gguf_file:
-        raise PardExportError(f"{engine}'s target ({source.spec}) is not a GGUF file; pass --gguf FILE of the same "
-                              "weights")
+        raise PardExportError(
+            f"{engine}'s target ({source.spec}) is not a GGUF file; pass --gguf FILE of the same weights"
+        )
     return source
 
 
@@ -170,12 +172,28 @@ def run_model_builder(gguf: Path, config_dir: Path, precision: str, out: Path, c
 
 
 def builder_command(gguf: Path, config_dir: Path, precision: str, out: Path, cache: Path) -> list[str]:
-    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(gguf), "-m", str(config_dir),
-               "-o", str(out), "-p", precision, "-e", "cpu", "-c", str(cache)]
+    command = [
+        sys.executable,
+        "-m",
+        "onnxruntime_genai.models.builder",
+        "-i",
+        str(gguf),
+        "-m",
+        str(config_dir),
+        "-o",
+        str(out),
+        "-p",
+        precision,
+        "-e",
+        "cpu",
+        "-c",
+        str(cache),
+    ]
     return command + ["--extra_options", "hf_token=false", *BUILDER_OPTIONS.get(precision, [])]
 
 
 # --- the systems ------------------------------------------------------------------------------------------------
+
 
 class OrtGenAISystem:
     """ORT-GenAI's own greedy loop: GeneratorParams(max_length) -> Generator -> append_tokens -> generate_next_token."""
@@ -232,17 +250,22 @@ def decode_rate(tokens: int, start: float, first: float, end: float) -> float:
 
 # --- prompts and the interleaved runs ---------------------------------------------------------------------------
 
+
 def chat_prompts(session: Session, count: int | None, max_new_tokens: int) -> list[Prompt]:
     items = load_prompts(DEFAULT_PROMPTS)[:count]
-    return [Prompt("chat", f"chat-{i:02d}", session.codec.encode_chat(item["prompt"]), max_new_tokens)
-            for i, item in enumerate(items)]
+    return [
+        Prompt("chat", f"chat-{i:02d}", session.codec.encode_chat(item["prompt"]), max_new_tokens)
+        for i, item in enumerate(items)
+    ]
 
 
 def long_prompts(session: Session, doc_tokens: Sequence[int], per_size: int, max_new_tokens: int) -> list[Prompt]:
     tokenizer = session.codec.tokenizer
     documents = long_documents(doc_tokens, per_size, lambda text: len(tokenizer.encode(text, add_special_tokens=False)))
-    return [Prompt("long", d.name, session.codec.encode_chat(document_prompt(d)), max_new_tokens, d.budget, d.tokens)
-            for d in documents]
+    return [
+        Prompt("long", d.name, session.codec.encode_chat(document_prompt(d)), max_new_tokens, d.budget, d.tokens)
+        for d in documents
+    ]
 
 
 def rotated(items: Sequence, shift: int) -> list:
@@ -258,8 +281,14 @@ def measure(systems: Sequence, prompts: Sequence[Prompt], progress: bool = True)
     for system in systems:
         system.generate(prompts[0].ids, min(WARMUP_TOKENS, prompts[0].max_new_tokens))
     runs = []
-    with tqdm(total=len(prompts) * len(systems), desc=prompts[0].workload, unit="run", leave=False,
-              file=sys.stderr, disable=None if progress else True) as bar:
+    with tqdm(
+        total=len(prompts) * len(systems),
+        desc=prompts[0].workload,
+        unit="run",
+        leave=False,
+        file=sys.stderr,
+        disable=None if progress else True,
+    ) as bar:
         for index, prompt in enumerate(prompts):
             for system in rotated(systems, index):
                 runs.append(Run(system.name, prompt.name, system.generate(prompt.ids, prompt.max_new_tokens)))
@@ -268,6 +297,7 @@ def measure(systems: Sequence, prompts: Sequence[Prompt], progress: bool = True)
 
 
 # --- summaries --------------------------------------------------------------------------------------------------
+
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
@@ -284,8 +314,11 @@ def agreement(runs: Sequence[Run], system: str, reference: str) -> dict:
     pairs = [(t[system], t[reference]) for t in tokens.values() if system in t and reference in t]
     prefix = sum(common_prefix(a, b) for a, b in pairs)
     length = sum(max(len(a), len(b)) for a, b in pairs)
-    return {"identical": sum(a == b for a, b in pairs), "prompts": len(pairs),
-            "common_prefix_fraction": prefix / length if length else 1.0}
+    return {
+        "identical": sum(a == b for a, b in pairs),
+        "prompts": len(pairs),
+        "common_prefix_fraction": prefix / length if length else 1.0,
+    }
 
 
 def _tokens_by_prompt(runs: Sequence[Run]) -> dict[str, dict[str, list[int]]]:
@@ -309,12 +342,16 @@ def system_summary(runs: Sequence[Run]) -> dict:
 
 def ratios(systems: dict, precision: str) -> dict:
     rate = {kind: systems[f"{precision}/{kind}"]["tokens_per_second"] for kind in KINDS}
-    return {"ar_vs_ort_genai": rate[AR] / rate[ORT_GENAI], "pard_vs_ort_genai": rate[PARD] / rate[ORT_GENAI],
-            "pard_vs_ar": rate[PARD] / rate[AR]}
+    return {
+        "ar_vs_ort_genai": rate[AR] / rate[ORT_GENAI],
+        "pard_vs_ort_genai": rate[PARD] / rate[ORT_GENAI],
+        "pard_vs_ar": rate[PARD] / rate[AR],
+    }
 
 
-def workload_summary(runs: Sequence[Run], prompts: Sequence[Prompt], system_names: Sequence[str],
-                     precisions: Sequence[str]) -> dict:
+def workload_summary(
+    runs: Sequence[Run], prompts: Sequence[Prompt], system_names: Sequence[str], precisions: Sequence[str]
+) -> dict:
     systems = {name: system_summary([r for r in runs if r.system == name]) for name in system_names}
     summary = {
         "prompts": len(prompts),
@@ -322,8 +359,13 @@ def workload_summary(runs: Sequence[Run], prompts: Sequence[Prompt], system_name
         "prompt_tokens": {p.name: len(p.ids) for p in prompts},
         "systems": systems,
         "ratios": {p: ratios(systems, p) for p in precisions},
-        "agreement": {p: {"ar_vs_ort_genai": agreement(runs, f"{p}/{AR}", f"{p}/{ORT_GENAI}"),
-                          "pard_vs_ar": agreement(runs, f"{p}/{PARD}", f"{p}/{AR}")} for p in precisions},
+        "agreement": {
+            p: {
+                "ar_vs_ort_genai": agreement(runs, f"{p}/{AR}", f"{p}/{ORT_GENAI}"),
+                "pard_vs_ar": agreement(runs, f"{p}/{PARD}", f"{p}/{AR}"),
+            }
+            for p in precisions
+        },
     }
     if prompts[0].doc_budget is not None:
         summary["question"] = SUMMARY_QUESTION
@@ -335,33 +377,51 @@ def by_document_length(runs: Sequence[Run], prompts: Sequence[Prompt], system_na
     """Median tok/s per system per document budget, and each system's rate at the longest over the shortest."""
     budget_of = {p.name: p.doc_budget for p in prompts}
     budgets = sorted(set(budget_of.values()))
-    rates = {str(b): {name: statistics.median(r.output.tokens_per_second for r in runs
-                                              if r.system == name and budget_of[r.prompt] == b)
-                      for name in system_names} for b in budgets}
+    rates = {
+        str(b): {
+            name: statistics.median(
+                r.output.tokens_per_second for r in runs if r.system == name and budget_of[r.prompt] == b
+            )
+            for name in system_names
+        }
+        for b in budgets
+    }
     longest, shortest = rates[str(budgets[-1])], rates[str(budgets[0])]
-    return {"document_tokens": {p.name: p.doc_tokens for p in prompts},
-            "tokens_per_second_by_budget": rates,
-            "longest_vs_shortest": {name: longest[name] / shortest[name] for name in system_names}}
+    return {
+        "document_tokens": {p.name: p.doc_tokens for p in prompts},
+        "tokens_per_second_by_budget": rates,
+        "longest_vs_shortest": {name: longest[name] / shortest[name] for name in system_names},
+    }
 
 
 # --- output -----------------------------------------------------------------------------------------------------
 
+
 def format_summary(report: dict) -> str:
     machine = report["machine"]
-    lines = [f"{machine['cpu']}, {report['threads']} threads, onnxruntime {machine['onnxruntime']}, onnxruntime-genai "
-             f"{report['ort_genai']['version']}; medians over prompts, decode tok/s (prefill excluded)"]
+    lines = [
+        f"{machine['cpu']}, {report['threads']} threads, onnxruntime {machine['onnxruntime']}, onnxruntime-genai "
+        f"{report['ort_genai']['version']}; medians over prompts, decode tok/s (prefill excluded)"
+    ]
     for workload, w in report["workloads"].items():
-        lines += ["", f"{workload}: {w['prompts']} prompts x {w['max_new_tokens']} new tokens, prompts of "
-                      f"{min(w['prompt_tokens'].values())}-{max(w['prompt_tokens'].values())} tokens",
-                  f"{'system':16} {'tok/s':>8} {'ttft ms':>9} {'tau':>6} {'new tokens':>11}"]
+        lines += [
+            "",
+            f"{workload}: {w['prompts']} prompts x {w['max_new_tokens']} new tokens, prompts of "
+            f"{min(w['prompt_tokens'].values())}-{max(w['prompt_tokens'].values())} tokens",
+            f"{'system':16} {'tok/s':>8} {'ttft ms':>9} {'tau':>6} {'new tokens':>11}",
+        ]
         for name, s in w["systems"].items():
-            lines.append(f"{name:16} {s['tokens_per_second']:8.1f} {s['ttft_ms']:9.1f} "
-                         f"{s['tokens_per_target_forward']:6.2f} {s['new_tokens']:11d}")
+            lines.append(
+                f"{name:16} {s['tokens_per_second']:8.1f} {s['ttft_ms']:9.1f} "
+                f"{s['tokens_per_target_forward']:6.2f} {s['new_tokens']:11d}"
+            )
         for precision, r in w["ratios"].items():
             a = w["agreement"][precision]
-            lines.append(f"{precision}: ar/ort-genai {r['ar_vs_ort_genai']:.2f}  pard/ort-genai "
-                         f"{r['pard_vs_ort_genai']:.2f}  pard/ar {r['pard_vs_ar']:.2f} | greedy ar = ort-genai on "
-                         f"{_agreed(a['ar_vs_ort_genai'])}; pard = ar on {_agreed(a['pard_vs_ar'])}")
+            lines.append(
+                f"{precision}: ar/ort-genai {r['ar_vs_ort_genai']:.2f}  pard/ort-genai "
+                f"{r['pard_vs_ort_genai']:.2f}  pard/ar {r['pard_vs_ar']:.2f} | greedy ar = ort-genai on "
+                f"{_agreed(a['ar_vs_ort_genai'])}; pard = ar on {_agreed(a['pard_vs_ar'])}"
+            )
         if "tokens_per_second_by_budget" in w:
             lines += _by_budget_lines(w)
     return "\n".join(lines)
@@ -373,8 +433,10 @@ def _agreed(a: dict) -> str:
 
 def _by_budget_lines(w: dict) -> list[str]:
     budgets = list(w["tokens_per_second_by_budget"])
-    lines = ["tok/s by document budget (tokens), and the longest's over the shortest's:",
-             f"{'system':16} " + " ".join(f"{b:>8}" for b in budgets) + f" {budgets[-1] + '/' + budgets[0]:>11}"]
+    lines = [
+        "tok/s by document budget (tokens), and the longest's over the shortest's:",
+        f"{'system':16} " + " ".join(f"{b:>8}" for b in budgets) + f" {budgets[-1] + '/' + budgets[0]:>11}",
+    ]
     for name, slowdown in w["longest_vs_shortest"].items():
         rates = " ".join(f"{w['tokens_per_second_by_budget'][b][name]:8.1f}" for b in budgets)
         lines.append(f"{name:16} {rates} {slowdown:11.2f}")
@@ -388,19 +450,26 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     precisions, workloads = report["precisions"], list(report["workloads"])
-    fig, axes = plt.subplots(len(precisions), len(workloads), figsize=(5.5 * len(workloads), 4 * len(precisions)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(precisions), len(workloads), figsize=(5.5 * len(workloads), 4 * len(precisions)), squeeze=False
+    )
     colors = {ORT_GENAI: "#4488aa", AR: "#888888", PARD: "#dd6622"}
     for row, precision in enumerate(precisions):
         for col, workload in enumerate(workloads):
             ax, w = axes[row][col], report["workloads"][workload]
-            groups = w.get("tokens_per_second_by_budget") or {"all prompts": {n: s["tokens_per_second"]
-                                                                             for n, s in w["systems"].items()}}
+            groups = w.get("tokens_per_second_by_budget") or {
+                "all prompts": {n: s["tokens_per_second"] for n, s in w["systems"].items()}
+            }
             width = 0.8 / len(KINDS)
             for i, kind in enumerate(KINDS):
                 xs = [g + (i - 1) * width for g in range(len(groups))]
-                ax.bar(xs, [rates[f"{precision}/{kind}"] for rates in groups.values()], width, label=kind,
-                       color=colors[kind])
+                ax.bar(
+                    xs,
+                    [rates[f"{precision}/{kind}"] for rates in groups.values()],
+                    width,
+                    label=kind,
+                    color=colors[kind],
+                )
             ax.set_xticks(range(len(groups)))
             ax.set_xticklabels([f"~{g} tokens" if g.isdigit() else g for g in groups])
             ax.set_ylabel("decode tokens / s")
@@ -413,13 +482,16 @@ def plot(report: dict, path: Path) -> None:
 
 # --- main -------------------------------------------------------------------------------------------------------
 
+
 def parse_engines(values: Sequence[str]) -> dict[str, Path]:
     engines = {}
     for value in values:
         label, sep, directory = value.partition("=")
         if not sep or label not in BUILDER_PRECISIONS:
-            raise PardExportError(f"--engine wants PRECISION=DIR with PRECISION one of {', '.join(BUILDER_PRECISIONS)}"
-                                  f" (the ORT-GenAI model of that precision is matched to it), got {value!r}")
+            raise PardExportError(
+                f"--engine wants PRECISION=DIR with PRECISION one of {', '.join(BUILDER_PRECISIONS)}"
+                f" (the ORT-GenAI model of that precision is matched to it), got {value!r}"
+            )
         if label in engines:
             raise PardExportError(f"--engine {label}= given twice")
         engines[label] = Path(directory)
@@ -441,28 +513,53 @@ def check_same_target(engines: dict[str, Path]) -> None:
         raise PardExportError(f"the engines have different targets ({sources}); compare engines of one target")
 
 
-def run(engines: dict[str, Path], workloads: Sequence[str], work: Path, threads: int, prompts: int | None,
-        max_new_tokens: int | None, doc_tokens: Sequence[int], docs_per_size: int, gguf: Path | None) -> dict:
+def run(
+    engines: dict[str, Path],
+    workloads: Sequence[str],
+    work: Path,
+    threads: int,
+    prompts: int | None,
+    max_new_tokens: int | None,
+    doc_tokens: Sequence[int],
+    docs_per_size: int,
+    gguf: Path | None,
+) -> dict:
     check_same_target(engines)
     precisions = list(engines)
     models = ort_genai_models(next(iter(engines.values())), precisions, work, gguf)
     sessions = {p: Session(engine, threads=threads) for p, engine in engines.items()}
     try:
-        systems = [system for p in precisions for system in (OrtGenAISystem(p, models[p], threads),
-                                                             PardExportSystem(p, sessions[p], AR),
-                                                             PardExportSystem(p, sessions[p], PARD))]
+        systems = [
+            system
+            for p in precisions
+            for system in (
+                OrtGenAISystem(p, models[p], threads),
+                PardExportSystem(p, sessions[p], AR),
+                PardExportSystem(p, sessions[p], PARD),
+            )
+        ]
         names = [s.name for s in systems]
         first = sessions[precisions[0]]  # tokenizes for every system: same target, same tokenizer
         report_workloads, all_runs = {}, []
         for workload in workloads:
             new_tokens = max_new_tokens or DEFAULT_NEW_TOKENS[workload]
-            items = (chat_prompts(first, prompts, new_tokens) if workload == "chat"
-                     else long_prompts(first, doc_tokens, docs_per_size, new_tokens))
+            items = (
+                chat_prompts(first, prompts, new_tokens)
+                if workload == "chat"
+                else long_prompts(first, doc_tokens, docs_per_size, new_tokens)
+            )
             runs = measure(systems, items)
             report_workloads[workload] = workload_summary(runs, items, names, precisions)
-            all_runs += [{"workload": workload, "system": r.system, "prompt": r.prompt,
-                          **{k: v for k, v in asdict(r.output).items() if k != "token_ids"},
-                          "new_tokens": len(r.output.token_ids)} for r in runs]
+            all_runs += [
+                {
+                    "workload": workload,
+                    "system": r.system,
+                    "prompt": r.prompt,
+                    **{k: v for k, v in asdict(r.output).items() if k != "token_ids"},
+                    "new_tokens": len(r.output.token_ids),
+                }
+                for r in runs
+            ]
             print(f"{workload}: done", file=sys.stderr, flush=True)
         machine = machine_info(first)
     finally:
@@ -473,8 +570,11 @@ def run(engines: dict[str, Path], workloads: Sequence[str], work: Path, threads:
     return {
         "precisions": precisions,
         "engines": {p: str(e) for p, e in engines.items()},
-        "ort_genai": {"version": onnxruntime_genai.__version__, "models": {p: str(m) for p, m in models.items()},
-                      "builder_options": {p: ["-p", p, "-e", "cpu", *BUILDER_OPTIONS.get(p, [])] for p in precisions}},
+        "ort_genai": {
+            "version": onnxruntime_genai.__version__,
+            "models": {p: str(m) for p, m in models.items()},
+            "builder_options": {p: ["-p", p, "-e", "cpu", *BUILDER_OPTIONS.get(p, [])] for p in precisions},
+        },
         "threads": threads,
         "machine": machine,
         "workloads": report_workloads,
@@ -484,8 +584,13 @@ def run(engines: dict[str, Path], workloads: Sequence[str], work: Path, threads:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engine", action="append", required=True, metavar="PRECISION=DIR",
-                        help="a pard-export engine and its precision label (fp32, int4, ...); repeatable")
+    parser.add_argument(
+        "--engine",
+        action="append",
+        required=True,
+        metavar="PRECISION=DIR",
+        help="a pard-export engine and its precision label (fp32, int4, ...); repeatable",
+    )
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--prompts", type=int, help="only the first N chat prompts")
     parser.add_argument("--max-new-tokens", type=int, help="for every workload (default: chat 128, long 96)")
@@ -498,8 +603,17 @@ def main() -> int:
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
     try:
-        report = run(parse_engines(args.engine), parse_workloads(args.workloads), args.work, args.threads, args.prompts,
-                     args.max_new_tokens, [int(n) for n in args.doc_tokens.split(",")], args.docs_per_size, args.gguf)
+        report = run(
+            parse_engines(args.engine),
+            parse_workloads(args.workloads),
+            args.work,
+            args.threads,
+            args.prompts,
+            args.max_new_tokens,
+            [int(n) for n in args.doc_tokens.split(",")],
+            args.docs_per_size,
+            args.gguf,
+        )
     except PardExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -38,11 +38,18 @@ def load_client():
 def timed_request(client, url: str, prompt: str, tokens: int) -> dict:
     start = time.perf_counter()
     first = []
-    reply = client.generate(url, {"text_input": prompt, "max_tokens": tokens, "chat": True, "stream": True},
-                            on_piece=lambda piece: first or first.append(time.perf_counter()))
+    reply = client.generate(
+        url,
+        {"text_input": prompt, "max_tokens": tokens, "chat": True, "stream": True},
+        on_piece=lambda piece: first or first.append(time.perf_counter()),
+    )
     end = time.perf_counter()
-    return {"latency_s": end - start, "ttft_s": (first[0] if first else end) - start, "tokens": len(reply["token_ids"]),
-            "token_ids": reply["token_ids"]}
+    return {
+        "latency_s": end - start,
+        "ttft_s": (first[0] if first else end) - start,
+        "tokens": len(reply["token_ids"]),
+        "token_ids": reply["token_ids"],
+    }
 
 
 def run_clients(client, url: str, prompts: list[str], tokens: int, clients: int) -> dict:
@@ -51,16 +58,24 @@ def run_clients(client, url: str, prompts: list[str], tokens: int, clients: int)
         per_client = list(pool.map(lambda _: [timed_request(client, url, p, tokens) for p in prompts], range(clients)))
     wall = time.perf_counter() - start
     requests = [r for replies in per_client for r in replies]
-    return {"clients": clients, "requests": len(requests), **_summary(requests, wall),
-            "same_tokens_as_in_process": None, "_token_ids": [r["token_ids"] for r in per_client[0]]}
+    return {
+        "clients": clients,
+        "requests": len(requests),
+        **_summary(requests, wall),
+        "same_tokens_as_in_process": None,
+        "_token_ids": [r["token_ids"] for r in per_client[0]],
+    }
 
 
 def _summary(requests: list[dict], wall: float) -> dict:
     latencies = sorted(r["latency_s"] for r in requests)
-    return {"latency_p50_ms": 1000 * statistics.median(latencies),
-            "latency_p90_ms": 1000 * latencies[int(0.9 * (len(latencies) - 1))],
-            "ttft_p50_ms": 1000 * statistics.median(r["ttft_s"] for r in requests),
-            "tokens_per_second": sum(r["tokens"] for r in requests) / wall, "wall_s": wall}
+    return {
+        "latency_p50_ms": 1000 * statistics.median(latencies),
+        "latency_p90_ms": 1000 * latencies[int(0.9 * (len(latencies) - 1))],
+        "ttft_p50_ms": 1000 * statistics.median(r["ttft_s"] for r in requests),
+        "tokens_per_second": sum(r["tokens"] for r in requests) / wall,
+        "wall_s": wall,
+    }
 
 
 def in_process(engine: str, prompts: list[str], tokens: int) -> tuple[dict, list[list[int]]]:
@@ -70,8 +85,14 @@ def in_process(engine: str, prompts: list[str], tokens: int) -> tuple[dict, list
         for prompt in prompts:
             t0 = time.perf_counter()
             result = session.generate(prompt, max_new_tokens=tokens, chat=True)
-            requests.append({"latency_s": time.perf_counter() - t0, "ttft_s": result.stats.ttft_ms / 1000,
-                             "tokens": len(result.token_ids), "token_ids": result.token_ids})
+            requests.append(
+                {
+                    "latency_s": time.perf_counter() - t0,
+                    "ttft_s": result.stats.ttft_ms / 1000,
+                    "tokens": len(result.token_ids),
+                    "token_ids": result.token_ids,
+                }
+            )
         return _summary(requests, time.perf_counter() - start), [r["token_ids"] for r in requests]
 
 
@@ -87,12 +108,23 @@ def main() -> None:
     prompts = [item["prompt"] for item in load_prompts(DEFAULT_PROMPTS)]
     client = load_client()
     local, expected = in_process(args.engine, prompts, args.tokens)
-    report = {"engine": args.engine, "max_tokens": args.tokens, "prompts": len(prompts), "machine": platform.processor()
-              or platform.machine(), "date": time.strftime("%Y-%m-%d"), "max_batch_size": args.max_batch_size, "in_process": local,
-              "server": []}
+    report = {
+        "engine": args.engine,
+        "max_tokens": args.tokens,
+        "prompts": len(prompts),
+        "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "max_batch_size": args.max_batch_size,
+        "in_process": local,
+        "server": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        write_repository(args.engine, Path(tmp) / "repo", python_path=[str(site_packages(args.env))],
-                         max_batch_size=args.max_batch_size)
+        write_repository(
+            args.engine,
+            Path(tmp) / "repo",
+            python_path=[str(site_packages(args.env))],
+            max_batch_size=args.max_batch_size,
+        )
         with LocalTritonServer(Path(tmp) / "repo", args.env) as server:
             report["server_version"] = _server_version(server)
             timed_request(client, server.grpc_url, prompts[0], 8)  # warm-up
@@ -114,13 +146,18 @@ def _server_version(server: LocalTritonServer) -> str:
 
 def format_report(report: dict) -> str:
     local = report["in_process"]
-    lines = [f"Triton {report.get('server_version', '?')}, {report['prompts']} prompts x {report['max_tokens']} tokens, "
-             f"max_batch_size {report['max_batch_size']}",
-             f"in-process Session.generate: p50 {local['latency_p50_ms']:.0f} ms, {local['tokens_per_second']:.1f} tok/s"]
+    lines = [
+        f"Triton {report.get('server_version', '?')}, {report['prompts']} prompts x {report['max_tokens']} tokens, "
+        f"max_batch_size {report['max_batch_size']}",
+        f"in-process Session.generate: p50 {local['latency_p50_ms']:.0f} ms, {local['tokens_per_second']:.1f} tok/s",
+    ]
     for r in report["server"]:
-        lines.append(f"{r['clients']:>2} client(s): p50 {r['latency_p50_ms']:.0f} ms (x{r['latency_p50_ms'] / local['latency_p50_ms']:.2f} "
-                     f"in-process), p90 {r['latency_p90_ms']:.0f} ms, TTFT p50 {r['ttft_p50_ms']:.0f} ms, "
-                     f"{r['tokens_per_second']:.1f} tok/s total, same tokens: {r['same_tokens_as_in_process']}")
+        lines.append(
+            f"{r['clients']:>2} client(s): p50 {r['latency_p50_ms']:.0f} ms "
+            f"(x{r['latency_p50_ms'] / local['latency_p50_ms']:.2f} "
+            f"in-process), p90 {r['latency_p90_ms']:.0f} ms, TTFT p50 {r['ttft_p50_ms']:.0f} ms, "
+            f"{r['tokens_per_second']:.1f} tok/s total, same tokens: {r['same_tokens_as_in_process']}"
+        )
     return "\n".join(lines)
 
 

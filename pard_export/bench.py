@@ -22,9 +22,16 @@ DEFAULT_PROMPTS = Path(__file__).resolve().parents[1] / "benchmarks" / "prompts.
 WARMUP_TOKENS = 16
 
 
-def bench(engine: str | Path, *, prompts: str | Path | None = None, max_new_tokens: int = 128,
-          modes: Sequence[str] | None = None, json_out: str | Path | None = None, plot: str | Path | None = None,
-          progress: bool = True) -> dict:
+def bench(
+    engine: str | Path,
+    *,
+    prompts: str | Path | None = None,
+    max_new_tokens: int = 128,
+    modes: Sequence[str] | None = None,
+    json_out: str | Path | None = None,
+    plot: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
     """Measure the modes side by side; returns (and optionally writes) the report of design §2."""
     if max_new_tokens <= 0:  # checked here: the warm-up runs would not catch it
         raise PardExportError(f"--max-new-tokens must be positive, got {max_new_tokens}")
@@ -75,8 +82,14 @@ def _measure(session: Session, items: list[dict], modes: list[str], max_new_toke
     for mode in modes:  # warm up every mode (and the shapes of a first step) before timing anything
         run(items[0], mode, WARMUP_TOKENS)
     runs = {mode: [] for mode in modes}
-    with tqdm(total=len(items) * len(modes), desc="bench", unit="run", disable=None if progress else True,
-              leave=False, file=sys.stderr) as bar:
+    with tqdm(
+        total=len(items) * len(modes),
+        desc="bench",
+        unit="run",
+        disable=None if progress else True,
+        leave=False,
+        file=sys.stderr,
+    ) as bar:
         for item in items:
             for mode in modes:  # interleaved: machine noise hits every mode alike
                 runs[mode].append(run(item, mode, max_new_tokens))
@@ -145,21 +158,32 @@ def machine_info(session: Session) -> dict:
 
 
 def format_report(report: dict) -> str:
-    lines = [f"k={report['k']}, {report['prompts']} prompts x {report['max_new_tokens']} new tokens, {report['machine']['cpu']}",
-             f"{'mode':10} {'tok/s':>8} {'tau':>6} {'ttft ms':>8} {'draft ms':>9} {'verify ms':>10} {'outside ORT':>12}"]
+    lines = [
+        f"k={report['k']}, {report['prompts']} prompts x {report['max_new_tokens']} new tokens, "
+        f"{report['machine']['cpu']}",
+        f"{'mode':10} {'tok/s':>8} {'tau':>6} {'ttft ms':>8} {'draft ms':>9} {'verify ms':>10} {'outside ORT':>12}",
+    ]
     for mode, m in report["modes"].items():
-        lines.append(f"{mode:10} {m['tokens_per_second']:8.1f} {m['mean_accepted_tokens']:6.2f} {m['ttft_ms']:8.1f} "
-                     f"{m['draft_step_ms']:9.2f} {m['verify_step_ms']:10.2f} {m['outside_onnxruntime_pct']:11.1f}%")
+        lines.append(
+            f"{mode:10} {m['tokens_per_second']:8.1f} {m['mean_accepted_tokens']:6.2f} {m['ttft_ms']:8.1f} "
+            f"{m['draft_step_ms']:9.2f} {m['verify_step_ms']:10.2f} {m['outside_onnxruntime_pct']:11.1f}%"
+        )
         if m["per_position_acceptance"]:
-            lines.append(f"{'':10} per-position acceptance: " + " ".join(f"{x:.2f}" for x in m["per_position_acceptance"]))
+            lines.append(
+                f"{'':10} per-position acceptance: " + " ".join(f"{x:.2f}" for x in m["per_position_acceptance"])
+            )
         if m["modelled_tokens_per_second"]:
-            lines.append(f"{'':10} steps by drafts verified (n = 0..k): {m['drafts_per_step']}; modelled "
-                         f"{m['modelled_tokens_per_second']:.1f} tok/s")
+            lines.append(
+                f"{'':10} steps by drafts verified (n = 0..k): {m['drafts_per_step']}; modelled "
+                f"{m['modelled_tokens_per_second']:.1f} tok/s"
+            )
     lines += [f"speedup {name}: {value:.2f}x" for name, value in report["speedup"].items()]
     costs = report.get("step_cost", {})
     if "pard_draft_vs_decode" in costs:
-        lines.append(f"pard step cost in target decode steps ({costs['target_decode_ms']:.2f} ms): "
-                     f"draft {costs['pard_draft_vs_decode']:.2f}, verify {costs['pard_verify_vs_decode']:.2f}")
+        lines.append(
+            f"pard step cost in target decode steps ({costs['target_decode_ms']:.2f} ms): "
+            f"draft {costs['pard_draft_vs_decode']:.2f}, verify {costs['pard_verify_vs_decode']:.2f}"
+        )
     return "\n".join(lines)
 
 

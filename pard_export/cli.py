@@ -43,9 +43,13 @@ def _parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser("build", help="export draft + target to an engine directory")
     build.add_argument("--target", required=True, help="preset, Hugging Face id, local directory or .gguf file")
-    build.add_argument("--k", type=_k_value, default=8,
-                       help="drafts per step: fixed mask slots in the draft graph (1..32), or auto: calibrate k = 1..16 "
-                            "on this machine and keep the fastest (onnxruntime)")
+    build.add_argument(
+        "--k",
+        type=_k_value,
+        default=8,
+        help="drafts per step: fixed mask slots in the draft graph (1..32), or auto: calibrate k = 1..16 "
+        "on this machine and keep the fastest (onnxruntime)",
+    )
     build.add_argument("--calibration", help="--k auto: JSON lines of prompts to calibrate on (default: bundled)")
     build.add_argument("--draft", help="the PARD draft (default: the preset's)")
     build.add_argument("--out", help="engine directory (default engines/<target>-k<K>-<backend>)")
@@ -54,27 +58,46 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--max-seq-len", type=int, help="longest prompt + generation the engine serves")
     build.add_argument("--mask-token-id", type=int, help="override the draft config's pard_token")
     build.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    build.add_argument("--with-ar-draft", action="store_true", help="also export the draft as a plain AR graph (ar-draft baseline)")
-    build.add_argument("--attention", choices=ATTENTIONS,
-                       help="inplace (onnxruntime default: KV buffers bound in place, TensorScatter), plain "
-                            "(concatenated KV) or plugin (PardAttention nodes over preallocated KV buffers; the "
-                            "tensorrt default and only choice)")
+    build.add_argument(
+        "--with-ar-draft", action="store_true", help="also export the draft as a plain AR graph (ar-draft baseline)"
+    )
+    build.add_argument(
+        "--attention",
+        choices=ATTENTIONS,
+        help="inplace (onnxruntime default: KV buffers bound in place, TensorScatter), plain "
+        "(concatenated KV) or plugin (PardAttention nodes over preallocated KV buffers; the "
+        "tensorrt default and only choice)",
+    )
     build.add_argument(_TENSORRT_ONLY[0], type=int, help="tensorrt: largest batch the plans serve (default 8)")
-    build.add_argument(_TENSORRT_ONLY[1], type=int,
-                       help="tensorrt: most tokens per call, i.e. the prefill chunk (default 512)")
-    build.add_argument(_TENSORRT_ONLY[2], type=int,
-                       help="tensorrt: the batch its kernels and plugin tactics are tuned for (default 1)")
+    build.add_argument(
+        _TENSORRT_ONLY[1], type=int, help="tensorrt: most tokens per call, i.e. the prefill chunk (default 512)"
+    )
+    build.add_argument(
+        _TENSORRT_ONLY[2], type=int, help="tensorrt: the batch its kernels and plugin tactics are tuned for (default 1)"
+    )
     build.add_argument(_TENSORRT_ONLY[3], help="tensorrt: TensorRT timing cache file, read if present and updated")
-    build.add_argument("--quantize", choices=QUANTIZE_SCHEMES,
-                       help="int4 or int8: weight-only quantization (MatMulNBits; onnxruntime backend)")
-    build.add_argument("--draft-quantize", choices=(*QUANTIZE_SCHEMES, NO_QUANTIZATION),
-                       help="int4, int8 or none (float) for the draft (default: as --quantize)")
+    build.add_argument(
+        "--quantize",
+        choices=QUANTIZE_SCHEMES,
+        help="int4 or int8: weight-only quantization (MatMulNBits; onnxruntime backend)",
+    )
+    build.add_argument(
+        "--draft-quantize",
+        choices=(*QUANTIZE_SCHEMES, NO_QUANTIZATION),
+        help="int4, int8 or none (float) for the draft (default: as --quantize)",
+    )
     build.add_argument("--keep-head-float", action="store_true", help="quantize all linear layers but the LM head")
-    build.add_argument("--quant-block-size", type=int,
-                       help="weights per quantization scale, along K: a power of two >= 16 (default 32)")
-    build.add_argument("--quant-accuracy-level", type=int,
-                       help="MatMulNBits accuracy_level 0..4 (default 4: int8 activations, fast; 0: fp32 compute; "
-                            "4 needs --attention inplace, the default)")
+    build.add_argument(
+        "--quant-block-size",
+        type=int,
+        help="weights per quantization scale, along K: a power of two >= 16 (default 32)",
+    )
+    build.add_argument(
+        "--quant-accuracy-level",
+        type=int,
+        help="MatMulNBits accuracy_level 0..4 (default 4: int8 activations, fast; 0: fp32 compute; "
+        "4 needs --attention inplace, the default)",
+    )
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(run=_run_build)
 
@@ -88,11 +111,19 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=float, default=1.0)
     generate.add_argument("--top-k", type=int, default=0, help="0 = no limit")
     generate.add_argument("--seed", type=int, help="makes sampling reproducible")
-    generate.add_argument("--draft-sampling", action="store_true", help="sample drafts instead of taking the draft's argmax")
-    generate.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not part of the output")
-    generate.add_argument("--mode", default="pard", choices=MODES,
-                          help="pard (default: drafts per step chosen from measurements), pard-fixed (k every step), "
-                               "ar (target only) or ar-draft (AR speculative)")
+    generate.add_argument(
+        "--draft-sampling", action="store_true", help="sample drafts instead of taking the draft's argmax"
+    )
+    generate.add_argument(
+        "--stop", action="append", default=[], help="stop string (repeatable); not part of the output"
+    )
+    generate.add_argument(
+        "--mode",
+        default="pard",
+        choices=MODES,
+        help="pard (default: drafts per step chosen from measurements), pard-fixed (k every step), "
+        "ar (target only) or ar-draft (AR speculative)",
+    )
     generate.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     generate.add_argument("--json", action="store_true", help="print one JSON object when done: token_ids, text, stats")
     generate.add_argument("--verify", action="store_true", help="check every file's sha256 against the manifest")
@@ -100,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="measure ar, pard and ar-draft side by side")
     bench.add_argument("--engine", required=True)
-    bench.add_argument("--prompts", help="JSON lines with \"prompt\" or \"prompt_ids\" (default benchmarks/prompts.jsonl)")
+    bench.add_argument("--prompts", help='JSON lines with "prompt" or "prompt_ids" (default benchmarks/prompts.jsonl)')
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--modes", type=lambda text: [m for m in text.split(",") if m], help="e.g. ar,pard,ar-draft")
     bench.add_argument("--json", dest="json_out", help="write the report here")
@@ -116,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
 
     distill = commands.add_parser("distill", help="training data: the target's own greedy answers to a prompt file")
     distill.add_argument("--engine", required=True, help="an engine directory holding the target")
-    distill.add_argument("--prompts", required=True, help="JSON lines with a \"prompt\" field (user turns)")
+    distill.add_argument("--prompts", required=True, help='JSON lines with a "prompt" field (user turns)')
     distill.add_argument("--out", required=True, help="JSON lines to append to (an interrupted run resumes)")
     distill.add_argument("--max-new-tokens", type=int, default=192)
     distill.add_argument("--batch", type=int, default=32, help="prompts decoded together")
@@ -141,16 +172,25 @@ def _parser() -> argparse.ArgumentParser:
     triton.add_argument("--engine", required=True)
     triton.add_argument("--out", required=True, help="the model repository to write (it gets the model `pard`)")
     triton.add_argument("--backend", help="refuse an engine built for another backend (default: the engine's)")
-    triton.add_argument("--copy-engine", action="store_true", help="copy the engine into the repository "
-                        "(default: refer to it by absolute path)")
-    triton.add_argument("--max-tokens-limit", type=int, help="largest max_tokens a request may ask for "
-                        "(default: the engine's max_seq_len - 1)")
+    triton.add_argument(
+        "--copy-engine",
+        action="store_true",
+        help="copy the engine into the repository (default: refer to it by absolute path)",
+    )
+    triton.add_argument(
+        "--max-tokens-limit",
+        type=int,
+        help="largest max_tokens a request may ask for (default: the engine's max_seq_len - 1)",
+    )
     triton.add_argument("--max-batch-size", type=int, default=8, help="requests decoded together at most")
     triton.add_argument("--instances", type=int, default=1, help="model instances (each owns a Session)")
     triton.add_argument("--kind", default="cpu", help="cpu (KIND_CPU) or gpu (KIND_GPU) instances")
     triton.add_argument("--threads", type=int, default=0, help="onnxruntime threads per instance (0: its default)")
-    triton.add_argument("--python-path", action="append", help="a site-packages folder the server's Python adds "
-                        "(repeatable; default: this interpreter's)")
+    triton.add_argument(
+        "--python-path",
+        action="append",
+        help="a site-packages folder the server's Python adds (repeatable; default: this interpreter's)",
+    )
     triton.add_argument("--force", action="store_true", help="replace --out if it exists")
     triton.set_defaults(run=_run_triton)
 
@@ -222,8 +262,17 @@ def _run_generate(args) -> int:
     from .runtime import Session
 
     prompt = args.prompt if args.prompt is not None else args.prompt_ids
-    settings = dict(max_new_tokens=args.max_new_tokens, mode=args.mode, chat=args.chat, temperature=args.temperature,
-                    top_p=args.top_p, top_k=args.top_k, seed=args.seed, draft_sampling=args.draft_sampling, stop=args.stop)
+    settings = dict(
+        max_new_tokens=args.max_new_tokens,
+        mode=args.mode,
+        chat=args.chat,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        draft_sampling=args.draft_sampling,
+        stop=args.stop,
+    )
     with Session(args.engine, verify=args.verify) as session:
         if args.json:
             print(json.dumps(session.generate(prompt, **settings).to_dict()))
@@ -249,15 +298,25 @@ def _run_calibrate(args) -> int:
     print("acceptance by position (given the earlier ones): " + " ".join(f"{a:.2f}" for a in calibration.acceptance))
     for context, seconds in zip(costs.contexts, costs.seconds):
         steps = " ".join(f"{s / seconds[0]:.2f}" for s in seconds[1:])
-        print(f"context {context:5d}: ar step {seconds[0] * 1e3:.2f} ms; with n = 1..{len(seconds) - 1} drafts, in ar steps: {steps}")
+        print(
+            f"context {context:5d}: ar step {seconds[0] * 1e3:.2f} ms; "
+            f"with n = 1..{len(seconds) - 1} drafts, in ar steps: {steps}"
+        )
     return 0
 
 
 def _run_bench(args) -> int:
     from .bench import bench, format_report
 
-    report = bench(args.engine, prompts=args.prompts, max_new_tokens=args.max_new_tokens, modes=args.modes,
-                   json_out=args.json_out, plot=args.plot, progress=not args.quiet)
+    report = bench(
+        args.engine,
+        prompts=args.prompts,
+        max_new_tokens=args.max_new_tokens,
+        modes=args.modes,
+        json_out=args.json_out,
+        plot=args.plot,
+        progress=not args.quiet,
+    )
     print(format_report(report))
     return 0
 
@@ -267,8 +326,14 @@ def _run_distill(args) -> int:
 
     if args.batch < 1 or args.max_new_tokens < 1:
         raise PardExportError("--batch and --max-new-tokens must be at least 1")
-    written = distill(args.engine, args.prompts, args.out, max_new_tokens=args.max_new_tokens, batch=args.batch,
-                      progress=not args.quiet)
+    written = distill(
+        args.engine,
+        args.prompts,
+        args.out,
+        max_new_tokens=args.max_new_tokens,
+        batch=args.batch,
+        progress=not args.quiet,
+    )
     print(f"{written} answer tokens appended to {args.out}")
     return 0
 
@@ -330,12 +395,23 @@ def _run_recipe(args) -> int:
 def _run_triton(args) -> int:
     from .triton_repo import write_repository
 
-    model_dir = write_repository(args.engine, args.out, backend=args.backend, copy_engine=args.copy_engine,
-                                 max_tokens_limit=args.max_tokens_limit, max_batch_size=args.max_batch_size,
-                                 instances=args.instances, kind=args.kind, threads=args.threads,
-                                 python_path=args.python_path, force=args.force)
-    print(f"wrote {model_dir} (config.pbtxt validated); serve it with: tritonserver --model-repository={args.out}\n"
-          f"or on this machine: python -m pard_export.triton_repo.server --repo {args.out}")
+    model_dir = write_repository(
+        args.engine,
+        args.out,
+        backend=args.backend,
+        copy_engine=args.copy_engine,
+        max_tokens_limit=args.max_tokens_limit,
+        max_batch_size=args.max_batch_size,
+        instances=args.instances,
+        kind=args.kind,
+        threads=args.threads,
+        python_path=args.python_path,
+        force=args.force,
+    )
+    print(
+        f"wrote {model_dir} (config.pbtxt validated); serve it with: tritonserver --model-repository={args.out}\n"
+        f"or on this machine: python -m pard_export.triton_repo.server --repo {args.out}"
+    )
     return 0
 
 

@@ -52,8 +52,8 @@ TARGET = "target"
 DRAFT = "draft"
 DRAFT_AR = "draft_ar"  # optional: the draft as a plain AR model (target IO), for the ar-draft baseline
 ROLES = (TARGET, DRAFT, DRAFT_AR)
-# Session modes: pard chooses n <= K drafts per step from measurements (runtime/drafting.py), pard-fixed verifies K every
-# step, ar runs the target alone, ar-draft the draft autoregressively (ordinary speculative decoding).
+# Session modes: pard chooses n <= K drafts per step from measurements (runtime/drafting.py), pard-fixed verifies K
+# every step, ar runs the target alone, ar-draft the draft autoregressively (ordinary speculative decoding).
 MODES = ("ar", "pard", "pard-fixed", "ar-draft")
 
 # What an engine is built for (build's choices, and the manifest's backend, dtype and quantization fields)
@@ -134,8 +134,11 @@ class GraphSpec:
         return [t.name for t in self.outputs if t.name.startswith(_CACHE_OUT_PREFIXES)]
 
     def to_dict(self) -> dict:
-        return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
-                "attention": self.attention}
+        return {
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "attention": self.attention,
+        }
 
 
 def _kv(name_of, layers: int, kv_heads: int, head_dim: int, seq_dim: str) -> tuple[TensorSpec, ...]:
@@ -161,8 +164,9 @@ def _cache_outputs(layers: int, kv_heads: int, head_dim: int, attention: str) ->
     return _kv(present_name, layers, kv_heads, head_dim, TOTAL)
 
 
-def target_spec(layers: int, kv_heads: int, head_dim: int, vocab_rows: int, role: str = TARGET,
-                attention: str = PLAIN) -> GraphSpec:
+def target_spec(
+    layers: int, kv_heads: int, head_dim: int, vocab_rows: int, role: str = TARGET, attention: str = PLAIN
+) -> GraphSpec:
     """Prefill (S = prompt), decode (S = 1) and verify (S = K + 1) in one graph (also the AR draft's IO)."""
     outputs = (TensorSpec(LOGITS, "float32", (BATCH, SEQUENCE, vocab_rows)),)
     outputs += _cache_outputs(layers, kv_heads, head_dim, attention)

@@ -45,6 +45,7 @@ def run_demo(engines: str | Path = "engines", *, max_new_tokens: int = 64, promp
             same = "identical to" if pard.token_ids == ar.token_ids else "DIFFERENT FROM"
             print(f">>> {prompt}\n{pard.text.strip()}")
             print(
-                f"    pard: {pard.stats.tokens_per_second:6.1f} tok/s, {pard.stats.mean_accepted_tokens:.2f} tokens per "
-                f"target forward | ar: {ar.stats.tokens_per_second:6.1f} tok/s | output {same} the target's own\n"
+                f"    pard: {pard.stats.tokens_per_second:6.1f} tok/s, "
+                f"{pard.stats.mean_accepted_tokens:.2f} tokens per target forward | "
+                f"ar: {ar.stats.tokens_per_second:6.1f} tok/s | output {same} the target's own\n"
             )

@@ -121,7 +121,9 @@ def verify_hashes(root: Path, manifest: Manifest, *, largest: int | None = None)
         if largest is not None and entry.bytes > largest:
             continue
         if sha256_of(Path(root) / name) != entry.sha256:
-            raise EngineError(f"{Path(root) / name} does not match its sha256 in the manifest (modified or corrupted); {_REBUILD}")
+            raise EngineError(
+                f"{Path(root) / name} does not match its sha256 in the manifest (modified or corrupted); {_REBUILD}"
+            )
 
 
 def _check_files(root: Path, manifest: Manifest) -> None:
@@ -133,7 +135,9 @@ def _check_files(root: Path, manifest: Manifest) -> None:
         if not path.is_file():
             raise EngineError(f"{root} is missing {name} listed in its manifest; {_REBUILD}")
         if path.stat().st_size != entry.bytes:
-            raise EngineError(f"{root / name} has {path.stat().st_size} bytes, the manifest says {entry.bytes}; {_REBUILD}")
+            raise EngineError(
+                f"{root / name} has {path.stat().st_size} bytes, the manifest says {entry.bytes}; {_REBUILD}"
+            )
     for role, model in manifest.models.items():
         if model.file not in manifest.files:
             raise EngineError(f"manifest's {role} graph {model.file!r} is not among its files; {_REBUILD}")
@@ -151,7 +155,9 @@ def _quantization(value, models: dict) -> dict[str, dict]:
     for role, scheme in value.items():
         if role not in models:
             raise ValueError(f"quantization.{role} (expected one of the models: {', '.join(models)})")
-        if not (isinstance(scheme, dict) and isinstance(scheme.get("name"), str) and isinstance(scheme.get("bits"), int)):
+        if not (
+            isinstance(scheme, dict) and isinstance(scheme.get("name"), str) and isinstance(scheme.get("bits"), int)
+        ):
             raise ValueError(f"quantization.{role} (expected an object with a name and bits)")
     return {role: dict(scheme) for role, scheme in value.items()}
 

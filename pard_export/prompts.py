@@ -13,7 +13,9 @@ CALIBRATION_PROMPTS = Path(__file__).with_name("calibration_prompts.jsonl")  # b
 def load_prompts(path: Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
-        raise PardExportError(f"prompt file {path} not found; pass a JSON lines file with a prompt or prompt_ids per line")
+        raise PardExportError(
+            f"prompt file {path} not found; pass a JSON lines file with a prompt or prompt_ids per line"
+        )
     items = []
     try:
         lines = path.read_text().splitlines()
@@ -25,9 +27,11 @@ def load_prompts(path: Path) -> list[dict]:
         try:
             item = json.loads(line)
         except json.JSONDecodeError as e:
-            raise PardExportError(f"{path}:{number} is not JSON ({e.msg}); each line needs a prompt or prompt_ids") from e
+            raise PardExportError(
+                f"{path}:{number} is not JSON ({e.msg}); each line needs a prompt or prompt_ids"
+            ) from e
         if not isinstance(item, dict) or not ("prompt" in item or "prompt_ids" in item):
-            raise PardExportError(f"{path}:{number} has neither \"prompt\" nor \"prompt_ids\"")
+            raise PardExportError(f'{path}:{number} has neither "prompt" nor "prompt_ids"')
         items.append(item)
     if not items:
         raise PardExportError(f"{path} holds no prompts")

@@ -47,8 +47,12 @@ def trtllm_config(draft: str, k: int, mask_token_id: int, tp: int) -> dict:
     """TensorRT-LLM LLM API options: tensor parallelism and a PARDDecodingConfig."""
     return {
         "tensor_parallel_size": tp,
-        "speculative_config": {"decoding_type": "PARD", "max_draft_len": k, "speculative_model": draft,
-                               "mask_token_id": mask_token_id},
+        "speculative_config": {
+            "decoding_type": "PARD",
+            "max_draft_len": k,
+            "speculative_model": draft,
+            "mask_token_id": mask_token_id,
+        },
     }
 
 
@@ -67,8 +71,10 @@ def _checkpoint(source: str, role: str) -> str:
             "rebuild the engine from one"
         )
     if resolved.revision:
-        raise PardExportError(f"the {role} pins revision {resolved.revision}; pass it to the server yourself "
-                              "(these configs name models by id only)")
+        raise PardExportError(
+            f"the {role} pins revision {resolved.revision}; pass it to the server yourself "
+            "(these configs name models by id only)"
+        )
     location = Path(resolved.location)
     return str(location.resolve()) if location.is_dir() else resolved.location
 

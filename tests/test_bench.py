@@ -8,9 +8,20 @@ import pytest
 
 from pard_export.cli import main
 
-MODE_KEYS = {"tokens_per_second", "mean_accepted_tokens", "target_forwards", "draft_forwards", "new_tokens", "ttft_ms",
-             "per_position_acceptance", "draft_step_ms", "verify_step_ms", "outside_onnxruntime_pct", "drafts_per_step",
-             "modelled_tokens_per_second"}
+MODE_KEYS = {
+    "tokens_per_second",
+    "mean_accepted_tokens",
+    "target_forwards",
+    "draft_forwards",
+    "new_tokens",
+    "ttft_ms",
+    "per_position_acceptance",
+    "draft_step_ms",
+    "verify_step_ms",
+    "outside_onnxruntime_pct",
+    "drafts_per_step",
+    "modelled_tokens_per_second",
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +38,20 @@ def prompts(tmp_path):
 
 def test_report_and_plot(bench_engine, prompts, tmp_path, capsys):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    argv = ["bench", "--engine", str(bench_engine), "--prompts", str(prompts), "--max-new-tokens", "24",
-            "--json", str(out), "--plot", str(png), "--quiet"]
+    argv = [
+        "bench",
+        "--engine",
+        str(bench_engine),
+        "--prompts",
+        str(prompts),
+        "--max-new-tokens",
+        "24",
+        "--json",
+        str(out),
+        "--plot",
+        str(png),
+        "--quiet",
+    ]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     assert set(report) >= {"modes", "speedup", "k", "prompts", "machine"}

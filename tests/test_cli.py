@@ -43,29 +43,42 @@ def engine_copy(pair, engine, tmp_path):
 
 
 def test_unknown_preset_lists_presets(capsys, tmp_path):
-    line = _fails_cleanly(capsys, ["build", "--target", "nope", "--out", str(tmp_path / "o")], "smollm2-135m", tmp_path / "o")
+    line = _fails_cleanly(
+        capsys, ["build", "--target", "nope", "--out", str(tmp_path / "o")], "smollm2-135m", tmp_path / "o"
+    )
     assert "llama3.1-8b" in line
 
 
 def test_missing_path(capsys, tmp_path, pair):
     out = tmp_path / "o"
-    _fails_cleanly(capsys, ["build", "--target", str(tmp_path / "no" / "model"), "--draft", str(pair[1]), "--out", str(out)], "does not exist", out)
+    _fails_cleanly(
+        capsys,
+        ["build", "--target", str(tmp_path / "no" / "model"), "--draft", str(pair[1]), "--out", str(out)],
+        "does not exist",
+        out,
+    )
 
 
 def test_vocab_mismatch(capsys, tmp_path, pair):
     other = tiny_models.make_tokenizer(corpus=["a completely different corpus gives other merges"] * 4)
     draft = tiny_models.make_model(tmp_path / "d", "llama", tiny_models.DRAFT_SIZE, seed=3, tokenizer=other)
     out = tmp_path / "o"
-    _fails_cleanly(capsys, ["build", "--target", str(pair[0]), "--draft", str(draft), "--out", str(out)], "tokenizers differ", out)
+    _fails_cleanly(
+        capsys, ["build", "--target", str(pair[0]), "--draft", str(draft), "--out", str(out)], "tokenizers differ", out
+    )
 
 
 def test_missing_mask_id(capsys, tmp_path, pair):
     out = tmp_path / "o"
     # the target's own directory has no pard_token, and it is no preset
-    _fails_cleanly(capsys, ["build", "--target", str(pair[0]), "--draft", str(pair[0]), "--out", str(out)], "--mask-token-id", out)
+    _fails_cleanly(
+        capsys, ["build", "--target", str(pair[0]), "--draft", str(pair[0]), "--out", str(out)], "--mask-token-id", out
+    )
 
 
-@pytest.mark.parametrize("mask,match", [("5000", "outside"), ("-1", "outside"), (str(tiny_models.EOS), "end-of-sequence")])
+@pytest.mark.parametrize(
+    "mask,match", [("5000", "outside"), ("-1", "outside"), (str(tiny_models.EOS), "end-of-sequence")]
+)
 def test_bad_mask_id(capsys, tmp_path, pair, mask, match):
     out = tmp_path / "o"
     argv = ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), "--mask-token-id", mask]
@@ -75,35 +88,68 @@ def test_bad_mask_id(capsys, tmp_path, pair, mask, match):
 @pytest.mark.parametrize("k", ["0", "33"])
 def test_k_out_of_range(capsys, tmp_path, pair, k):
     out = tmp_path / "o"
-    _fails_cleanly(capsys, ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--k", k, "--out", str(out)], "between 1 and 32", out)
+    _fails_cleanly(
+        capsys,
+        ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--k", k, "--out", str(out)],
+        "between 1 and 32",
+        out,
+    )
 
 
-@pytest.mark.parametrize("flags, match", [
-    (["--attention", "bogus"], "argument --attention: invalid choice: 'bogus'"),
-    (["--attention", "plugin", "--dtype", "float16"], "float32 only"),
-    (["--attention", "plain", "--backend", "tensorrt", "--dtype", "float16"], "plugin-attention graphs only"),
-])
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--attention", "bogus"], "argument --attention: invalid choice: 'bogus'"),
+        (["--attention", "plugin", "--dtype", "float16"], "float32 only"),
+        (["--attention", "plain", "--backend", "tensorrt", "--dtype", "float16"], "plugin-attention graphs only"),
+    ],
+)
 def test_bad_attention(capsys, tmp_path, pair, flags, match):
     out = tmp_path / "o"
-    _fails_cleanly(capsys, ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), *flags], match, out)
+    _fails_cleanly(
+        capsys, ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), *flags], match, out
+    )
 
 
-@pytest.mark.parametrize("flags, match", [
-    (["--backend", "openvino"], "argument --backend: invalid choice: 'openvino'"),
-    (["--dtype", "float64"], "argument --dtype: invalid choice: 'float64'"),
-    (["--max-batch", "4"], "--max-batch apply to --backend tensorrt only; drop them for a onnxruntime build"),
-    (["--opt-batch", "2", "--timing-cache", "t.cache"], "--opt-batch, --timing-cache apply to --backend tensorrt only"),
-])
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--backend", "openvino"], "argument --backend: invalid choice: 'openvino'"),
+        (["--dtype", "float64"], "argument --dtype: invalid choice: 'float64'"),
+        (["--max-batch", "4"], "--max-batch apply to --backend tensorrt only; drop them for a onnxruntime build"),
+        (
+            ["--opt-batch", "2", "--timing-cache", "t.cache"],
+            "--opt-batch, --timing-cache apply to --backend tensorrt only",
+        ),
+    ],
+)
 def test_build_choices_and_flags_of_another_backend(capsys, tmp_path, pair, flags, match):
     out = tmp_path / "o"
-    _fails_cleanly(capsys, ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), *flags], match, out)
+    _fails_cleanly(
+        capsys, ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), *flags], match, out
+    )
 
 
 @pytest.mark.parametrize("opt_batch", ["0", "5"])
 def test_opt_batch_outside_the_batches_the_plans_serve(capsys, tmp_path, pair, opt_batch):
     out = tmp_path / "o"
-    argv = ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), "--backend", "tensorrt",
-            "--dtype", "float16", "--max-batch", "4", "--opt-batch", opt_batch]
+    argv = [
+        "build",
+        "--target",
+        str(pair[0]),
+        "--draft",
+        str(pair[1]),
+        "--out",
+        str(out),
+        "--backend",
+        "tensorrt",
+        "--dtype",
+        "float16",
+        "--max-batch",
+        "4",
+        "--opt-batch",
+        opt_batch,
+    ]
     _fails_cleanly(capsys, argv, f"--opt-batch {opt_batch} must lie between 1 and --max-batch 4", out)
 
 
@@ -112,24 +158,31 @@ def test_argparse_errors_are_one_line(capsys):
     _fails_cleanly(capsys, ["generate", "--engine", "e", "--prompt-ids", "1,x"], "comma-separated")
 
 
-@pytest.mark.parametrize("flags, match", [
-    (["--k", "auto", "--calibration", "missing.jsonl"], "prompt file missing.jsonl not found"),
-    (["--k", "auto", "--calibration", "EMPTY"], "holds no prompts"),
-    (["--k", "auto", "--backend", "tensorrt"], "--k auto measures the engine on this machine"),
-    (["--k", "4", "--calibration", "p.jsonl"], "--calibration is read by --k auto only"),
-])
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--k", "auto", "--calibration", "missing.jsonl"], "prompt file missing.jsonl not found"),
+        (["--k", "auto", "--calibration", "EMPTY"], "holds no prompts"),
+        (["--k", "auto", "--backend", "tensorrt"], "--k auto measures the engine on this machine"),
+        (["--k", "4", "--calibration", "p.jsonl"], "--calibration is read by --k auto only"),
+    ],
+)
 def test_bad_k_auto(capsys, tmp_path, pair, flags, match):
     out = tmp_path / "o"
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     flags = [str(empty) if flag == "EMPTY" else flag for flag in flags]
-    _fails_cleanly(capsys, ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), *flags], match, out)
+    _fails_cleanly(
+        capsys, ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), *flags], match, out
+    )
 
 
 def test_k_auto_keeps_the_best_modelled_k_and_its_sweep(capsys, tmp_path, pair):
     out = tmp_path / "auto"
-    assert main(["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), "--k", "auto",
-                 "--quiet"]) == 0
+    assert (
+        main(["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), "--k", "auto", "--quiet"])
+        == 0
+    )
     from pard_export.manifest import CALIBRATION_FILE, read_manifest, verify_hashes
     from pard_export.runtime import Session
 
@@ -143,7 +196,10 @@ def test_k_auto_keeps_the_best_modelled_k_and_its_sweep(capsys, tmp_path, pair):
     with Session(out) as session:
         assert session.calibration.k == manifest.k  # kept for the final engine: no measuring at first use
         ids = [5, 9, 14, 3]
-        assert session.generate(ids, max_new_tokens=12).token_ids == session.generate(ids, max_new_tokens=12, mode="ar").token_ids
+        assert (
+            session.generate(ids, max_new_tokens=12).token_ids
+            == session.generate(ids, max_new_tokens=12, mode="ar").token_ids
+        )
 
 
 def test_calibrate_prints_and_keeps_the_measurement(capsys, engine_copy):
@@ -212,11 +268,16 @@ def test_prompt_longer_than_max_seq_len(capsys, engine_copy):
 
 @pytest.mark.parametrize("n", ["0", "-3"])
 def test_max_new_tokens_not_positive(capsys, engine_copy, n):
-    _fails_cleanly(capsys, ["generate", "--engine", str(engine_copy), "--prompt", "hi", "--max-new-tokens", n], "max_new_tokens")
+    _fails_cleanly(
+        capsys, ["generate", "--engine", str(engine_copy), "--prompt", "hi", "--max-new-tokens", n], "max_new_tokens"
+    )
 
 
 def test_generate_json(capsys, engine_copy):
-    assert main(["generate", "--engine", str(engine_copy), "--prompt", "The quick", "--max-new-tokens", "12", "--json"]) == 0
+    assert (
+        main(["generate", "--engine", str(engine_copy), "--prompt", "The quick", "--max-new-tokens", "12", "--json"])
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"token_ids", "text", "stats"}
     assert 1 <= len(result["token_ids"]) <= 12
@@ -226,8 +287,12 @@ def test_generate_json(capsys, engine_copy):
 def test_entry_point_in_a_subprocess(tmp_path):
     """The installed console script: exit code 2 and one line, as the user sees it."""
     exe = Path(sys.executable).with_name("pard-export")
-    done = subprocess.run([str(exe), "build", "--target", "nope", "--out", str(tmp_path / "o")], capture_output=True,
-                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run(
+        [str(exe), "build", "--target", "nope", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "presets" in done.stderr
 
@@ -239,8 +304,25 @@ def test_generate_streams_by_default(capsys, engine_copy):
 
 
 def test_generate_sampling_flags(capsys, engine_copy):
-    argv = ["generate", "--engine", str(engine_copy), "--prompt", "The quick", "--max-new-tokens", "8", "--json",
-            "--temperature", "0.8", "--top-p", "0.9", "--top-k", "20", "--seed", "4", "--draft-sampling"]
+    argv = [
+        "generate",
+        "--engine",
+        str(engine_copy),
+        "--prompt",
+        "The quick",
+        "--max-new-tokens",
+        "8",
+        "--json",
+        "--temperature",
+        "0.8",
+        "--top-p",
+        "0.9",
+        "--top-k",
+        "20",
+        "--seed",
+        "4",
+        "--draft-sampling",
+    ]
     assert main(argv) == 0
     first = json.loads(capsys.readouterr().out)
     assert main(argv) == 0
@@ -249,8 +331,14 @@ def test_generate_sampling_flags(capsys, engine_copy):
 
 @pytest.mark.parametrize(
     "flags,match",
-    [(["--temperature", "-1"], "temperature"), (["--top-p", "0"], "top_p"), (["--top-k", "-2"], "top_k"),
-     (["--mode", "beam"], "invalid choice: 'beam'"), (["--mode", "ar-draft"], "--with-ar-draft"), (["--prompt", ""], "empty")],
+    [
+        (["--temperature", "-1"], "temperature"),
+        (["--top-p", "0"], "top_p"),
+        (["--top-k", "-2"], "top_k"),
+        (["--mode", "beam"], "invalid choice: 'beam'"),
+        (["--mode", "ar-draft"], "--with-ar-draft"),
+        (["--prompt", ""], "empty"),
+    ],
 )
 def test_generate_bad_settings(capsys, engine_copy, flags, match):
     argv = ["generate", "--engine", str(engine_copy), "--prompt", "hi", *flags]

@@ -10,8 +10,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pard_export", "plugins")
 LEAVES = ("pard_export.contract", "pard_export.errors", "pard_export.files", "pard_export.host")
-NOT_FROM_RUNTIME = ("pard_export.export", "pard_export.train", "pard_export.triton_repo", "pard_export.cli",
-                    "pard_export.bench", "pard_export.demo")
+NOT_FROM_RUNTIME = (
+    "pard_export.export",
+    "pard_export.train",
+    "pard_export.triton_repo",
+    "pard_export.cli",
+    "pard_export.bench",
+    "pard_export.demo",
+)
 
 
 def module_files() -> dict[str, Path]:
@@ -104,14 +110,18 @@ def test_no_import_cycles(graph):
 
 
 def test_plugins_never_import_the_exporter(graph):
-    offending = {m: sorted(t for t in ts if t.startswith("pard_export"))
-                 for m, ts in graph.items() if m.startswith("plugins")}
+    offending = {
+        m: sorted(t for t in ts if t.startswith("pard_export")) for m, ts in graph.items() if m.startswith("plugins")
+    }
     assert {m: ts for m, ts in offending.items() if ts} == {}
 
 
 def test_runtime_imports_no_export_training_or_serving_code(graph):
-    offending = {m: sorted(t for t in ts if t.startswith(NOT_FROM_RUNTIME))
-                 for m, ts in graph.items() if m.startswith("pard_export.runtime")}
+    offending = {
+        m: sorted(t for t in ts if t.startswith(NOT_FROM_RUNTIME))
+        for m, ts in graph.items()
+        if m.startswith("pard_export.runtime")
+    }
     assert {m: ts for m, ts in offending.items() if ts} == {}
 
 

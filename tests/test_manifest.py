@@ -4,17 +4,27 @@ import json
 
 import pytest
 
+from pard_export import manifest as manifest_module
 from pard_export.contract import target_spec
 from pard_export.errors import EngineError
-from pard_export import manifest as manifest_module
 from pard_export.manifest import Manifest, ModelEntry, hash_files, read_manifest, verify_hashes, write_manifest
 
 
 def _engine(tmp_path):
     (tmp_path / "target.onnx").write_bytes(b"graph")
     entry = ModelEntry("src", None, "target.onnx", "llama", 1, 1, 4, 10, target_spec(1, 1, 4, 10))
-    manifest = Manifest(k=4, mask_token_id=3, vocab_size=10, bos_token_id=None, eos_token_ids=(2,), max_seq_len=64,
-                        dtype="float32", backend="onnxruntime", models={"target": entry}, files=hash_files(tmp_path))
+    manifest = Manifest(
+        k=4,
+        mask_token_id=3,
+        vocab_size=10,
+        bos_token_id=None,
+        eos_token_ids=(2,),
+        max_seq_len=64,
+        dtype="float32",
+        backend="onnxruntime",
+        models={"target": entry},
+        files=hash_files(tmp_path),
+    )
     write_manifest(tmp_path, manifest)
     return manifest
 

@@ -38,7 +38,7 @@ def test_documents_hit_their_budgets(count_tokens):
 def test_only_prose_paragraphs():
     assert is_prose("An assignment statement evaluates the expression list and assigns\nthe single resulting object.")
     assert not is_prose("Assignment statements\n*********************")  # heading
-    assert not is_prose("   assignment_stmt ::= (target_list \"=\")+ (starred_expression | yield_expression)")
+    assert not is_prose('   assignment_stmt ::= (target_list "=")+ (starred_expression | yield_expression)')
     assert not is_prose("   def f(x):\n       return x + 1 if x is not None else the default value.")  # code
     assert not is_prose(">>> print(1)  # prints one followed by a newline and nothing more at all.")
     paragraphs = prose_paragraphs()
@@ -76,24 +76,36 @@ def test_measure_warms_up_then_interleaves():
     prompts = [peers.Prompt("chat", f"p{i}", [i], 3) for i in range(3)]
     runs = peers.measure(systems, prompts, progress=False)
     assert log[:2] == [("x", (0,), 3), ("y", (0,), 3)]  # warm-up: first prompt, min(16, 3) tokens
-    assert [(name, ids) for name, ids, _ in log[2:]] == [("x", (0,)), ("y", (0,)), ("y", (1,)), ("x", (1,)),
-                                                         ("x", (2,)), ("y", (2,))]
+    assert [(name, ids) for name, ids, _ in log[2:]] == [
+        ("x", (0,)),
+        ("y", (0,)),
+        ("y", (1,)),
+        ("x", (1,)),
+        ("x", (2,)),
+        ("y", (2,)),
+    ]
     assert [(r.system, r.prompt) for r in runs][:2] == [("x", "p0"), ("y", "p0")]
 
 
 def _long_runs():
     """fp32 systems on two documents: ort-genai 40 tok/s, ar 30 -> 15 with length, pard twice ar; pard differs
     from ar on the second document after 2 tokens."""
-    prompts = [peers.Prompt("long", "doc200-0", [1] * 230, 4, 200, 190),
-               peers.Prompt("long", "doc5000-0", [1] * 5030, 4, 5000, 4990)]
+    prompts = [
+        peers.Prompt("long", "doc200-0", [1] * 230, 4, 200, 190),
+        peers.Prompt("long", "doc5000-0", [1] * 5030, 4, 5000, 4990),
+    ]
     outputs = {
         ("fp32/ort-genai", "doc200-0"): ([5, 6, 7, 8], 40.0, 4),
         ("fp32/ort-genai", "doc5000-0"): ([5, 6, 7, 8], 40.0, 4),
-        ("fp32/ar", "doc200-0"): ([5, 6, 7, 8], 30.0, 4), ("fp32/ar", "doc5000-0"): ([5, 6, 7, 8], 15.0, 4),
-        ("fp32/pard", "doc200-0"): ([5, 6, 7, 8], 60.0, 2), ("fp32/pard", "doc5000-0"): ([5, 6, 0, 0], 30.0, 2),
+        ("fp32/ar", "doc200-0"): ([5, 6, 7, 8], 30.0, 4),
+        ("fp32/ar", "doc5000-0"): ([5, 6, 7, 8], 15.0, 4),
+        ("fp32/pard", "doc200-0"): ([5, 6, 7, 8], 60.0, 2),
+        ("fp32/pard", "doc5000-0"): ([5, 6, 0, 0], 30.0, 2),
     }
-    runs = [peers.Run(system, prompt, peers.Output(tokens, rate, 1.0, forwards))
-            for (system, prompt), (tokens, rate, forwards) in outputs.items()]
+    runs = [
+        peers.Run(system, prompt, peers.Output(tokens, rate, 1.0, forwards))
+        for (system, prompt), (tokens, rate, forwards) in outputs.items()
+    ]
     return runs, prompts
 
 
@@ -103,15 +115,24 @@ def test_summary_ratios_agreement_and_long_context():
     summary = peers.workload_summary(runs, prompts, names, ["fp32"])
     assert summary["systems"]["fp32/ar"]["tokens_per_second"] == pytest.approx(22.5)
     assert summary["systems"]["fp32/pard"]["tokens_per_target_forward"] == pytest.approx(2.0)
-    assert summary["ratios"]["fp32"] == pytest.approx({"ar_vs_ort_genai": 22.5 / 40, "pard_vs_ort_genai": 45 / 40,
-                                                       "pard_vs_ar": 2.0})
-    assert summary["agreement"]["fp32"]["ar_vs_ort_genai"] == {"identical": 2, "prompts": 2,
-                                                               "common_prefix_fraction": 1.0}
+    assert summary["ratios"]["fp32"] == pytest.approx(
+        {"ar_vs_ort_genai": 22.5 / 40, "pard_vs_ort_genai": 45 / 40, "pard_vs_ar": 2.0}
+    )
+    assert summary["agreement"]["fp32"]["ar_vs_ort_genai"] == {
+        "identical": 2,
+        "prompts": 2,
+        "common_prefix_fraction": 1.0,
+    }
     assert summary["agreement"]["fp32"]["pard_vs_ar"]["identical"] == 1
     assert summary["agreement"]["fp32"]["pard_vs_ar"]["common_prefix_fraction"] == pytest.approx(6 / 8)
     assert summary["longest_vs_shortest"] == pytest.approx({"fp32/ort-genai": 1.0, "fp32/ar": 0.5, "fp32/pard": 0.5})
-    report = {"machine": {"cpu": "test", "onnxruntime": "x"}, "threads": 2, "ort_genai": {"version": "y"},
-              "precisions": ["fp32"], "workloads": {"long": summary}}
+    report = {
+        "machine": {"cpu": "test", "onnxruntime": "x"},
+        "threads": 2,
+        "ort_genai": {"version": "y"},
+        "precisions": ["fp32"],
+        "workloads": {"long": summary},
+    }
     text = peers.format_summary(report)
     assert "ar/ort-genai 0.56" in text and "pard = ar on 1/2 prompts (75.0% common prefix)" in text
 
@@ -131,8 +152,10 @@ def test_decode_rate_excludes_the_first_token():
 
 
 def test_engine_labels_are_builder_precisions():
-    assert peers.parse_engines(["fp32=engines/a", "int4=engines/b"]) == {"fp32": Path("engines/a"),
-                                                                         "int4": Path("engines/b")}
+    assert peers.parse_engines(["fp32=engines/a", "int4=engines/b"]) == {
+        "fp32": Path("engines/a"),
+        "int4": Path("engines/b"),
+    }
     for bad in (["engines/a"], ["q4=engines/a"], ["fp32=a", "fp32=b"]):
         with pytest.raises(PardExportError):
             peers.parse_engines(bad)

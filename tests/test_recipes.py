@@ -16,7 +16,8 @@ from pard_export.recipes import _checkpoint, recipe
 # TensorRT-LLM LLM API (PyTorch backend): tensor_parallel_size, speculative_config = PARDDecodingConfig(...)
 TRTLLM_LLM_ARGS = {"tensor_parallel_size", "speculative_config"}
 TRTLLM_PARD_FIELDS = {"decoding_type", "max_draft_len", "max_total_draft_tokens", "speculative_model", "mask_token_id"}
-# vLLM docs, "Parallel Draft Models": speculative_config={"model", "num_speculative_tokens", "method", "parallel_drafting"}
+# vLLM docs, "Parallel Draft Models":
+# speculative_config={"model", "num_speculative_tokens", "method", "parallel_drafting"}
 VLLM_FIELDS = {"model", "num_speculative_tokens", "method", "parallel_drafting"}
 
 
@@ -32,9 +33,12 @@ def test_trtllm_yaml(engine_dir, tmp_path):
     config = yaml.safe_load(made.path.read_text())
     assert set(config) <= TRTLLM_LLM_ARGS and set(config["speculative_config"]) <= TRTLLM_PARD_FIELDS
     assert config["tensor_parallel_size"] == 4
-    assert config["speculative_config"] == {"decoding_type": "PARD", "max_draft_len": 4,
-                                            "speculative_model": str(Path(draft).resolve()),
-                                            "mask_token_id": read_manifest(engine).mask_token_id}
+    assert config["speculative_config"] == {
+        "decoding_type": "PARD",
+        "max_draft_len": 4,
+        "speculative_model": str(Path(draft).resolve()),
+        "mask_token_id": read_manifest(engine).mask_token_id,
+    }
     assert made.command.startswith(f"trtllm-serve {Path(target).resolve()} ")
 
 
@@ -43,8 +47,12 @@ def test_vllm_config(engine_dir, tmp_path):
     made = recipe(engine, "vllm", tp=2, out=tmp_path / "spec.json")
     config = json.loads(made.path.read_text())
     assert set(config) == VLLM_FIELDS
-    assert config == {"model": str(Path(draft).resolve()), "num_speculative_tokens": 4, "method": "draft_model",
-                      "parallel_drafting": True}
+    assert config == {
+        "model": str(Path(draft).resolve()),
+        "num_speculative_tokens": 4,
+        "method": "draft_model",
+        "parallel_drafting": True,
+    }
     assert "--tensor-parallel-size 2" in made.command and json.dumps(config) in made.command
 
 

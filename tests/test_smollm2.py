@@ -46,7 +46,9 @@ def test_chat_template_matches_transformers(smollm2_engine, reference):
     _, tokenizer = reference
     with Session(smollm2_engine) as session:
         text = "What is 2 + 2?"
-        chat = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+        chat = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+        )
         expected = tokenizer(chat, add_special_tokens=False).input_ids
         assert session.codec.encode_chat(text) == expected
 
@@ -54,8 +56,10 @@ def test_chat_template_matches_transformers(smollm2_engine, reference):
 def test_the_shipped_draft_is_a_trained_pard_draft(smollm2_engine):
     """The preset's draft (drafts/smollm2-135m-pard) drafts tokens the target accepts, mask positions included."""
     with Session(smollm2_engine) as session:
-        stats = [session.generate(p, max_new_tokens=48, chat=True).stats
-                 for p in ("Explain what a rainbow is.", "Write a Python function that adds two numbers.")]
+        stats = [
+            session.generate(p, max_new_tokens=48, chat=True).stats
+            for p in ("Explain what a rainbow is.", "Write a Python function that adds two numbers.")
+        ]
     accepted = sum(s.new_tokens for s in stats) / sum(s.target_forwards for s in stats)
     assert accepted > 1.3, accepted  # the untrained cut it started from gives 1.00
     assert sum(s.per_position_accepted[1] for s in stats) > 0  # a mask slot's draft was accepted

@@ -42,8 +42,17 @@ ARCHITECTURES = {
     "qwen2": (Qwen2Config, Qwen2ForCausalLM),
     "qwen3": (Qwen3Config, Qwen3ForCausalLM),
 }
-TARGET_SIZE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
-DRAFT_SIZE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+TARGET_SIZE = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
+DRAFT_SIZE = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16
+)
 
 
 def make_tokenizer(vocab: int = VOCAB, corpus=CORPUS) -> PreTrainedTokenizerFast:
@@ -51,11 +60,17 @@ def make_tokenizer(vocab: int = VOCAB, corpus=CORPUS) -> PreTrainedTokenizerFast
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=vocab,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=SPECIALS[EOS], bos_token=SPECIALS[BOS], pad_token=SPECIALS[PAD],
+        tokenizer_object=tok,
+        eos_token=SPECIALS[EOS],
+        bos_token=SPECIALS[BOS],
+        pad_token=SPECIALS[PAD],
         chat_template=CHAT_TEMPLATE,
     )
 
@@ -66,18 +81,36 @@ def make_word_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordLevel(words, unk_token=SPECIALS[PAD]))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=SPECIALS[EOS], bos_token=SPECIALS[BOS], pad_token=SPECIALS[PAD],
+        tokenizer_object=tok,
+        eos_token=SPECIALS[EOS],
+        bos_token=SPECIALS[BOS],
+        pad_token=SPECIALS[PAD],
         chat_template=CHAT_TEMPLATE,
     )
 
 
-def make_model(directory: Path, arch: str, size: dict, *, seed: int, tokenizer=None, mask_id: int | None = MASK,
-               vocab_rows: int = VOCAB, tie: bool = False) -> Path:
+def make_model(
+    directory: Path,
+    arch: str,
+    size: dict,
+    *,
+    seed: int,
+    tokenizer=None,
+    mask_id: int | None = MASK,
+    vocab_rows: int = VOCAB,
+    tie: bool = False,
+) -> Path:
     """Save a random model (and the tokenizer) as a Hugging Face directory; returns it."""
     config_cls, model_cls = ARCHITECTURES[arch]
     config = config_cls(
-        vocab_size=vocab_rows, max_position_embeddings=512, initializer_range=0.2, tie_word_embeddings=tie,
-        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, **size,
+        vocab_size=vocab_rows,
+        max_position_embeddings=512,
+        initializer_range=0.2,
+        tie_word_embeddings=tie,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        **size,
     )
     if mask_id is not None:
         config.pard_token = mask_id
@@ -94,7 +127,9 @@ def make_pair(root: Path, arch: str, *, seed: int = 0) -> tuple[Path, Path]:
     """A target and a smaller random draft of the same family, same tokenizer."""
     tokenizer = make_tokenizer()
     target = make_model(root / f"{arch}-target", arch, TARGET_SIZE, seed=seed, tokenizer=tokenizer, mask_id=None)
-    draft = make_model(root / f"{arch}-draft", arch, DRAFT_SIZE, seed=seed + 1, tokenizer=tokenizer, tie=arch == "qwen3")
+    draft = make_model(
+        root / f"{arch}-draft", arch, DRAFT_SIZE, seed=seed + 1, tokenizer=tokenizer, tie=arch == "qwen3"
+    )
     return target, draft
 
 

@@ -34,7 +34,11 @@ def pack(draft: Path, out: Path, max_bytes: int, int8_names: tuple[str, ...], to
         else:
             pieces += _split(name, tensor, max_bytes)
     names = SMALL_FILES + (TOKENIZER_FILES if tokenizer else ())
-    files = {n: torch.frombuffer(bytearray((draft / n).read_bytes()), dtype=torch.uint8) for n in names if (draft / n).is_file()}
+    files = {
+        n: torch.frombuffer(bytearray((draft / n).read_bytes()), dtype=torch.uint8)
+        for n in names
+        if (draft / n).is_file()
+    }
     pieces += [(f"file|{n}", t) for n, t in files.items()]
     out.mkdir(parents=True, exist_ok=True)
     shards, current, size = [], {}, 0
@@ -102,8 +106,13 @@ def main() -> int:
     u.add_argument("--tokenizer-from", type=Path)
     args = parser.parse_args()
     if args.command == "pack":
-        paths = pack(args.draft, args.out, int(args.max_mib * 2**20), tuple(filter(None, args.int8.split(","))),
-                     not args.no_tokenizer)
+        paths = pack(
+            args.draft,
+            args.out,
+            int(args.max_mib * 2**20),
+            tuple(filter(None, args.int8.split(","))),
+            not args.no_tokenizer,
+        )
         print(json.dumps({str(p): p.stat().st_size for p in paths}))
     else:
         unpack(args.packed, args.draft, args.tokenizer_from)

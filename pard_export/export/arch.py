@@ -41,7 +41,9 @@ class ArchSpec:
             )
         missing = [key for key in _REQUIRED if getattr(config, key, None) is None]
         if missing:
-            raise CompatibilityError(f"the {role}'s config lacks {', '.join(missing)}; it is not a usable {model_type} config")
+            raise CompatibilityError(
+                f"the {role}'s config lacks {', '.join(missing)}; it is not a usable {model_type} config"
+            )
         _check_attention_layout(config, role)
         heads = config.num_attention_heads
         return cls(
@@ -58,15 +60,17 @@ class ArchSpec:
 
 
 def _check_attention_layout(config, role: str) -> None:
-    if getattr(config, "use_sliding_window", False) or "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+    if getattr(config, "use_sliding_window", False) or "sliding_attention" in (
+        getattr(config, "layer_types", None) or ()
+    ):
         raise CompatibilityError(f"the {role} uses sliding-window attention, which this exporter does not support")
     if getattr(config, "hidden_act", "silu") != "silu":
         raise CompatibilityError(f"the {role} uses activation {config.hidden_act!r}; only silu (SwiGLU) is supported")
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in STATIC_ROPE_TYPES:
-        raise CompatibilityError(
-            f"the {role} uses rope type {rope_type!r}; supported: {', '.join(STATIC_ROPE_TYPES)}"
-        )
+        raise CompatibilityError(f"the {role} uses rope type {rope_type!r}; supported: {', '.join(STATIC_ROPE_TYPES)}")
     if config.num_attention_heads % config.num_key_value_heads:
-        raise CompatibilityError(f"the {role} has {config.num_attention_heads} query heads, not a multiple of its kv heads")
+        raise CompatibilityError(
+            f"the {role} has {config.num_attention_heads} query heads, not a multiple of its kv heads"
+        )

@@ -34,7 +34,9 @@ def linear(x: torch.Tensor, w: dict[str, torch.Tensor], name: str) -> torch.Tens
 class Prologue(nn.Module):
     """Token embedding, rotary tables and the additive attention bias; the draft appends its mask slots here."""
 
-    def __init__(self, inv_freq: torch.Tensor, rope_scale: float, dtype: torch.dtype, mask_slots: int = 0, mask_id: int = 0):
+    def __init__(
+        self, inv_freq: torch.Tensor, rope_scale: float, dtype: torch.dtype, mask_slots: int = 0, mask_id: int = 0
+    ):
         super().__init__()
         self.register_buffer("inv_freq", inv_freq.float().clone(), persistent=False)  # [D/2]
         self.rope_scale, self.dtype, self.mask_slots, self.mask_id = rope_scale, dtype, mask_slots, mask_id
@@ -42,7 +44,9 @@ class Prologue(nn.Module):
     def forward(self, input_ids, position_ids, attention_mask, embed):
         if self.mask_slots:
             input_ids, position_ids = self._append_mask_slots(input_ids, position_ids)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(input_ids.shape[0], self.mask_slots)], 1)
+            attention_mask = torch.cat(
+                [attention_mask, attention_mask.new_ones(input_ids.shape[0], self.mask_slots)], 1
+            )
         B, S = input_ids.shape
         T = attention_mask.shape[1]
         hidden, cos, sin = self._embed_and_rotary(input_ids, position_ids, embed)

@@ -16,8 +16,14 @@ from ..files import staging_dir
 from ..manifest import CALIBRATION_FILE, TOKENIZER_DIR, Manifest, ModelEntry, graph_file, hash_files, write_manifest
 from . import checks
 from .arch import ArchSpec
-from .quantize import (DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK_SIZE, INT8_ACTIVATIONS, QuantScheme, quant_scheme,
-                       quantize_graph)
+from .quantize import (
+    DEFAULT_ACCURACY_LEVEL,
+    DEFAULT_BLOCK_SIZE,
+    INT8_ACTIVATIONS,
+    QuantScheme,
+    quant_scheme,
+    quantize_graph,
+)
 from .sources import ModelSource, resolve_pair
 
 DEFAULT_MAX_SEQ_LEN = 8192
@@ -73,8 +79,9 @@ def build(
     _check_choice("backend", backend, BACKENDS)
     _check_choice("dtype", dtype, DTYPES)
     attention = _attention_for(backend, attention)
-    schemes = _quant_schemes(backend, attention, quantize, draft_quantize, keep_head_float, quant_block_size,
-                             quant_accuracy_level)
+    schemes = _quant_schemes(
+        backend, attention, quantize, draft_quantize, keep_head_float, quant_block_size, quant_accuracy_level
+    )
     if attention == PLUGIN and backend == "onnxruntime" and dtype != "float32":
         raise PardExportError(
             "plugin-attention engines run on ONNX Runtime in float32 only (onnxruntime-extensions' Python ops have no "
@@ -82,8 +89,8 @@ def build(
         )
     if dtype == "bfloat16" and backend == "onnxruntime":
         raise PardExportError(
-            "bfloat16 engines need the tensorrt backend: the onnxruntime runtime keeps its KV cache in numpy, which has "
-            "no bfloat16; use --dtype float16 or float32"
+            "bfloat16 engines need the tensorrt backend: the onnxruntime runtime keeps its KV cache in numpy, "
+            "which has no bfloat16; use --dtype float16 or float32"
         )
     if backend == "tensorrt":
         from .tensorrt_build import check_tensorrt_build
@@ -112,7 +119,9 @@ def build(
             stage("manifest")
             pair.target_tokenizer.save_pretrained(staging / TOKENIZER_DIR)
             if not (staging / TOKENIZER_DIR / "tokenizer.json").is_file():
-                raise PardExportError("the target's tokenizer has no fast (tokenizer.json) form, which the runtime needs")
+                raise PardExportError(
+                    "the target's tokenizer has no fast (tokenizer.json) form, which the runtime needs"
+                )
             manifest = _manifest(pair, specs, staging, k, dtype, backend, attention, plans)
             quantized = {role: scheme.to_dict() for role, scheme in schemes.items() if role in specs}
             manifest = replace(manifest, quantization=quantized)
@@ -129,16 +138,26 @@ def _check_auto(auto: bool, backend: str, calibration) -> None:
             raise PardExportError("--calibration is read by --k auto only; pass --k auto or leave it out")
         return
     if backend != "onnxruntime":
-        raise PardExportError("--k auto measures the engine on this machine, which runs onnxruntime engines only; "
-                              "pass a number with --backend tensorrt (the sweep of an onnxruntime build is a guide)")
+        raise PardExportError(
+            "--k auto measures the engine on this machine, which runs onnxruntime engines only; "
+            "pass a number with --backend tensorrt (the sweep of an onnxruntime build is a guide)"
+        )
     if calibration is not None:
         from ..prompts import load_prompts
 
         load_prompts(Path(calibration))  # unreadable or empty: fail before anything is built
 
 
-def _choose_k(pair: _Pair, staging: Path, manifest: Manifest, specs: dict[str, GraphSpec],
-              schemes: dict[str, QuantScheme], dtype: str, attention: str, calibration) -> None:
+def _choose_k(
+    pair: _Pair,
+    staging: Path,
+    manifest: Manifest,
+    specs: dict[str, GraphSpec],
+    schemes: dict[str, QuantScheme],
+    dtype: str,
+    attention: str,
+    calibration,
+) -> None:
     """Calibrate the AUTO_MAX_K engine in `staging`, keep the k with the best modelled speed (the draft exported
     again with k slots), and calibrate the final engine, so its first use starts at once."""
     from ..runtime import Session
@@ -150,8 +169,12 @@ def _choose_k(pair: _Pair, staging: Path, manifest: Manifest, specs: dict[str, G
     best = max(speeds, key=lambda k: (round(speeds[k], 6), -k))
     if best != manifest.k:
         specs = _export_draft_again(pair, staging, best, dtype, attention, schemes, specs)
-    selection = {"prompts": Path(calibration).name if calibration else "bundled", "acceptance": list(measured.acceptance),
-                 "k_sweep": {str(k): speed for k, speed in speeds.items()}, "k": best}
+    selection = {
+        "prompts": Path(calibration).name if calibration else "bundled",
+        "acceptance": list(measured.acceptance),
+        "k_sweep": {str(k): speed for k, speed in speeds.items()},
+        "k": best,
+    }
     (staging / CALIBRATION_FILE).unlink(missing_ok=True)  # measured with the AUTO_MAX_K draft
     final = _manifest(pair, specs, staging, best, dtype, manifest.backend, attention, {})
     write_manifest(staging, replace(final, quantization=manifest.quantization, k_selection=selection))
@@ -159,8 +182,15 @@ def _choose_k(pair: _Pair, staging: Path, manifest: Manifest, specs: dict[str, G
         session.calibrate(force=True, prompts=calibration)
 
 
-def _export_draft_again(pair: _Pair, staging: Path, k: int, dtype: str, attention: str,
-                        schemes: dict[str, QuantScheme], specs: dict[str, GraphSpec]) -> dict[str, GraphSpec]:
+def _export_draft_again(
+    pair: _Pair,
+    staging: Path,
+    k: int,
+    dtype: str,
+    attention: str,
+    schemes: dict[str, QuantScheme],
+    specs: dict[str, GraphSpec],
+) -> dict[str, GraphSpec]:
     import torch
 
     from .graphs import export_draft
@@ -168,8 +198,15 @@ def _export_draft_again(pair: _Pair, staging: Path, k: int, dtype: str, attentio
     model = pair.draft.load_model(getattr(torch, dtype))
     for stale in (staging / graph_file(DRAFT), staging / f"{graph_file(DRAFT)}.data"):
         stale.unlink(missing_ok=True)
-    spec = export_draft(model, pair.draft_arch, staging / graph_file(DRAFT), k=k, vocab=pair.vocab, mask_id=pair.mask_id,
-                        attention=attention)
+    spec = export_draft(
+        model,
+        pair.draft_arch,
+        staging / graph_file(DRAFT),
+        k=k,
+        vocab=pair.vocab,
+        mask_id=pair.mask_id,
+        attention=attention,
+    )
     if DRAFT in schemes:
         quantize_graph(staging / graph_file(DRAFT), schemes[DRAFT])
     _compile_onnxruntime(staging, {DRAFT: spec})
@@ -215,8 +252,9 @@ def _checked_pair(target: str, draft: str | None, k: int, mask_override: int | N
     return _Pair(target_src, draft_src, target_arch, draft_arch, target_tok, vocab, mask_id, eos_ids, max_seq_len)
 
 
-def _export_pair(pair: _Pair, staging: Path, stage, k: int, dtype: str, with_ar_draft: bool,
-                 attention: str) -> dict[str, GraphSpec]:
+def _export_pair(
+    pair: _Pair, staging: Path, stage, k: int, dtype: str, with_ar_draft: bool, attention: str
+) -> dict[str, GraphSpec]:
     import torch
 
     from .graphs import export_draft, export_target
@@ -229,29 +267,48 @@ def _export_pair(pair: _Pair, staging: Path, stage, k: int, dtype: str, with_ar_
     target_io = export_target(target_model, pair.target_arch, staging / graph_file(TARGET), attention=attention)
     stage("export draft")
     specs = {TARGET: target_io}
-    specs[DRAFT] = export_draft(draft_model, pair.draft_arch, staging / graph_file(DRAFT), k=k, vocab=pair.vocab,
-                                mask_id=pair.mask_id, attention=attention)
+    specs[DRAFT] = export_draft(
+        draft_model,
+        pair.draft_arch,
+        staging / graph_file(DRAFT),
+        k=k,
+        vocab=pair.vocab,
+        mask_id=pair.mask_id,
+        attention=attention,
+    )
     if with_ar_draft:
-        specs[DRAFT_AR] = export_target(draft_model, pair.draft_arch, staging / graph_file(DRAFT_AR), role=DRAFT_AR,
-                                        attention=attention)
+        specs[DRAFT_AR] = export_target(
+            draft_model, pair.draft_arch, staging / graph_file(DRAFT_AR), role=DRAFT_AR, attention=attention
+        )
     return specs
 
 
-def _quant_schemes(backend: str, attention: str, quantize: str | None, draft_quantize: str | None,
-                   keep_head_float: bool, block_size: int, accuracy_level: int) -> dict[str, QuantScheme]:
+def _quant_schemes(
+    backend: str,
+    attention: str,
+    quantize: str | None,
+    draft_quantize: str | None,
+    keep_head_float: bool,
+    block_size: int,
+    accuracy_level: int,
+) -> dict[str, QuantScheme]:
     """role -> its weight quantization, checked before anything is loaded; a role left out stays float. draft_ar
     follows the draft."""
     settings = dict(block_size=block_size, accuracy_level=accuracy_level, keep_head_float=keep_head_float)
     target = quant_scheme(quantize, **settings)
     draft = quant_scheme(quantize if draft_quantize is None else draft_quantize, flag="--draft-quantize", **settings)
     if (target or draft) and backend != "onnxruntime":
-        raise PardExportError(f"--quantize is not supported for {backend} plans: it makes ONNX Runtime MatMulNBits "
-                              "graphs; use --backend onnxruntime")
+        raise PardExportError(
+            f"--quantize is not supported for {backend} plans: it makes ONNX Runtime MatMulNBits "
+            "graphs; use --backend onnxruntime"
+        )
     if keep_head_float and not (target or draft):
         raise PardExportError("--keep-head-float applies to quantized graphs; add --quantize int4 or int8")
     if target and target.accuracy_level == INT8_ACTIVATIONS and attention == PLAIN:
-        raise PardExportError("a plain-attention target with int8 activations (--quant-accuracy-level 4) would make "
-                              "greedy pard part from ar; use --attention inplace or --quant-accuracy-level 0")
+        raise PardExportError(
+            "a plain-attention target with int8 activations (--quant-accuracy-level 4) would make "
+            "greedy pard part from ar; use --attention inplace or --quant-accuracy-level 0"
+        )
     return {role: scheme for role, scheme in ((TARGET, target), (DRAFT, draft), (DRAFT_AR, draft)) if scheme}
 
 
@@ -284,26 +341,46 @@ def _compile_onnxruntime(staging: Path, specs: dict[str, GraphSpec]) -> None:
         try:
             inference_session(staging / file, spec, options, ["CPUExecutionProvider"])
         except ImportError as e:
-            raise PardExportError(f"plugin-attention graphs need onnxruntime-extensions to load on ONNX Runtime ({e}); "
-                                  "pip install onnxruntime-extensions") from e
+            raise PardExportError(
+                f"plugin-attention graphs need onnxruntime-extensions to load on ONNX Runtime ({e}); "
+                "pip install onnxruntime-extensions"
+            ) from e
         except Exception as e:  # onnxruntime raises its own exception types without a common base
             raise PardExportError(f"ONNX Runtime cannot load the exported {file}: {str(e).splitlines()[0]}") from e
 
 
-def _compile_tensorrt(staging: Path, specs: dict[str, GraphSpec], pair: _Pair, k: int, dtype: str, sizes: dict,
-                      timing_cache) -> dict[str, str]:
+def _compile_tensorrt(
+    staging: Path, specs: dict[str, GraphSpec], pair: _Pair, k: int, dtype: str, sizes: dict, timing_cache
+) -> dict[str, str]:
     """<role>.plan for each exported graph (the ONNX files are removed: the plans hold the weights)."""
     from .tensorrt_build import TrtBuildSettings, compile_plans
 
-    settings = TrtBuildSettings(dtype=dtype, k=k, **sizes, max_seq_len=pair.max_seq_len,
-                                timing_cache=Path(timing_cache) if timing_cache else None)
+    settings = TrtBuildSettings(
+        dtype=dtype,
+        k=k,
+        **sizes,
+        max_seq_len=pair.max_seq_len,
+        timing_cache=Path(timing_cache) if timing_cache else None,
+    )
     return compile_plans(staging, specs, settings)
 
 
-def _manifest(pair: _Pair, specs: dict[str, GraphSpec], staging: Path, k: int, dtype: str, backend: str,
-              attention: str, plans: dict[str, str]) -> Manifest:
+def _manifest(
+    pair: _Pair,
+    specs: dict[str, GraphSpec],
+    staging: Path,
+    k: int,
+    dtype: str,
+    backend: str,
+    attention: str,
+    plans: dict[str, str],
+) -> Manifest:
     tokenizer = pair.target_tokenizer
-    sources = {TARGET: (pair.target, pair.target_arch), DRAFT: (pair.draft, pair.draft_arch), DRAFT_AR: (pair.draft, pair.draft_arch)}
+    sources = {
+        TARGET: (pair.target, pair.target_arch),
+        DRAFT: (pair.draft, pair.draft_arch),
+        DRAFT_AR: (pair.draft, pair.draft_arch),
+    }
     models = {role: _model_entry(*sources[role], spec) for role, spec in specs.items()}
     models = {role: replace(entry, file=plans.get(role, entry.file)) for role, entry in models.items()}
     return Manifest(
@@ -370,8 +447,9 @@ def _attention_for(backend: str, attention: str | None) -> str:
         return PLUGIN if backend == "tensorrt" else INPLACE
     _check_choice("attention", attention, ATTENTIONS)
     if backend == "tensorrt" and attention != PLUGIN:
-        raise PardExportError("the tensorrt backend builds plugin-attention graphs only; pass --attention plugin "
-                              "or leave it out")
+        raise PardExportError(
+            "the tensorrt backend builds plugin-attention graphs only; pass --attention plugin or leave it out"
+        )
     return attention
 
 

@@ -10,12 +10,16 @@ MASK_CONFIG_KEYS = ("pard_token", "mask_token_id")
 
 def check_k(k: int) -> None:
     if not 1 <= k <= MAX_K:
-        raise PardExportError(f"k must be between 1 and {MAX_K}, got {k}; pass --k 8 (the depth PARD drafts are trained with)")
+        raise PardExportError(
+            f"k must be between 1 and {MAX_K}, got {k}; pass --k 8 (the depth PARD drafts are trained with)"
+        )
 
 
 def check_max_seq_len(max_seq_len: int, k: int) -> None:
     if max_seq_len < k + 2:
-        raise PardExportError(f"--max-seq-len {max_seq_len} leaves no room for a prompt and {k} drafts; pass at least {k + 2}")
+        raise PardExportError(
+            f"--max-seq-len {max_seq_len} leaves no room for a prompt and {k} drafts; pass at least {k + 2}"
+        )
 
 
 def shared_vocab(target_tokenizer, draft_tokenizer) -> int:
@@ -34,7 +38,8 @@ def shared_vocab(target_tokenizer, draft_tokenizer) -> int:
 def check_rows(role: str, rows: int, vocab: int) -> None:
     if rows < vocab:
         raise CompatibilityError(
-            f"the {role} has {rows} embedding rows but its tokenizer has {vocab} ids; the model does not match its tokenizer"
+            f"the {role} has {rows} embedding rows but its tokenizer has {vocab} ids; "
+            "the model does not match its tokenizer"
         )
 
 

@@ -36,7 +36,9 @@ from .stitch import block_model
 OPSET = 23  # RMSNormalization, RotaryEmbedding
 MS_DOMAIN = "com.microsoft"  # SkipSimplifiedLayerNormalization
 QKV, QKV_BIAS = "self_attn.qkv_proj.weight_t", "self_attn.qkv_proj.bias"
-O_PROJ, GATE, UP, DOWN = (f"{n}.weight_t" for n in ("self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
+O_PROJ, GATE, UP, DOWN = (
+    f"{n}.weight_t" for n in ("self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+)
 INPUT_NORM, POST_NORM = "input_layernorm.weight", "post_attention_layernorm.weight"
 Q_NORM, K_NORM = "self_attn.q_norm.weight", "self_attn.k_norm.weight"
 AFTER_WEIGHTS = (O_PROJ, POST_NORM, GATE, UP, DOWN)
@@ -75,8 +77,10 @@ def before_attention_block(arch: ArchSpec, dtype: int, has_bias: bool, first: bo
     a = arch
     if first:
         inputs = ["hidden"]
-        nodes = [_rms_norm("io.hidden", "io." + INPUT_NORM, "normed", a.rms_eps),
-                 h.make_node("Identity", ["io.hidden"], ["io.stream"])]
+        nodes = [
+            _rms_norm("io.hidden", "io." + INPUT_NORM, "normed", a.rms_eps),
+            h.make_node("Identity", ["io.hidden"], ["io.stream"]),
+        ]
     else:
         inputs = ["residual", "delta"]
         nodes = [_skip_rms_norm("io.delta", "io.residual", "io." + INPUT_NORM, "normed", "io.stream", a.rms_eps)]
@@ -93,9 +97,13 @@ def before_attention_block(arch: ArchSpec, dtype: int, has_bias: bool, first: bo
         h.make_tensor("per_head", T.INT64, [4], [0, 0, sum(heads), a.head_dim]),
         h.make_tensor("head_split", T.INT64, [3], heads),
     ]
-    graph = h.make_graph(nodes, "before_attention",
-                         [_value(n, dtype) for n in (*inputs, "cos", "sin", *before_weights(a, has_bias))],
-                         [_value(n, dtype) for n in ("q", "k", "v", "stream")], initializer=constants)
+    graph = h.make_graph(
+        nodes,
+        "before_attention",
+        [_value(n, dtype) for n in (*inputs, "cos", "sin", *before_weights(a, has_bias))],
+        [_value(n, dtype) for n in ("q", "k", "v", "stream")],
+        initializer=constants,
+    )
     return block_model(graph, [h.make_opsetid("", OPSET), h.make_opsetid(MS_DOMAIN, 1)])
 
 
@@ -106,8 +114,9 @@ def after_attention_block(arch: ArchSpec, dtype: int, last: bool) -> onnx.ModelP
     nodes = [
         h.make_node("Reshape", ["io.attended", "flat_shape"], ["attended_flat"]),
         h.make_node("MatMul", ["attended_flat", "io." + O_PROJ], ["projected"]),
-        _skip_rms_norm("projected", "io.stream", "io." + POST_NORM, "normed", "residual" if last else "io.residual_out",
-                       a.rms_eps),
+        _skip_rms_norm(
+            "projected", "io.stream", "io." + POST_NORM, "normed", "residual" if last else "io.residual_out", a.rms_eps
+        ),
         h.make_node("MatMul", ["normed", "io." + GATE], ["gate"]),
         h.make_node("MatMul", ["normed", "io." + UP], ["up"]),
         h.make_node("Sigmoid", ["gate"], ["gate_sigmoid"]),
@@ -118,8 +127,13 @@ def after_attention_block(arch: ArchSpec, dtype: int, last: bool) -> onnx.ModelP
     ]
     constants = [h.make_tensor("flat_shape", T.INT64, [3], [0, 0, a.q_heads * a.head_dim])]
     outputs = ["hidden_out"] if last else ["residual_out", "delta_out"]
-    graph = h.make_graph(nodes, "after_attention", [_value(n, dtype) for n in ("stream", "attended", *AFTER_WEIGHTS)],
-                         [_value(n, dtype) for n in outputs], initializer=constants)
+    graph = h.make_graph(
+        nodes,
+        "after_attention",
+        [_value(n, dtype) for n in ("stream", "attended", *AFTER_WEIGHTS)],
+        [_value(n, dtype) for n in outputs],
+        initializer=constants,
+    )
     return block_model(graph, [h.make_opsetid("", OPSET), h.make_opsetid(MS_DOMAIN, 1)])
 
 
@@ -135,16 +149,19 @@ def _split_normed(a: ArchSpec) -> list[onnx.NodeProto]:
     """Qwen3: q and k are normalised per head (weights [D] of their own) before the transposes."""
     nodes = [h.make_node("Split", ["qkv_heads", "head_split"], ["q_heads", "k_heads", "v_heads"], axis=2)]
     for name, norm in (("q", Q_NORM), ("k", K_NORM)):
-        nodes += [_rms_norm(f"{name}_heads", "io." + norm, f"{name}_normed", a.rms_eps),
-                  h.make_node("Transpose", [f"{name}_normed"], [f"{name}_unrotated"], perm=[0, 2, 1, 3])]
+        nodes += [
+            _rms_norm(f"{name}_heads", "io." + norm, f"{name}_normed", a.rms_eps),
+            h.make_node("Transpose", [f"{name}_normed"], [f"{name}_unrotated"], perm=[0, 2, 1, 3]),
+        ]
     return nodes + [h.make_node("Transpose", ["v_heads"], ["io.v"], perm=[0, 2, 1, 3])]
 
 
 def stream_wiring(j: int, layers: int) -> tuple[dict[str, str], dict[str, str]]:
     """Layer j's residual stream: (its before-attention block's input, its after-attention block's output).
     hidden_states.0 enters the first layer, hidden_states.L leaves the last (the head's input)."""
-    into = {"hidden": "hidden_states.0"} if j == 0 else {"residual": f"residual_states.{j}",
-                                                         "delta": f"delta_states.{j}"}
+    into = (
+        {"hidden": "hidden_states.0"} if j == 0 else {"residual": f"residual_states.{j}", "delta": f"delta_states.{j}"}
+    )
     if j == layers - 1:
         return into, {"hidden_out": f"hidden_states.{layers}"}
     return into, {"residual_out": f"residual_states.{j + 1}", "delta_out": f"delta_states.{j + 1}"}
@@ -152,8 +169,9 @@ def stream_wiring(j: int, layers: int) -> tuple[dict[str, str], dict[str, str]]:
 
 def _skip_rms_norm(x: str, skip: str, weight: str, out: str, total: str, eps: float) -> onnx.NodeProto:
     """total = x + skip; out = RMSNorm(total), in float32."""
-    return h.make_node("SkipSimplifiedLayerNormalization", [x, skip, weight], [out, "", "", total], domain=MS_DOMAIN,
-                       epsilon=eps)
+    return h.make_node(
+        "SkipSimplifiedLayerNormalization", [x, skip, weight], [out, "", "", total], domain=MS_DOMAIN, epsilon=eps
+    )
 
 
 def _rms_norm(x: str, weight: str, out: str, eps: float) -> onnx.NodeProto:

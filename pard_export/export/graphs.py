@@ -46,6 +46,7 @@ from ..contract import (
     target_spec,
 )
 from ..errors import CompatibilityError
+from . import fused_layer, inplace_attention
 from .arch import ArchSpec
 from .blocks import (
     DecoderLayer,
@@ -60,7 +61,6 @@ from .blocks import (
 )
 from .onnx_file import ONNX_DTYPES, save_with_weights
 from .pard_draft import draft_to_target
-from . import fused_layer, inplace_attention
 from .stitch import Placement, block_model, stitch
 
 _EXAMPLE_BATCH, _EXAMPLE_NEW, _EXAMPLE_PAST = 2, 5, 7  # distinct and >= 2, so nothing specialises
@@ -83,10 +83,14 @@ def export_target(model, arch: ArchSpec, path: Path, role: str = TARGET, attenti
     return _export(model, arch, path, _Flavour(spec, 0, 0, TargetHead(arch.rms_eps, arch.vocab_rows), (LOGITS,)))
 
 
-def export_draft(model, arch: ArchSpec, path: Path, *, k: int, vocab: int, mask_id: int, attention: str = PLAIN) -> GraphSpec:
+def export_draft(
+    model, arch: ArchSpec, path: Path, *, k: int, vocab: int, mask_id: int, attention: str = PLAIN
+) -> GraphSpec:
     head_rows = draft_to_target(model)
     if head_rows is not None and not (0 <= int(head_rows.min()) and int(head_rows.max()) < vocab):
-        raise CompatibilityError(f"the draft's head maps to ids outside the tokenizer's 0..{vocab - 1}; retrain it for this tokenizer")
+        raise CompatibilityError(
+            f"the draft's head maps to ids outside the tokenizer's 0..{vocab - 1}; retrain it for this tokenizer"
+        )
     spec = draft_spec(arch.layers, arch.kv_heads, arch.head_dim, vocab, k, attention)
     head = DraftHead(arch.rms_eps, k, vocab)
     return _export(model, arch, path, _Flavour(spec, k - 1, mask_id, head, (DRAFT_IDS, DRAFT_LOGITS)))
@@ -105,11 +109,17 @@ def _export(model, arch: ArchSpec, path: Path, flavour: _Flavour) -> GraphSpec:
     if head_rows is not None:
         head_wiring["rows"] = HEAD_ROWS
     placements = [
-        Placement(_trace_prologue(model, flavour, examples, weights[names.embed]), "prologue",
-                  _interface(_prologue_wiring(names, flavour.spec.buffered))),
+        Placement(
+            _trace_prologue(model, flavour, examples, weights[names.embed]),
+            "prologue",
+            _interface(_prologue_wiring(names, flavour.spec.buffered)),
+        ),
         *_LAYERS[attention](model, arch, flavour, examples, weights),
-        Placement(_trace_head(flavour, examples, weights, names), "head",
-                  _interface(head_wiring | {n: n for n in flavour.head_outputs})),
+        Placement(
+            _trace_head(flavour, examples, weights, names),
+            "head",
+            _interface(head_wiring | {n: n for n in flavour.head_outputs}),
+        ),
     ]
     dtype = ONNX_DTYPES[model.dtype]
     spec = flavour.spec
@@ -135,8 +145,13 @@ def _trace_prologue(model, flavour: _Flavour, examples: _Examples, embed) -> onn
         ids, positions, _, embed = examples.prologue(embed)
         dims = examples.prologue_dims()
         prologue = HalfRotaryPrologue if flavour.spec.attention == INPLACE else PluginPrologue
-        return _trace(prologue(*settings), (ids, positions, embed), [INPUT_IDS, POSITION_IDS, "embed"],
-                      ["hidden", "cos", "sin"], (dims[0], dims[1], dims[3]))
+        return _trace(
+            prologue(*settings),
+            (ids, positions, embed),
+            [INPUT_IDS, POSITION_IDS, "embed"],
+            ["hidden", "cos", "sin"],
+            (dims[0], dims[1], dims[3]),
+        )
     return _trace(
         Prologue(*settings),
         examples.prologue(embed),
@@ -182,8 +197,13 @@ def _fused_layers(model, arch: ArchSpec, flavour: _Flavour, examples: _Examples,
     dtype = ONNX_DTYPES[model.dtype]
     has_bias = fused_layer.has_qkv_bias(_layer_param_names(model))
     before, after, attend = {}, {}, inplace_attention.layer_block(arch, dtype)
-    placements = [Placement(inplace_attention.mask_block(arch, dtype), "attention_mask",
-                            _interface(inplace_attention.mask_wiring(kv_cache_name(0, "key"))))]
+    placements = [
+        Placement(
+            inplace_attention.mask_block(arch, dtype),
+            "attention_mask",
+            _interface(inplace_attention.mask_wiring(kv_cache_name(0, "key"))),
+        )
+    ]
     for j in range(arch.layers):
         first, last = j == 0, j == arch.layers - 1
         before.setdefault(first, fused_layer.before_attention_block(arch, dtype, has_bias, first))
@@ -195,21 +215,37 @@ def _fused_layers(model, arch: ArchSpec, flavour: _Flavour, examples: _Examples,
         before_wiring |= {n: attention[n] for n in ("q", "k", "v")}
         after_wiring = out | {"stream": stream, "attended": attention["out"]}
         placements += [
-            Placement(before[first], f"layers.{j}.before_attention",
-                      _interface(before_wiring | _layer_weights(j, fused_layer.before_weights(arch, has_bias)))),
+            Placement(
+                before[first],
+                f"layers.{j}.before_attention",
+                _interface(before_wiring | _layer_weights(j, fused_layer.before_weights(arch, has_bias))),
+            ),
             Placement(attend, f"layers.{j}.attention", _interface(attention | inplace_attention.SHARED)),
-            Placement(after[last], f"layers.{j}.after_attention",
-                      _interface(after_wiring | _layer_weights(j, fused_layer.AFTER_WEIGHTS))),
+            Placement(
+                after[last],
+                f"layers.{j}.after_attention",
+                _interface(after_wiring | _layer_weights(j, fused_layer.AFTER_WEIGHTS)),
+            ),
         ]
     return placements
 
 
 def _traced_halves(arch: ArchSpec, examples: _Examples, weights, before: tuple[str, ...], after: tuple[str, ...]):
     first = {n: weights[f"model.layers.0.{n}"] for n in before + after}  # traced with layer 0's weights
-    inputs = _trace(PluginAttentionInputs(arch, before), examples.attention_inputs([first[n] for n in before]),
-                    ["hidden", "cos", "sin", *before], ["q", "k", "v"], examples.attention_inputs_dims(len(before)))
-    outputs = _trace(PluginAttentionOutputs(arch, after), examples.attention_outputs([first[n] for n in after]),
-                     ["hidden", "attended", *after], ["hidden_out"], examples.attention_outputs_dims(len(after)))
+    inputs = _trace(
+        PluginAttentionInputs(arch, before),
+        examples.attention_inputs([first[n] for n in before]),
+        ["hidden", "cos", "sin", *before],
+        ["q", "k", "v"],
+        examples.attention_inputs_dims(len(before)),
+    )
+    outputs = _trace(
+        PluginAttentionOutputs(arch, after),
+        examples.attention_outputs([first[n] for n in after]),
+        ["hidden", "attended", *after],
+        ["hidden_out"],
+        examples.attention_outputs_dims(len(after)),
+    )
     return inputs, outputs
 
 
@@ -227,9 +263,17 @@ def _attention_wiring(j: int) -> dict[str, str]:
     q, k, v are also keyed "q", "k", "v" for the block before it."""
     q, k, v, out = (f"layers.{j}.attention.{name}" for name in ("q", "k", "v", "out"))
     return {
-        "q": q, "k": k, "v": v, "k_new": k, "v_new": v, "out": out, "past_len": PAST_LEN,
-        "k_cache": kv_cache_name(j, "key"), "v_cache": kv_cache_name(j, "value"),
-        "k_cache_out": kv_cache_out_name(j, "key"), "v_cache_out": kv_cache_out_name(j, "value"),
+        "q": q,
+        "k": k,
+        "v": v,
+        "k_new": k,
+        "v_new": v,
+        "out": out,
+        "past_len": PAST_LEN,
+        "k_cache": kv_cache_name(j, "key"),
+        "v_cache": kv_cache_name(j, "value"),
+        "k_cache_out": kv_cache_out_name(j, "key"),
+        "v_cache_out": kv_cache_out_name(j, "value"),
     }
 
 
@@ -240,10 +284,17 @@ def _layer_weights(j: int, names: tuple[str, ...]) -> dict[str, str]:
 def _attention_node_block(arch: ArchSpec, dtype: int) -> onnx.ModelProto:
     """A one-node block holding pard::PardAttention, interface named like the traced blocks' ("io.<name>")."""
     elem = {n: onnx.TensorProto.INT32 if n == "past_len" else dtype for n in ATTENTION_INPUTS + ATTENTION_OUTPUTS}
-    node = make_node([f"io.{n}" for n in ATTENTION_INPUTS], [f"io.{n}" for n in ATTENTION_OUTPUTS],
-                     q_heads=arch.q_heads, kv_heads=arch.kv_heads, head_size=arch.head_dim, name="PardAttention")
+    node = make_node(
+        [f"io.{n}" for n in ATTENTION_INPUTS],
+        [f"io.{n}" for n in ATTENTION_OUTPUTS],
+        q_heads=arch.q_heads,
+        kv_heads=arch.kv_heads,
+        head_size=arch.head_dim,
+        name="PardAttention",
+    )
     graph = onnx.helper.make_graph(
-        [node], "pard_attention",
+        [node],
+        "pard_attention",
         [onnx.helper.make_tensor_value_info(f"io.{n}", elem[n], None) for n in ATTENTION_INPUTS],
         [onnx.helper.make_tensor_value_info(f"io.{n}", elem[n], None) for n in ATTENTION_OUTPUTS],
     )
@@ -351,7 +402,12 @@ class _Examples:
 
     @staticmethod
     def prologue_dims():
-        return ({0: Dim.DYNAMIC, 1: Dim.DYNAMIC}, {0: Dim.DYNAMIC, 1: Dim.DYNAMIC}, {0: Dim.DYNAMIC, 1: Dim.DYNAMIC}, None)
+        return (
+            {0: Dim.DYNAMIC, 1: Dim.DYNAMIC},
+            {0: Dim.DYNAMIC, 1: Dim.DYNAMIC},
+            {0: Dim.DYNAMIC, 1: Dim.DYNAMIC},
+            None,
+        )
 
     @staticmethod
     def layer_dims(n_weights: int):
@@ -397,6 +453,10 @@ def _quiet_exporter():
 
 
 def _value_infos(tensors: tuple[TensorSpec, ...], model_dtype: int) -> list[onnx.ValueInfoProto]:
-    elem = {"int64": onnx.TensorProto.INT64, "int32": onnx.TensorProto.INT32, "float32": onnx.TensorProto.FLOAT,
-            "model": model_dtype}
+    elem = {
+        "int64": onnx.TensorProto.INT64,
+        "int32": onnx.TensorProto.INT32,
+        "float32": onnx.TensorProto.FLOAT,
+        "model": model_dtype,
+    }
     return [onnx.helper.make_tensor_value_info(t.name, elem[t.dtype], list(t.dims)) for t in tensors]

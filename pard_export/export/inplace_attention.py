@@ -49,13 +49,17 @@ def mask_block(arch: ArchSpec, dtype: int) -> onnx.ModelProto:
         h.make_node("Tile", ["bias_4d", "repeats"], ["io.bias"]),  # [B, 1, G*S, C]
     ]
     constants = [
-        h.make_tensor("zero", T.INT64, [], [0]), h.make_tensor("one", T.INT64, [], [1]),
-        h.make_tensor("axis_1", T.INT64, [1], [1]), h.make_tensor("axis_2", T.INT64, [1], [2]),
-        h.make_tensor("open", dtype, [], [0.0]), h.make_tensor("closed", dtype, [], [float("-inf")]),
+        h.make_tensor("zero", T.INT64, [], [0]),
+        h.make_tensor("one", T.INT64, [], [1]),
+        h.make_tensor("axis_1", T.INT64, [1], [1]),
+        h.make_tensor("axis_2", T.INT64, [1], [2]),
+        h.make_tensor("open", dtype, [], [0.0]),
+        h.make_tensor("closed", dtype, [], [float("-inf")]),
         h.make_tensor("repeats", T.INT64, [4], [1, 1, groups, 1]),
     ]
     graph = h.make_graph(
-        nodes, "attention_mask",
+        nodes,
+        "attention_mask",
         [_value("hidden", dtype), _value("past_len", T.INT32), _value("cache", dtype)],
         [_value("write_at", T.INT64), _value("bias", dtype)],
         initializer=constants,
@@ -90,7 +94,8 @@ def layer_block(arch: ArchSpec, dtype: int) -> onnx.ModelProto:
     ]
     names = ("q", "k_new", "v_new", "k_cache", "v_cache")
     graph = h.make_graph(
-        nodes, "inplace_attention",
+        nodes,
+        "inplace_attention",
         [*(_value(n, dtype) for n in names), _value("write_at", T.INT64), _value("bias", dtype)],
         [_value(n, dtype) for n in ("out", "k_cache_out", "v_cache_out")],
         initializer=constants,

@@ -50,20 +50,29 @@ class QuantScheme:
         return asdict(self)
 
 
-def quant_scheme(name: str | None, *, block_size: int = DEFAULT_BLOCK_SIZE,
-                 accuracy_level: int = DEFAULT_ACCURACY_LEVEL, keep_head_float: bool = False,
-                 flag: str = "--quantize") -> QuantScheme | None:
+def quant_scheme(
+    name: str | None,
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
+    keep_head_float: bool = False,
+    flag: str = "--quantize",
+) -> QuantScheme | None:
     """The scheme named `name` (None or "none": no quantization), checked before anything is loaded."""
     if name is None or name == NO_QUANTIZATION:
         return None
     if name not in QUANTIZE_SCHEMES:
         raise PardExportError(f"{flag} {name!r} is not one of {', '.join((*QUANTIZE_SCHEMES, NO_QUANTIZATION))}")
     if block_size < MIN_BLOCK_SIZE or block_size & (block_size - 1):
-        raise PardExportError(f"--quant-block-size {block_size} must be a power of two, at least {MIN_BLOCK_SIZE} "
-                              "(MatMulNBits); try 32, 64 or 128")
+        raise PardExportError(
+            f"--quant-block-size {block_size} must be a power of two, at least {MIN_BLOCK_SIZE} "
+            "(MatMulNBits); try 32, 64 or 128"
+        )
     if accuracy_level not in ACCURACY_LEVELS:
-        raise PardExportError(f"--quant-accuracy-level {accuracy_level} must lie between 0 and 4 (MatMulNBits: "
-                              "0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8)")
+        raise PardExportError(
+            f"--quant-accuracy-level {accuracy_level} must lie between 0 and 4 (MatMulNBits: "
+            "0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8)"
+        )
     if _BITS[name] != 4:
         _check_bits_supported(_BITS[name], flag, name)
     return QuantScheme(name, _BITS[name], block_size, accuracy_level, head_quantized=not keep_head_float)
@@ -78,13 +87,21 @@ def quantize_graph(path: Path, scheme: QuantScheme) -> None:
 
     model = onnx.load(str(path))  # the float weights, once
     weights = {t.name for t in model.graph.initializer}
-    head = {n.name for n in model.graph.node
-            if n.name.startswith(HEAD_PREFIX) and n.op_type in ("Gemm", "MatMul") and n.input[1] in weights}
-    assert head, f"{path.name}: no LM head node under {HEAD_PREFIX!r}"
+    head = {
+        n.name
+        for n in model.graph.node
+        if n.name.startswith(HEAD_PREFIX) and n.op_type in ("Gemm", "MatMul") and n.input[1] in weights
+    }
+    if not head:
+        raise PardExportError(
+            f"{path.name}: no LM head node under {HEAD_PREFIX!r}; the graph was not exported by "
+            "this version of pard-export: rebuild it"
+        )
     keep = set() if scheme.head_quantized else head
     model = gemms_as_matmuls(model, skip=keep)
     model = matmuls_as_nbits(model, scheme, exclude=keep)
-    assert any(n.op_type == "MatMulNBits" for n in model.graph.node), f"{path.name}: nothing was quantized"
+    if not any(n.op_type == "MatMulNBits" for n in model.graph.node):
+        raise PardExportError(f"{path.name}: no linear layer was quantized (none is a MatMul over a weight)")
     save_with_external_data(model, path)
 
 
@@ -106,8 +123,10 @@ def gemms_as_matmuls(model, skip: set[str] = frozenset()):
             continue
         attrs = _attributes(node)
         if attrs.get("transA", 0):
-            raise PardExportError(f"cannot quantize {node.name}: a Gemm with transA=1 (the exporter writes transB=1 "
-                                  "only); rebuild without --quantize")
+            raise PardExportError(
+                f"cannot quantize {node.name}: a Gemm with transA=1 (the exporter writes transB=1 "
+                "only); rebuild without --quantize"
+            )
         alpha, beta, trans_b = attrs.get("alpha", 1.0), attrs.get("beta", 1.0), attrs.get("transB", 0)
         weight = node.input[1]
         key = (weight, trans_b, alpha)
@@ -142,8 +161,9 @@ def matmuls_as_nbits(model, scheme: QuantScheme, exclude: set[str] = frozenset()
     MatMulNBitsQuantizer (round to nearest, per block); the float weights it replaced are dropped."""
     with _quantizer_module() as q:
         bits = {"bits": scheme.bits} if scheme.bits != 4 else {}  # onnxruntime before int8 has no bits (4 only)
-        config = q.DefaultWeightOnlyQuantConfig(block_size=scheme.block_size, is_symmetric=scheme.symmetric,
-                                                accuracy_level=scheme.accuracy_level, **bits)
+        config = q.DefaultWeightOnlyQuantConfig(
+            block_size=scheme.block_size, is_symmetric=scheme.symmetric, accuracy_level=scheme.accuracy_level, **bits
+        )
         quantizer = q.MatMulNBitsQuantizer(model, nodes_to_exclude=sorted(exclude), algo_config=config)
         quantizer.process()
     return quantizer.model.model
@@ -163,8 +183,9 @@ def _scaled(name: str, factor: float, initializers: dict, graph, node) -> str:
     if factor == 1.0:
         return name
     if name not in initializers:
-        raise PardExportError(f"cannot quantize {node.name}: a Gemm with beta={factor} over a computed bias; "
-                              "rebuild without --quantize")
+        raise PardExportError(
+            f"cannot quantize {node.name}: a Gemm with beta={factor} over a computed bias; rebuild without --quantize"
+        )
     from onnx import numpy_helper
 
     array = numpy_helper.to_array(initializers[name])
@@ -201,8 +222,10 @@ def _check_bits_supported(bits: int, flag: str, name: str) -> None:
     if not takes_bits:
         import onnxruntime
 
-        raise PardExportError(f"{flag} {name} needs an onnxruntime whose MatMulNBitsQuantizer quantizes to {bits} bits "
-                              f"(installed: {onnxruntime.__version__}); upgrade onnxruntime or use int4")
+        raise PardExportError(
+            f"{flag} {name} needs an onnxruntime whose MatMulNBitsQuantizer quantizes to {bits} bits "
+            f"(installed: {onnxruntime.__version__}); upgrade onnxruntime or use int4"
+        )
 
 
 @contextmanager

@@ -33,7 +33,9 @@ def stitch(
             copy.CopyFrom(init)
             copy.name = rename(init.name)
             constants.append(copy)
-        nodes.extend(_renamed_node(node, i, rename, placement.prefix) for i, node in enumerate(placement.block.graph.node))
+        nodes.extend(
+            _renamed_node(node, i, rename, placement.prefix) for i, node in enumerate(placement.block.graph.node)
+        )
     graph = onnx.helper.make_graph(nodes, name, list(inputs), list(outputs), initializer=constants)
     model = onnx.helper.make_model(
         graph,

@@ -34,7 +34,6 @@ RTX_MISSING = (
 )
 
 
-
 @dataclass(frozen=True)
 class TrtBuildSettings:
     """What a plan is built for. Shapes outside these ranges are refused by the engine at run time."""
@@ -100,17 +99,24 @@ def profile_points(settings: TrtBuildSettings) -> dict[str, tuple[ProfilePoint, 
     n, step, chunk = settings.max_seq_len, settings.k + 1, settings.chunk
     smallest = ProfilePoint(1, 1, 0)
     points = {
-        "step": (smallest, ProfilePoint(settings.opt_batch, step, min(settings.opt_past, n - step)),
-                 ProfilePoint(settings.max_batch, step, n - 1)),
+        "step": (
+            smallest,
+            ProfilePoint(settings.opt_batch, step, min(settings.opt_past, n - step)),
+            ProfilePoint(settings.max_batch, step, n - 1),
+        ),
     }
     if chunk > step:
-        points["prefill"] = (smallest, ProfilePoint(settings.opt_batch, chunk, 0),
-                             ProfilePoint(settings.max_batch, chunk, n - 1))
+        points["prefill"] = (
+            smallest,
+            ProfilePoint(settings.opt_batch, chunk, 0),
+            ProfilePoint(settings.max_batch, chunk, n - 1),
+        )
     return points
 
 
-def optimization_profiles(spec: GraphSpec, settings: TrtBuildSettings,
-                          dim_values: Mapping[str, DimValue] = DIM_VALUES) -> dict:
+def optimization_profiles(
+    spec: GraphSpec, settings: TrtBuildSettings, dim_values: Mapping[str, DimValue] = DIM_VALUES
+) -> dict:
     """Profile name ("step", "prefill") -> a Polygraphy Profile: (min, opt, max) for every input of `spec`, in the
     graph's input order."""
     try:
@@ -121,8 +127,9 @@ def optimization_profiles(spec: GraphSpec, settings: TrtBuildSettings,
     for name, corners in profile_points(settings).items():
         profile = Profile()
         for tensor in spec.inputs:
-            profile.add(tensor.name, *(_shape(tensor.name, tensor.dims, point, settings, dim_values)
-                                       for point in corners))
+            profile.add(
+                tensor.name, *(_shape(tensor.name, tensor.dims, point, settings, dim_values) for point in corners)
+            )
         profiles[name] = profile
     return profiles
 
@@ -130,7 +137,8 @@ def optimization_profiles(spec: GraphSpec, settings: TrtBuildSettings,
 def within(profile, shapes: Mapping[str, Shape]) -> bool:
     """Whether every given input shape lies within the Polygraphy Profile's [min, max] box."""
     return all(
-        name in profile and len(shape) == len(profile[name].min)
+        name in profile
+        and len(shape) == len(profile[name].min)
         and all(lo <= d <= hi for d, lo, hi in zip(shape, profile[name].min, profile[name].max))
         for name, shape in shapes.items()
     )
@@ -156,8 +164,8 @@ def build_plan(onnx_path: Path, plan_path: Path, profiles: Mapping, settings: Tr
 
     A strongly typed network (the ONNX dtypes decide precisions), PREFER_AOT_PYTHON_PLUGINS (a plugin with both
     an AOT and a JIT implementation embeds the AOT kernel, so the plan needs no Python), aliased plugin IO (the
-    PardAttention caches are updated in place), one optimization profile per `profiles` entry (in order), and a timing cache
-    reused across builds. Register the plugins (plugins.pard_attention.tensorrt_plugin.register) first."""
+    PardAttention caches are updated in place), one optimization profile per `profiles` entry (in order), and a
+    timing cache reused across builds. Register the plugins (plugins.pard_attention.tensorrt_plugin.register) first."""
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -186,7 +194,9 @@ def _parse(trt, builder, logger, onnx_path: Path, flags: int):
     # parse_from_file resolves the external data file (<graph>.onnx.data) beside the graph
     if not parser.parse_from_file(str(onnx_path)):
         errors = [parser.get_error(i).desc() for i in range(parser.num_errors)]
-        raise TrtBuildError(f"the TensorRT ONNX parser rejected {onnx_path.name}: {errors[0] if errors else 'no reason given'}")
+        raise TrtBuildError(
+            f"the TensorRT ONNX parser rejected {onnx_path.name}: {errors[0] if errors else 'no reason given'}"
+        )
     return network
 
 
@@ -266,7 +276,9 @@ def build_rtx_plan(onnx_path: Path, profiles: Mapping, compute_capability: str =
     return RtxBuild(onnx_path.stem, len(plan), time.perf_counter() - start)
 
 
-def lint_onnx(onnx_path: Path, input_shapes: Mapping[str, Shape], value_ranges: Mapping[str, tuple[int, int]] = {}) -> LintReport:
+def lint_onnx(
+    onnx_path: Path, input_shapes: Mapping[str, Shape], value_ranges: Mapping[str, tuple[int, int]] = {}
+) -> LintReport:
     """`polygraphy check lint` on one graph (ONNX checker + ONNX Runtime node by node, on generated inputs of the
     given shapes)."""
     polygraphy = shutil.which("polygraphy", path=str(Path(sys.executable).parent)) or shutil.which("polygraphy")
@@ -276,28 +288,40 @@ def lint_onnx(onnx_path: Path, input_shapes: Mapping[str, Shape], value_ranges: 
         report = Path(tmp) / "lint.json"
         command = [polygraphy, "check", "lint", str(onnx_path), "-o", str(report)]
         if input_shapes:
-            command += ["--input-shapes"] + [f"{name}:[{','.join(map(str, shape))}]" for name, shape in input_shapes.items()]
+            command += ["--input-shapes"] + [
+                f"{name}:[{','.join(map(str, shape))}]" for name, shape in input_shapes.items()
+            ]
         if value_ranges:
             command += ["--val-range"] + [f"{name}:[{lo},{hi}]" for name, (lo, hi) in value_ranges.items()]
         done = subprocess.run(command, capture_output=True, text=True)
         if not report.is_file():
             last = (done.stderr or done.stdout).strip().splitlines()
-            raise TrtBuildError(f"polygraphy check lint did not run on {onnx_path.name}: {last[-1] if last else done.returncode}")
+            raise TrtBuildError(
+                f"polygraphy check lint did not run on {onnx_path.name}: {last[-1] if last else done.returncode}"
+            )
         data = json.loads(report.read_text())
     summary = data.get("summary", {})
-    return LintReport(len(summary.get("passing", [])), tuple(summary.get("failing", [])), tuple(data.get("lint_entries", [])))
+    return LintReport(
+        len(summary.get("passing", [])), tuple(summary.get("failing", [])), tuple(data.get("lint_entries", []))
+    )
 
 
-def check_plain_graphs(engine_dir: str | Path, compute_capability: str = "SM89", *, max_batch: int = 4,
-                       prefill_chunk: int = 64) -> dict[str, tuple[RtxBuild, LintReport]]:
+def check_plain_graphs(
+    engine_dir: str | Path, compute_capability: str = "SM89", *, max_batch: int = 4, prefill_chunk: int = 64
+) -> dict[str, tuple[RtxBuild, LintReport]]:
     """For each graph of an onnxruntime engine directory: a TensorRT-RTX plan built with this module's profiles,
     and polygraphy's lint on the step profile's opt shapes. Raises TrtBuildError when either fails."""
     from ..manifest import read_manifest
 
     engine_dir = Path(engine_dir)
     manifest = read_manifest(engine_dir)
-    settings = TrtBuildSettings(k=manifest.k, max_batch=max_batch, prefill_chunk=prefill_chunk,
-                                max_seq_len=manifest.max_seq_len, opt_past=min(16, manifest.max_seq_len // 2))
+    settings = TrtBuildSettings(
+        k=manifest.k,
+        max_batch=max_batch,
+        prefill_chunk=prefill_chunk,
+        max_seq_len=manifest.max_seq_len,
+        opt_past=min(16, manifest.max_seq_len // 2),
+    )
     results = {}
     for role, entry in manifest.models.items():
         path = engine_dir / entry.file
@@ -319,7 +343,9 @@ def check_tensorrt_build(dtype: str) -> None:
     """What `build --backend tensorrt` checks before loading or writing anything: TensorRT importable, dtype."""
     require_tensorrt()
     if dtype not in TRT_DTYPES:
-        raise PardExportError(f"--backend tensorrt builds {' or '.join(TRT_DTYPES)} plans; pass --dtype float16 or bfloat16")
+        raise PardExportError(
+            f"--backend tensorrt builds {' or '.join(TRT_DTYPES)} plans; pass --dtype float16 or bfloat16"
+        )
 
 
 def compile_plans(staging: Path, specs: Mapping[str, GraphSpec], settings: TrtBuildSettings) -> dict[str, str]:

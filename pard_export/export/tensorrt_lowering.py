@@ -46,12 +46,21 @@ def lower_model(model, max_batch: int, max_sequence: int) -> int:
 
     nodes = [node for node in model.graph.node if (node.domain, node.op_type) == (DOMAIN, OP_TYPE)]
     if not nodes:
-        raise TrtBuildError(f"the graph has no {DOMAIN}::{OP_TYPE} node: the tensorrt backend builds from the plugin "
-                            "flavour (pard-export build --attention plugin)")
+        raise TrtBuildError(
+            f"the graph has no {DOMAIN}::{OP_TYPE} node: the tensorrt backend builds from the plugin "
+            "flavour (pard-export build --attention plugin)"
+        )
     if any(len(node.input) != len(INPUTS) or len(node.output) != len(OUTPUTS) for node in nodes):
         raise TrtBuildError(f"a {OP_TYPE} node already has its TensorRT inputs/outputs: the graph is lowered already")
-    size = max(sync_size(max_batch, max_sequence, _attribute(node, "num_kv_heads"),
-                         _attribute(node, "num_q_heads") // _attribute(node, "num_kv_heads")) for node in nodes)
+    size = max(
+        sync_size(
+            max_batch,
+            max_sequence,
+            _attribute(node, "num_kv_heads"),
+            _attribute(node, "num_q_heads") // _attribute(node, "num_kv_heads"),
+        )
+        for node in nodes
+    )
     model.graph.input.append(onnx.helper.make_tensor_value_info(ATTENTION_SYNC, onnx.TensorProto.INT32, [size]))
     sync = ATTENTION_SYNC
     for index, node in enumerate(nodes):

@@ -29,7 +29,9 @@ def default_providers() -> list[str]:
 
 
 class OrtGraph:
-    def __init__(self, path: Path, spec: GraphSpec, *, threads: int | None = None, providers: Sequence[str] | None = None):
+    def __init__(
+        self, path: Path, spec: GraphSpec, *, threads: int | None = None, providers: Sequence[str] | None = None
+    ):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Draft and target alternate: a session's threads must stop spinning when its run returns, or they fight
@@ -50,7 +52,9 @@ class OrtGraph:
         self.output_names = [o.name for o in self.session.get_outputs()]
         past = next(i for i in self.session.get_inputs() if i.name in spec.past_names)
         if past.type not in _NUMPY_DTYPES:
-            raise EngineError(f"{path}: KV cache type {past.type} is not supported by the onnxruntime runtime on this host")
+            raise EngineError(
+                f"{path}: KV cache type {past.type} is not supported by the onnxruntime runtime on this host"
+            )
         self.kv_dtype = _NUMPY_DTYPES[past.type]
         self.kv_in_place = spec.attention == INPLACE
         self._spec, self._kv, self._bindings, self._bound_values = spec, None, {}, None
@@ -74,8 +78,10 @@ class OrtGraph:
     def kv_store(self, kv_heads: int, head_dim: int, capacity: int) -> BoundKV:
         """The inplace flavour's caches, up to `capacity` rows per sequence."""
         if not self.kv_in_place:
-            raise EngineError(f"{self._spec.attention}-attention graphs take their caches as inputs; only inplace "
-                              "graphs keep them (kv_store)")
+            raise EngineError(
+                f"{self._spec.attention}-attention graphs take their caches as inputs; only inplace "
+                "graphs keep them (kv_store)"
+            )
         self._kv = BoundKV(self._spec.past_names, (kv_heads, head_dim), capacity, self.kv_dtype, self._device())
         return self._kv
 
@@ -96,7 +102,7 @@ class OrtGraph:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
         values = binding.get_outputs()  # in binding order: the caches, then the fetched outputs (rebound last)
-        values = values[len(values) - len(fetched):]
+        values = values[len(values) - len(fetched) :]
         return {name: value.numpy() for name, value in zip(fetched, values)}
 
     def _binding(self, skip: tuple[str, ...]):

@@ -73,20 +73,26 @@ def io_plan(spec: GraphSpec) -> IOPlan:
     if spec.attention != PLUGIN:
         return IOPlan(tuple(t.name for t in spec.inputs), tuple(t.name for t in spec.outputs), ())
     kv = set(spec.past_names) | set(spec.present_names)
-    return IOPlan(tuple(t.name for t in spec.inputs if t.name not in kv),
-                  tuple(t.name for t in spec.outputs if t.name not in kv),
-                  tuple(zip(spec.past_names, spec.present_names)))
+    return IOPlan(
+        tuple(t.name for t in spec.inputs if t.name not in kv),
+        tuple(t.name for t in spec.outputs if t.name not in kv),
+        tuple(zip(spec.past_names, spec.present_names)),
+    )
 
 
 def pick_profile(ranges: list[Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]]], shapes: Shapes) -> int:
     """Index of the first profile whose [min, max] box holds every input shape; EngineError if none does."""
     for index, profile in enumerate(ranges):
-        if all(len(shape) == len(profile[name][0]) and all(lo <= d <= hi for d, lo, hi in zip(shape, *profile[name]))
-               for name, shape in shapes.items()):
+        if all(
+            len(shape) == len(profile[name][0]) and all(lo <= d <= hi for d, lo, hi in zip(shape, *profile[name]))
+            for name, shape in shapes.items()
+        ):
             return index
     summary = ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
-    raise EngineError(f"no optimization profile of this plan takes {summary}; rebuild with a larger --max-batch, "
-                      "--prefill-chunk or --max-seq-len")
+    raise EngineError(
+        f"no optimization profile of this plan takes {summary}; rebuild with a larger --max-batch, "
+        "--prefill-chunk or --max-seq-len"
+    )
 
 
 def _cudart():
@@ -112,8 +118,9 @@ class DeviceKV(GraphKV):
     """The plugin caches of one plan: a device buffer [max_batch, Hkv, C, D] per kv_cache.* input, allocated (and
     zeroed) once; the plan runs on its first `batch` rows. Moving a row is one device-to-device copy per buffer."""
 
-    def __init__(self, cuda, stream, names: Sequence[str], row_shape: tuple[int, int, int], itemsize: int,
-                 max_batch: int):
+    def __init__(
+        self, cuda, stream, names: Sequence[str], row_shape: tuple[int, int, int], itemsize: int, max_batch: int
+    ):
         super().__init__(max_batch, row_shape)
         self._cuda, self._stream = cuda, stream
         self.row_bytes = math.prod(row_shape) * itemsize
@@ -125,8 +132,15 @@ class DeviceKV(GraphKV):
     def move_row(self, source: int, target: int) -> None:
         kind = self._cuda.cudaMemcpyKind.cudaMemcpyDeviceToDevice
         for pointer in self.pointers.values():  # rows are contiguous: row b starts b * row_bytes into the buffer
-            _check(self._cuda.cudaMemcpyAsync(pointer + target * self.row_bytes, pointer + source * self.row_bytes,
-                                              self.row_bytes, kind, self._stream))
+            _check(
+                self._cuda.cudaMemcpyAsync(
+                    pointer + target * self.row_bytes,
+                    pointer + source * self.row_bytes,
+                    self.row_bytes,
+                    kind,
+                    self._stream,
+                )
+            )
 
     def free(self) -> None:
         for pointer in self.pointers.values():
@@ -144,23 +158,29 @@ class TrtGraph:
         self._logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(self._logger).deserialize_cuda_engine(Path(path).read_bytes())
         if self.engine is None:
-            raise EngineError(f"TensorRT cannot load {path} (built by another TensorRT version or for another GPU?); "
-                              "rebuild the engine on this host")
+            raise EngineError(
+                f"TensorRT cannot load {path} (built by another TensorRT version or for another GPU?); "
+                "rebuild the engine on this host"
+            )
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = set(names) - set(inputs)
         sync = spec.attention == PLUGIN and ATTENTION_SYNC in inputs and ATTENTION_SYNC_OUT in outputs
         extra_in, extra_out = ([ATTENTION_SYNC], [ATTENTION_SYNC_OUT]) if sync else ([], [])
-        if (sorted(inputs), sorted(outputs)) != (sorted([t.name for t in spec.inputs] + extra_in),
-                                                 sorted([t.name for t in spec.outputs] + extra_out)):
+        if (sorted(inputs), sorted(outputs)) != (
+            sorted([t.name for t in spec.inputs] + extra_in),
+            sorted([t.name for t in spec.outputs] + extra_out),
+        ):
             raise EngineError(f"{path} does not have the inputs/outputs its manifest declares; rebuild the engine")
         self.input_names, self.output_names = [t.name for t in spec.inputs], [t.name for t in spec.outputs]
         self.io = io_plan(spec)
         self.kv_in_place = bool(self.io.static_kv)  # PluginCache then takes its store from kv_store()
         self._dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.kv_dtype = self._dtypes[spec.past_names[0]] if spec.past_names else np.float32
-        self._ranges = [{n: tuple(self.engine.get_tensor_profile_shape(n, p))[0::2] for n in inputs
-                         if n != ATTENTION_SYNC} for p in range(self.engine.num_optimization_profiles)]
+        self._ranges = [
+            {n: tuple(self.engine.get_tensor_profile_shape(n, p))[0::2] for n in inputs if n != ATTENTION_SYNC}
+            for p in range(self.engine.num_optimization_profiles)
+        ]
         self.max_batch = max(profile[INPUT_IDS][1][0] for profile in self._ranges)
         self._stream = _check(self._cuda.cudaStreamCreate())
         self._contexts = []
@@ -192,8 +212,9 @@ class TrtGraph:
     def kv_store(self, kv_heads: int, head_dim: int, capacity: int) -> DeviceKV:
         """The static device caches [max_batch, Hkv, C, D] (plugin flavour), allocated on the first call."""
         if not self.kv_in_place:
-            raise EngineError("plain-attention plans take their caches as inputs; only plugin plans keep them "
-                              "(kv_store)")
+            raise EngineError(
+                "plain-attention plans take their caches as inputs; only plugin plans keep them (kv_store)"
+            )
         row_shape = (kv_heads, capacity, head_dim)
         if self.kv is None or self.kv.row_shape != row_shape:
             pick_profile(self._ranges, {past: (1, *row_shape) for past, _ in self.io.static_kv})  # a clear error now
@@ -201,8 +222,9 @@ class TrtGraph:
                 self._drop_graphs()
                 self.kv.free()
             past_names = [past for past, _ in self.io.static_kv]
-            self.kv = DeviceKV(self._cuda, self._stream, past_names, row_shape, self._dtypes[past_names[0]].itemsize,
-                               self.max_batch)
+            self.kv = DeviceKV(
+                self._cuda, self._stream, past_names, row_shape, self._dtypes[past_names[0]].itemsize, self.max_batch
+            )
         return self.kv
 
     def run(self, feeds: dict[str, np.ndarray], skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
@@ -213,8 +235,10 @@ class TrtGraph:
         shapes = {name: array.shape for name, array in zip(self.io.uploads, hosted)}
         if self.io.static_kv:
             if self.kv is None or self.kv.batch != shapes[INPUT_IDS][0]:
-                raise EngineError(f"a plugin plan ran {shapes[INPUT_IDS][0]} rows, but its caches were started for "
-                                  f"{None if self.kv is None else self.kv.batch} (PluginCache starts kv_store())")
+                raise EngineError(
+                    f"a plugin plan ran {shapes[INPUT_IDS][0]} rows, but its caches were started for "
+                    f"{None if self.kv is None else self.kv.batch} (PluginCache starts kv_store())"
+                )
             shapes |= {past: (self.kv.batch, *self.kv.row_shape) for past, _ in self.io.static_kv}
         context = self._contexts[pick_profile(self._ranges, shapes)]
         to_device = self._cuda.cudaMemcpyKind.cudaMemcpyHostToDevice

@@ -38,7 +38,12 @@ class BatchCache:
         `skip` are not computed."""
         positions = self.lengths[:, None] + np.maximum(np.cumsum(valid, axis=1) - 1, 0)
         mask = np.concatenate([self.mask, valid.astype(np.int64)], axis=1)
-        feeds = {INPUT_IDS: tokens, POSITION_IDS: positions, ATTENTION_MASK: mask, **dict(zip(self.past_names, self.kv))}
+        feeds = {
+            INPUT_IDS: tokens,
+            POSITION_IDS: positions,
+            ATTENTION_MASK: mask,
+            **dict(zip(self.past_names, self.kv)),
+        }
         outputs = self.graph.run(feeds, skip)
         self.kv = [outputs[name] for name in self.present_names]
         self.mask = mask
@@ -71,7 +76,11 @@ class BatchCache:
             real = np.flatnonzero(row)
             source[i, width - len(real) :] = real
             new_mask[i, width - len(real) :] = 1
-        index = (rows[:, None, None, None], np.arange(self.kv_heads)[None, :, None, None], source[:, None, :, None],
-                 np.arange(self.head_dim)[None, None, None, :])  # one gather per tensor -> [B', Hkv, T', D]
+        index = (
+            rows[:, None, None, None],
+            np.arange(self.kv_heads)[None, :, None, None],
+            source[:, None, :, None],
+            np.arange(self.head_dim)[None, None, None, :],
+        )  # one gather per tensor -> [B', Hkv, T', D]
         self.kv = [t[index] for t in self.kv]
         self.mask, self.lengths = new_mask, self.lengths[rows]

@@ -46,21 +46,31 @@ class Calibration:
         return len(self.acceptance)
 
     def to_dict(self) -> dict:
-        return {"costs": self.costs.to_dict(), "acceptance": list(self.acceptance), "measured": self.measured,
-                "seconds": self.seconds}
+        return {
+            "costs": self.costs.to_dict(),
+            "acceptance": list(self.acceptance),
+            "measured": self.measured,
+            "seconds": self.seconds,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> Calibration:
-        return cls(StepCosts.from_dict(data["costs"]), tuple(float(a) for a in data["acceptance"]), str(data["measured"]),
-                   float(data["seconds"]))
+        return cls(
+            StepCosts.from_dict(data["costs"]),
+            tuple(float(a) for a in data["acceptance"]),
+            str(data["measured"]),
+            float(data["seconds"]),
+        )
 
 
 def settings_key(backend: str, providers: list[str], threads: int | None) -> str:
     """What the measured costs hold for: this machine, the runtime and its settings."""
     import onnxruntime
 
-    return (f"{os.uname().nodename} | {cpu_name()} x{cpu_count()} | {backend} {','.join(providers)} threads={threads or 0}"
-            f" | onnxruntime {onnxruntime.__version__} | pard-export {__version__}")
+    return (
+        f"{os.uname().nodename} | {cpu_name()} x{cpu_count()} | {backend} {','.join(providers)} threads={threads or 0}"
+        f" | onnxruntime {onnxruntime.__version__} | pard-export {__version__}"
+    )
 
 
 def engine_id(engine_dir: Path) -> str:
@@ -103,8 +113,10 @@ def save_calibration(engine_dir: Path, key: str, calibration: Calibration) -> Pa
             return path
         except OSError:
             continue
-    log.warning("nowhere to keep the calibration of %s (read-only engine folder and cache); it holds for this "
-                "process only", engine_dir)
+    log.warning(
+        "nowhere to keep the calibration of %s (read-only engine folder and cache); it holds for this process only",
+        engine_dir,
+    )
     return None
 
 
@@ -237,4 +249,3 @@ def conditional_acceptance(accepted: list[int], drafted: list[int]) -> tuple[flo
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-

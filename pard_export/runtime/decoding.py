@@ -92,8 +92,9 @@ def ar_step(target: BatchCache, target_new, draft_new, params: SamplingParams, r
     return StepResult(rows, 0, 0.0, time.perf_counter() - start)
 
 
-def pard_step(target: BatchCache, draft: BatchCache, target_new, draft_new, n: int, params: SamplingParams,
-              rngs) -> StepResult:
+def pard_step(
+    target: BatchCache, draft: BatchCache, target_new, draft_new, n: int, params: SamplingParams, rngs
+) -> StepResult:
     start = time.perf_counter()
     sampled = params.draft_sampling and not params.greedy
     draft_new = prefill_chunks(draft, draft_new, 1, (DRAFT_IDS, DRAFT_LOGITS))  # the drafts follow the last token
@@ -107,8 +108,9 @@ def pard_step(target: BatchCache, draft: BatchCache, target_new, draft_new, n: i
     return StepResult(rows, 1, drafted - start, time.perf_counter() - drafted)
 
 
-def ar_draft_step(target: BatchCache, draft: BatchCache, target_new, draft_new, n: int, params: SamplingParams,
-                  rngs, vocab: int) -> StepResult:
+def ar_draft_step(
+    target: BatchCache, draft: BatchCache, target_new, draft_new, n: int, params: SamplingParams, rngs, vocab: int
+) -> StepResult:
     start = time.perf_counter()
     batch = len(draft_new)
     drafts = np.zeros((batch, n), dtype=np.int64)
@@ -186,8 +188,9 @@ class StatsRecorder:
         self.steps_by_drafts = np.zeros(k + 1, dtype=np.int64)
         self.modelled_tokens = self.modelled_s = 0.0
 
-    def record(self, step: RowStep, emitted: int, result: StepResult, first: bool,
-               modelled: tuple[float, float] | None = None) -> None:
+    def record(
+        self, step: RowStep, emitted: int, result: StepResult, first: bool, modelled: tuple[float, float] | None = None
+    ) -> None:
         """modelled: (expected tokens, expected seconds) of this step, where a cost model chose its drafts."""
         s = self.stats
         self.steps_by_drafts[step.drafted] += 1

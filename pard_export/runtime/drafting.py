@@ -70,13 +70,23 @@ class StepCosts:
         return max(0, unseen - CATCH_UP_FROM) * self.catch_up
 
     def to_dict(self) -> dict:
-        return {"contexts": list(self.contexts), "seconds": [list(row) for row in self.seconds], "batch": self.batch,
-                "batch_seconds": list(self.batch_seconds), "catch_up": self.catch_up}
+        return {
+            "contexts": list(self.contexts),
+            "seconds": [list(row) for row in self.seconds],
+            "batch": self.batch,
+            "batch_seconds": list(self.batch_seconds),
+            "catch_up": self.catch_up,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> StepCosts:
-        return cls(tuple(int(c) for c in data["contexts"]), tuple(tuple(float(s) for s in row) for row in data["seconds"]),
-                   int(data["batch"]), tuple(float(s) for s in data["batch_seconds"]), float(data["catch_up"]))
+        return cls(
+            tuple(int(c) for c in data["contexts"]),
+            tuple(tuple(float(s) for s in row) for row in data["seconds"]),
+            int(data["batch"]),
+            tuple(float(s) for s in data["batch_seconds"]),
+            float(data["catch_up"]),
+        )
 
 
 def expected_tokens(rates: np.ndarray) -> np.ndarray:

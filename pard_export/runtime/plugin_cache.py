@@ -42,9 +42,11 @@ class PluginCache:
         self.kv_heads, self.head_dim, self.capacity = kv_heads, head_dim, capacity
         # An in-place graph (TensorRT, ONNX Runtime's inplace flavour) owns its caches; otherwise they live here and
         # go in and out of every call.
-        self.kv: KVStore = (graph.kv_store(kv_heads, head_dim, capacity) if graph.kv_in_place
-                            else HostKV(spec.past_names, spec.present_names, (kv_heads, capacity, head_dim),
-                                        graph.kv_dtype))
+        self.kv: KVStore = (
+            graph.kv_store(kv_heads, head_dim, capacity)
+            if graph.kv_in_place
+            else HostKV(spec.past_names, spec.present_names, (kv_heads, capacity, head_dim), graph.kv_dtype)
+        )
         # The draft graph appends K-1 mask slots and reads its K drafts off the last K positions, so every row's
         # real tokens must end its input (no right padding).
         self.ends_aligned = any(t.name == DRAFT_IDS for t in spec.outputs)
@@ -66,7 +68,9 @@ class PluginCache:
             outputs = _left_aligned(self._run(_right_pad(rows), self.lengths, skip), short)
         elif (self.lengths >= short).all():
             again = [self.tokens[b, n - s : n] for b, (n, s) in enumerate(zip(self.lengths, short))]
-            outputs = self._run(np.stack([np.concatenate(pair) for pair in zip(again, rows)]), self.lengths - short, skip)
+            outputs = self._run(
+                np.stack([np.concatenate(pair) for pair in zip(again, rows)]), self.lengths - short, skip
+            )
         else:
             if counts.max() > 1:
                 self._run(_right_pad([row[:-1] for row in rows]), self.lengths, skip=(DRAFT_LOGITS,))
@@ -89,7 +93,9 @@ class PluginCache:
     def _run(self, ids: np.ndarray, past: np.ndarray, skip: tuple[str, ...]) -> dict[str, np.ndarray]:
         rows = int((past + ids.shape[1] + self.mask_slots).max())  # the cache rows this call writes up to
         if rows > self.capacity:  # the op would answer NaN, not fail
-            raise AssertionError(f"a row outgrows the {self.capacity}-row KV cache; Session limits lengths so it cannot")
+            raise AssertionError(
+                f"a row outgrows the {self.capacity}-row KV cache; Session limits lengths so it cannot"
+            )
         self.kv.reserve(rows)
         positions = past[:, None] + np.arange(ids.shape[1])  # [B, S]
         feeds = {INPUT_IDS: ids, POSITION_IDS: positions, PAST_LEN: past.astype(np.int32)}
@@ -101,8 +107,7 @@ class PluginCache:
 class HostKV:
     """Numpy buffers fed to every call and replaced by its kv_cache_out.* outputs (ONNX Runtime)."""
 
-    def __init__(self, past_names: Sequence[str], present_names: Sequence[str], row_shape: tuple[int, int, int],
-                 dtype):
+    def __init__(self, past_names: Sequence[str], present_names: Sequence[str], row_shape: tuple[int, int, int], dtype):
         self.past_names, self.present_names = list(past_names), list(present_names)
         self.row_shape, self.dtype = row_shape, dtype  # (Hkv, C, D)
         self.start(1)
@@ -133,8 +138,10 @@ class GraphKV:
 
     def start(self, batch: int) -> None:
         if batch > self.max_batch:
-            raise GenerationError(f"a batch of {batch} prompts exceeds this engine's maximum batch of "
-                                  f"{self.max_batch}; pass fewer prompts or rebuild with a larger --max-batch")
+            raise GenerationError(
+                f"a batch of {batch} prompts exceeds this engine's maximum batch of "
+                f"{self.max_batch}; pass fewer prompts or rebuild with a larger --max-batch"
+            )
         self.batch = batch
 
     def reserve(self, rows: int) -> None:

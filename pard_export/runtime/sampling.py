@@ -53,7 +53,9 @@ def warp(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
 
 def _top_p(probs: np.ndarray, top_p: float) -> np.ndarray:
     """Keep the smallest set of most likely ids whose mass reaches top_p (the first id always stays)."""
-    candidates = np.argpartition(probs, -_TOP_P_CANDIDATES)[-_TOP_P_CANDIDATES:] if probs.size > _TOP_P_CANDIDATES else None
+    candidates = (
+        np.argpartition(probs, -_TOP_P_CANDIDATES)[-_TOP_P_CANDIDATES:] if probs.size > _TOP_P_CANDIDATES else None
+    )
     if candidates is None or probs[candidates].sum() < top_p:
         candidates = np.arange(probs.size)
     order = candidates[np.argsort(-probs[candidates], kind="stable")]
@@ -86,8 +88,13 @@ def verify_greedy(drafts: np.ndarray, target_logits: np.ndarray) -> tuple[int, i
     return a, int(target_ids[a])
 
 
-def verify_sampled(drafts: np.ndarray, q: np.ndarray | None, target_logits: np.ndarray, params: SamplingParams,
-                   rng: np.random.Generator) -> tuple[int, int]:
+def verify_sampled(
+    drafts: np.ndarray,
+    q: np.ndarray | None,
+    target_logits: np.ndarray,
+    params: SamplingParams,
+    rng: np.random.Generator,
+) -> tuple[int, int]:
     """(accepted drafts, the next token) by speculative sampling. Target probabilities are computed only for
     the positions the acceptance walk reaches."""
     for i, d in enumerate(drafts):

@@ -17,10 +17,16 @@ from ..manifest import TOKENIZER_DIR, Manifest, read_manifest, verify_hashes
 from ..prompts import CALIBRATION_PROMPTS, load_prompts
 from .backend_ort import OrtGraph
 from .cache import BatchCache
-from .calibration import (Calibration, conditional_acceptance, load_calibration, measure_costs, now_iso,
-                          save_calibration, settings_key)
-from .decoding import (GenerationStats, StatsRecorder, StepResult, ar_draft_step, ar_step, pard_step,
-                       step_lengths)
+from .calibration import (
+    Calibration,
+    conditional_acceptance,
+    load_calibration,
+    measure_costs,
+    now_iso,
+    save_calibration,
+    settings_key,
+)
+from .decoding import GenerationStats, StatsRecorder, StepResult, ar_draft_step, ar_step, pard_step, step_lengths
 from .drafting import AdaptiveDrafts
 from .interfaces import Graph, KVCache
 from .plugin_cache import PluginCache
@@ -28,8 +34,10 @@ from .sampling import SamplingParams
 from .streaming import RowText
 from .text import TextCodec
 
-_IN_USE = ("this Session is already generating (an unfinished stream, or another thread); finish or close that "
-           "stream first, batch the prompts with generate_batch, or give each thread its own Session")
+_IN_USE = (
+    "this Session is already generating (an unfinished stream, or another thread); finish or close that "
+    "stream first, batch the prompts with generate_batch, or give each thread its own Session"
+)
 CALIBRATION_TOKENS = 48  # new tokens per calibration prompt (the acceptance the estimates start from)
 
 Prompt = str | Sequence[int]
@@ -101,8 +109,15 @@ class Session:
     batch (generate_batch) or one Session per worker. close() frees the graphs (device memory included); a closed
     Session refuses work."""
 
-    def __init__(self, engine_dir: str | Path, *, verify: bool = False, threads: int | None = None,
-                 providers: Sequence[str] | None = None, calibration: Calibration | None = None):
+    def __init__(
+        self,
+        engine_dir: str | Path,
+        *,
+        verify: bool = False,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        calibration: Calibration | None = None,
+    ):
         """calibration: the step costs and acceptance adaptive pard starts from (default: measured on first use and
         kept beside the engine, see calibrate())."""
         self.engine_dir = Path(engine_dir)
@@ -110,8 +125,10 @@ class Session:
         if verify:
             verify_hashes(self.engine_dir, self.manifest)
         if self.manifest.backend not in ("onnxruntime", "tensorrt"):
-            raise EngineError(f"{self.engine_dir} was built for {self.manifest.backend!r}; this runtime runs onnxruntime "
-                              "and tensorrt engines")
+            raise EngineError(
+                f"{self.engine_dir} was built for {self.manifest.backend!r}; this runtime runs onnxruntime "
+                "and tensorrt engines"
+            )
         self.codec = TextCodec(self.engine_dir / TOKENIZER_DIR)
         self._caches = {role: self._cache(role, threads, providers) for role in self.manifest.models}
         self._eos = frozenset(self.manifest.eos_token_ids)
@@ -158,14 +175,34 @@ class Session:
         self._calibration, self.calibration_file = kept
         return self._calibration
 
-    def generate(self, prompt: Prompt | Sequence[Prompt], *, max_new_tokens: int = 128, mode: str = "pard",
-                 chat: bool = False, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
-                 seed: int | None = None, draft_sampling: bool = False, stop: Sequence[str] = ()):
+    def generate(
+        self,
+        prompt: Prompt | Sequence[Prompt],
+        *,
+        max_new_tokens: int = 128,
+        mode: str = "pard",
+        chat: bool = False,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        draft_sampling: bool = False,
+        stop: Sequence[str] = (),
+    ):
         """One prompt -> GenerationResult; a list of prompts -> a list (as generate_batch).
 
         Temperature 0 (default) is greedy and equals the target's own greedy decoding token for token."""
-        settings = dict(max_new_tokens=max_new_tokens, mode=mode, chat=chat, temperature=temperature, top_p=top_p,
-                        top_k=top_k, seed=seed, draft_sampling=draft_sampling, stop=stop)
+        settings = dict(
+            max_new_tokens=max_new_tokens,
+            mode=mode,
+            chat=chat,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            draft_sampling=draft_sampling,
+            stop=stop,
+        )
         if _is_batch(prompt):
             return self.generate_batch(prompt, **settings)
         return self.generate_batch([prompt], **settings)[0]
@@ -230,8 +267,10 @@ class Session:
         chat = self.codec.chat_template is not None
         texts = [item.get("prompt_ids") or item["prompt"] for item in items]
         encode = self.codec.encode_chat if chat else self.codec.encode
-        ids = [(encode(text) if isinstance(text, str) else list(text))[-(m.max_seq_len // 2):]  # room for answers
-               for text in texts]
+        ids = [
+            (encode(text) if isinstance(text, str) else list(text))[-(m.max_seq_len // 2) :]  # room for answers
+            for text in texts
+        ]
         try:
             results = self.generate_batch(ids, max_new_tokens=CALIBRATION_TOKENS, mode="pard-fixed")
         except GenerationError:  # more prompts than the engine's largest batch (tensorrt --max-batch)
@@ -246,15 +285,32 @@ class Session:
     def _check_attention(self, role: str) -> None:
         m, io = self.manifest, self.manifest.models[role].io
         if io.attention != m.attention:
-            raise EngineError(f"{self.engine_dir}: the {role} graph has {io.attention} attention but the manifest says "
-                              f"{m.attention}; rebuild the engine")
-        if io.attention == PLUGIN and m.dtype != "float32" and m.backend == "onnxruntime":  # onnxruntime-extensions would abort
-            raise EngineError(f"{self.engine_dir} is a {m.dtype} plugin-attention engine; ONNX Runtime runs those in "
-                              "float32 only: rebuild with --dtype float32 or --attention plain")
+            raise EngineError(
+                f"{self.engine_dir}: the {role} graph has {io.attention} attention but the manifest says "
+                f"{m.attention}; rebuild the engine"
+            )
+        if (
+            io.attention == PLUGIN and m.dtype != "float32" and m.backend == "onnxruntime"
+        ):  # onnxruntime-extensions would abort
+            raise EngineError(
+                f"{self.engine_dir} is a {m.dtype} plugin-attention engine; ONNX Runtime runs those in "
+                "float32 only: rebuild with --dtype float32 or --attention plain"
+            )
 
-    def _prepare(self, prompts: Sequence[Prompt], *, max_new_tokens: int = 128, mode: str = "pard", chat: bool = False,
-                 temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-                 draft_sampling: bool = False, stop: Sequence[str] = ()) -> tuple[list[list[int]], _Request]:
+    def _prepare(
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        max_new_tokens: int = 128,
+        mode: str = "pard",
+        chat: bool = False,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        draft_sampling: bool = False,
+        stop: Sequence[str] = (),
+    ) -> tuple[list[list[int]], _Request]:
         """Check everything before any work, so bad input generates nothing."""
         self._check_idle()
         if mode not in MODES:
@@ -295,16 +351,23 @@ class Session:
         with self._exclusive():
             yield from self._decode_exclusive(prompt_ids, request, with_text, calibration)
 
-    def _decode_exclusive(self, prompt_ids: list[list[int]], request: _Request, with_text: bool,
-                          calibration: Calibration | None) -> Iterator[StreamEvent]:
+    def _decode_exclusive(
+        self, prompt_ids: list[list[int]], request: _Request, with_text: bool, calibration: Calibration | None
+    ) -> Iterator[StreamEvent]:
         m, mode, params = self.manifest, request.mode, request.params
         rows = [
-            _Row(limit, m.max_seq_len - len(ids), StatsRecorder(mode, m.k),
-                 RowText(self.codec, request.stop) if with_text else None)
+            _Row(
+                limit,
+                m.max_seq_len - len(ids),
+                StatsRecorder(mode, m.k),
+                RowText(self.codec, request.stop) if with_text else None,
+            )
             for ids, limit in zip(prompt_ids, request.max_new_tokens)
         ]
         rngs = [np.random.default_rng(None if params.seed is None else [params.seed, i]) for i in range(len(rows))]
-        caches = [self._caches[TARGET]] + ([self._caches[DRAFT_AR if mode == "ar-draft" else DRAFT]] if mode != "ar" else [])
+        caches = [self._caches[TARGET]] + (
+            [self._caches[DRAFT_AR if mode == "ar-draft" else DRAFT]] if mode != "ar" else []
+        )
         adaptive = AdaptiveDrafts(calibration.costs, calibration.acceptance, len(rows)) if calibration else None
         for cache in caches:
             cache.start(len(rows))
@@ -327,8 +390,13 @@ class Session:
             for pos, (i, step) in enumerate(zip(active, result.rows)):
                 row = rows[i]
                 kept = row.accept(step.emitted, self._eos)
-                row.recorder.record(step, kept, result, first=row.recorder.stats.target_forwards == 0,
-                                    modelled=None if modelled is None else modelled[pos])
+                row.recorder.record(
+                    step,
+                    kept,
+                    result,
+                    first=row.recorder.stats.target_forwards == 0,
+                    modelled=None if modelled is None else modelled[pos],
+                )
                 done = row.finish_reason is not None
                 piece = row.text.take_visible(final=done) if row.text is not None else ""
                 final = self._result(row, ttft, time.perf_counter() - start) if done else None
@@ -376,8 +444,9 @@ class Session:
         return GenerationResult(row.tokens, text, row.recorder.finish(row.finish_reason, ttft, total))
 
 
-def _adaptive_drafts(adaptive: AdaptiveDrafts, active: list[int], context: int, most: int,
-                     unseen: int) -> tuple[int, list[tuple[float, float]]]:
+def _adaptive_drafts(
+    adaptive: AdaptiveDrafts, active: list[int], context: int, most: int, unseen: int
+) -> tuple[int, list[tuple[float, float]]]:
     """The drafts the next step verifies, and per row the (tokens, seconds) the cost model expects of it."""
     n, seconds = adaptive.choose(active, context, most)
     step_s = seconds[n] + (adaptive.costs.catch_up_seconds(unseen) if n else 0.0)
@@ -387,7 +456,9 @@ def _adaptive_drafts(adaptive: AdaptiveDrafts, active: list[int], context: int, 
 def _token_limits(max_new_tokens: int | Sequence[int], rows: int) -> tuple[int, ...]:
     limits = [max_new_tokens] * rows if isinstance(max_new_tokens, (int, np.integer)) else list(max_new_tokens)
     if len(limits) != rows:
-        raise GenerationError(f"max_new_tokens has {len(limits)} limits for {rows} prompts; pass one, or one per prompt")
+        raise GenerationError(
+            f"max_new_tokens has {len(limits)} limits for {rows} prompts; pass one, or one per prompt"
+        )
     for limit in limits:
         if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit <= 0:
             raise GenerationError(f"max_new_tokens must be a positive integer, got {limit!r}")

@@ -31,7 +31,10 @@ class TextCodec:
         rendered = self._template().render(
             messages=[{"role": "user", "content": text}],
             add_generation_prompt=True,
-            **{name: _token_text(self.config.get(name)) for name in ("bos_token", "eos_token", "pad_token", "unk_token")},
+            **{
+                name: _token_text(self.config.get(name))
+                for name in ("bos_token", "eos_token", "pad_token", "unk_token")
+            },
         )
         return self.tokenizer.encode(rendered, add_special_tokens=False).ids
 

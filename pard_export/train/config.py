@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from ..errors import PardExportError
 
@@ -52,8 +53,10 @@ class TrainConfig:
     loader_workers: int = _setting(0, "processes building the COD layouts (0: in the training process)")
     validation_fraction: float = _setting(0.0, "share of the sequences held out; their loss is measured every epoch")
     keep_best: bool = _setting(True, "with validation: save the weights of the epoch with the lowest held-out loss")
-    precision: str = _setting("float32", "float32, or bfloat16: autocast matmuls over float32 master weights "
-                                         "(about 1.6x faster on AVX512-BF16 CPUs)")
+    precision: str = _setting(
+        "float32",
+        "float32, or bfloat16: autocast matmuls over float32 master weights (about 1.6x faster on AVX512-BF16 CPUs)",
+    )
 
     def checkpoint_dir(self) -> Path:
         return Path(f"{self.out.rstrip('/')}.checkpoints")

@@ -25,7 +25,7 @@ def read_sequences(path: str | Path, max_len: int) -> list[Sequence]:
     sequences = []
     for number, row in enumerate(rows, 1):
         if not isinstance(row, dict) or not isinstance(row.get("response_ids"), list):
-            raise PardExportError(f"{path}:{number} has no \"response_ids\" list; make the data with pard-export distill")
+            raise PardExportError(f'{path}:{number} has no "response_ids" list; make the data with pard-export distill')
         prompt = row.get("prompt_ids") or []
         ids = (prompt + row["response_ids"])[:max_len]
         if len(ids) > len(prompt) + 1:

@@ -12,10 +12,18 @@ import time
 from pathlib import Path
 
 
-def distill(engine: str | Path, prompts_file: str | Path, out: str | Path, *, max_new_tokens: int = 192,
-            batch: int = 8, limit: int | None = None, progress: bool = True) -> int:
-    """Answer every prompt (greedy; text prompts through the chat template) and append {"prompt_ids", "response_ids"} lines to `out`.
-    Returns the number of answer tokens written in this run."""
+def distill(
+    engine: str | Path,
+    prompts_file: str | Path,
+    out: str | Path,
+    *,
+    max_new_tokens: int = 192,
+    batch: int = 8,
+    limit: int | None = None,
+    progress: bool = True,
+) -> int:
+    """Answer every prompt (greedy; text prompts through the chat template) and append {"prompt_ids",
+    "response_ids"} lines to `out`. Returns the number of answer tokens written in this run."""
     from tqdm import tqdm
 
     from ..prompts import load_prompts
@@ -27,8 +35,17 @@ def distill(engine: str | Path, prompts_file: str | Path, out: str | Path, *, ma
     session = Session(engine)
     written = 0
     start = time.perf_counter()
-    with out.open("a") as f, tqdm(total=len(prompts), initial=done, desc="distill", unit="prompt",
-                                  disable=None if progress else True, file=sys.stderr) as bar:
+    with (
+        out.open("a") as f,
+        tqdm(
+            total=len(prompts),
+            initial=done,
+            desc="distill",
+            unit="prompt",
+            disable=None if progress else True,
+            file=sys.stderr,
+        ) as bar,
+    ):
         for first in range(done, len(prompts), batch):
             chunk = [_prompt_ids(session, item) for item in prompts[first : first + batch]]
             results = session.generate_batch(chunk, max_new_tokens=max_new_tokens, mode="ar")

@@ -60,8 +60,14 @@ class Layout:
         return real | chain
 
 
-def build_layout(tokens: torch.Tensor, kept: list[torch.Tensor], mask_id: int, *, first_label: int = 0,
-                 ignore_ids: tuple[int, ...] = ()) -> Layout:
+def build_layout(
+    tokens: torch.Tensor,
+    kept: list[torch.Tensor],
+    mask_id: int,
+    *,
+    first_label: int = 0,
+    ignore_ids: tuple[int, ...] = (),
+) -> Layout:
     """tokens [n]; labels only for targets x_{j+1} with j+1 >= first_label (e.g. skip the prompt) not in ignore_ids."""
     n = len(tokens)
     index = torch.cat(kept)
@@ -84,8 +90,12 @@ class Batch:
     labels: torch.Tensor  # [B, N]
 
     def to(self, device) -> Batch:
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.input_ids, self.position_ids,
-                                                                  self.attention_mask, self.labels)))
+        return Batch(
+            *(
+                t.to(device, non_blocking=True)
+                for t in (self.input_ids, self.position_ids, self.attention_mask, self.labels)
+            )
+        )
 
 
 def collate(layouts: list[Layout]) -> Batch:

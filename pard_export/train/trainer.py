@@ -92,8 +92,9 @@ class StepBatches(torch.utils.data.Dataset):
     """Batch number `step` in the COD layout: the step's sequences (a fresh shuffle per epoch) and mask draws,
     both seeded by the step, so any worker builds the same batch and a resumed run continues exactly."""
 
-    def __init__(self, sequences: list[Sequence], config: TrainConfig, mask_id: int, eos_ids, first_step: int,
-                 total_steps: int):
+    def __init__(
+        self, sequences: list[Sequence], config: TrainConfig, mask_id: int, eos_ids, first_step: int, total_steps: int
+    ):
         self.sequences, self.config, self.mask_id, self.eos_ids = sequences, config, mask_id, eos_ids
         self.cod = cod_settings(config)
         self.per_epoch = math.ceil(len(sequences) / config.batch_size)
@@ -118,8 +119,13 @@ def cod_settings(config: TrainConfig) -> CodSettings:
 
 def layout_batch(sequences: list[Sequence], cod: CodSettings, mask_id: int, eos_ids, generator) -> Batch:
     layouts = [
-        build_layout(torch.tensor(s.ids), keep_sets(len(s.ids), cod, generator), mask_id, first_label=s.first_label,
-                     ignore_ids=eos_ids)
+        build_layout(
+            torch.tensor(s.ids),
+            keep_sets(len(s.ids), cod, generator),
+            mask_id,
+            first_label=s.first_label,
+            ignore_ids=eos_ids,
+        )
         for s in sequences
     ]
     return collate(layouts)
@@ -131,8 +137,9 @@ class _Runner:
     def __init__(self, config: TrainConfig, draft, training, validation, mask_id: int, eos_ids, optimizer=None):
         self.config, self.draft, self.training, self.validation = config, draft, training, validation
         self.mask_id, self.eos_ids = mask_id, eos_ids
-        self.optimizer = optimizer or torch.optim.AdamW(draft.parameters(), lr=config.lr,
-                                                        weight_decay=config.weight_decay)
+        self.optimizer = optimizer or torch.optim.AdamW(
+            draft.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
         self.device = torch.device(config.device)
         self.t2d = target_to_draft(draft, draft.config.vocab_size).to(self.device)
         self.per_epoch = math.ceil(len(training) / config.batch_size)
@@ -148,10 +155,17 @@ class _Runner:
         from tqdm import tqdm
 
         data = StepBatches(self.training, self.config, self.mask_id, self.eos_ids, step, self.total_steps)
-        loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=self.config.loader_workers,
-                                             pin_memory=self.device.type == "cuda")
-        bar = tqdm(total=self.total_steps, initial=step, desc="train", unit="step",
-                   disable=None if progress else True, file=sys.stderr)
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=None, num_workers=self.config.loader_workers, pin_memory=self.device.type == "cuda"
+        )
+        bar = tqdm(
+            total=self.total_steps,
+            initial=step,
+            desc="train",
+            unit="step",
+            disable=None if progress else True,
+            file=sys.stderr,
+        )
         with bar:
             started = time.perf_counter()
             for batch, real in loader:
@@ -176,8 +190,12 @@ class _Runner:
             self._checkpoint(step)
             if log:  # no bar (stderr is not a terminal): a log line instead
                 held = f" validation {self.validation_losses[-1][1]:.3f}" if self.validation_losses else ""
-                print(f"step {step}/{self.total_steps} loss {_smoothed(self.losses):.3f}{held} "
-                      f"{self.real_tokens / self.seconds:.0f} tok/s", file=sys.stderr, flush=True)
+                print(
+                    f"step {step}/{self.total_steps} loss {_smoothed(self.losses):.3f}{held} "
+                    f"{self.real_tokens / self.seconds:.0f} tok/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def _step(self, step: int, batch: Batch) -> float:
         for group in self.optimizer.param_groups:
@@ -192,8 +210,9 @@ class _Runner:
 
     def _logits(self, batch: Batch) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bfloat16"):
-            return self.draft(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                              attention_mask=batch.attention_mask).logits
+            return self.draft(
+                input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.attention_mask
+            ).logits
 
     @torch.no_grad()
     def _validate(self, step: int) -> None:
@@ -219,8 +238,12 @@ class _Runner:
         with staging_dir(root / f"checkpoint-{step:06d}") as staging:
             save_draft(self.draft, staging, dtype=torch.float32)
             torch.save(self.optimizer.state_dict(), staging / OPTIMIZER_FILE)
-            state = {"step": step, "config": dataclasses.asdict(self.config), "losses": self.losses[-200:],
-                     "validation_losses": self.validation_losses}
+            state = {
+                "step": step,
+                "config": dataclasses.asdict(self.config),
+                "losses": self.losses[-200:],
+                "validation_losses": self.validation_losses,
+            }
             (staging / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
         for old in sorted(root.glob("checkpoint-*"))[: -self.config.keep_checkpoints]:
             shutil.rmtree(old)
@@ -250,8 +273,11 @@ def _smoothed(losses: list[float], window: int = 20) -> float:
 def _machine(config: TrainConfig) -> dict:
     if config.device.startswith("cuda"):
         return {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    return {"device": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__}
+    return {
+        "device": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
 def _resume(config: TrainConfig, where: str):
@@ -277,8 +303,9 @@ def _write_final(config: TrainConfig, runner: _Runner, tokenizer) -> None:
 
 def _report(config: TrainConfig, runner: _Runner) -> dict:
     """The settings (paths relative to the current directory where they lie under it), how to redo the run, results."""
-    portable = dataclasses.replace(config, data=_relative(config.data), init=_relative(config.init),
-                                   out=_relative(config.out))
+    portable = dataclasses.replace(
+        config, data=_relative(config.data), init=_relative(config.init), out=_relative(config.out)
+    )
     settings = dataclasses.asdict(portable)
     del settings["out"]  # the report lives in the output
     return {

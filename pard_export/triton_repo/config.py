@@ -14,7 +14,6 @@ KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 ENGINE_DIR, MAX_TOKENS_LIMIT, THREADS = "engine_dir", "max_tokens_limit", "threads"
 
 
-
 @dataclass(frozen=True)
 class ServingSettings:
     engine_dir: str  # absolute, or relative to the model's version folder
@@ -40,12 +39,17 @@ def build_config(template: str, settings: ServingSettings):
     config.name = MODEL_NAME
     config.max_batch_size = settings.max_batch_size
     for tensor in INPUTS:
-        config.input.add(name=tensor.name, data_type=pb2.DataType.Value(tensor.data_type), dims=tensor.dims,
-                         optional=tensor.optional)
+        config.input.add(
+            name=tensor.name, data_type=pb2.DataType.Value(tensor.data_type), dims=tensor.dims, optional=tensor.optional
+        )
     for tensor in OUTPUTS:
         config.output.add(name=tensor.name, data_type=pb2.DataType.Value(tensor.data_type), dims=tensor.dims)
     config.instance_group.add(count=settings.instances, kind=pb2.ModelInstanceGroup.Kind.Value(KINDS[settings.kind]))
-    parameters = {ENGINE_DIR: settings.engine_dir, MAX_TOKENS_LIMIT: str(settings.max_tokens_limit), THREADS: str(settings.threads)}
+    parameters = {
+        ENGINE_DIR: settings.engine_dir,
+        MAX_TOKENS_LIMIT: str(settings.max_tokens_limit),
+        THREADS: str(settings.threads),
+    }
     for key, value in parameters.items():
         config.parameters[key].string_value = value
     return config
@@ -94,6 +98,9 @@ def _tensor_problems(kind: str, found, expected: tuple[Tensor, ...], pb2) -> lis
     want = {t.name: (t.data_type, t.dims) for t in expected}
     problems = [f"{kind} {name} is missing" for name in want if name not in have]
     problems += [f"{kind} {name} is not one the model knows" for name in have if name not in want]
-    problems += [f"{kind} {name} is {have[name]}, expected {want[name]}" for name in want
-                 if name in have and have[name] != want[name]]
+    problems += [
+        f"{kind} {name} is {have[name]}, expected {want[name]}"
+        for name in want
+        if name in have and have[name] != want[name]
+    ]
     return problems

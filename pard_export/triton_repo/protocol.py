@@ -17,10 +17,19 @@ TEXT_INPUT, INPUT_IDS, MAX_TOKENS = "text_input", "input_ids", "max_tokens"
 TEMPERATURE, TOP_P, TOP_K, SEED, STREAM, CHAT = "temperature", "top_p", "top_k", "seed", "stream", "chat"
 TEXT_OUTPUT, OUTPUT_IDS, FINISH_REASON = "text_output", "output_ids", "finish_reason"
 ACCEPTANCE_RATE, ACCEPTED_DRAFTS, DRAFTED, MEAN_ACCEPTED = (
-    "acceptance_rate", "total_accepted_draft_tokens", "total_draft_tokens", "mean_accepted_tokens")
+    "acceptance_rate",
+    "total_accepted_draft_tokens",
+    "total_draft_tokens",
+    "mean_accepted_tokens",
+)
 
-NUMPY_TYPES = {"TYPE_STRING": np.object_, "TYPE_INT32": np.int32, "TYPE_UINT64": np.uint64, "TYPE_FP32": np.float32,
-               "TYPE_BOOL": np.bool_}
+NUMPY_TYPES = {
+    "TYPE_STRING": np.object_,
+    "TYPE_INT32": np.int32,
+    "TYPE_UINT64": np.uint64,
+    "TYPE_FP32": np.float32,
+    "TYPE_BOOL": np.bool_,
+}
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,6 @@ OUTPUTS = (
     Tensor(DRAFTED, "TYPE_INT32", (1,)),
     Tensor(MEAN_ACCEPTED, "TYPE_FP32", (1,)),
 )
-
 
 
 @dataclass(frozen=True)
@@ -86,9 +94,16 @@ def parse_request(read: Callable[[str], np.ndarray | None], max_tokens_limit: in
     if max_tokens is None or not 1 <= max_tokens <= max_tokens_limit:
         raise RequestError(f"max_tokens must lie in 1..{max_tokens_limit}, got {max_tokens}")
     seed = _scalar(present, SEED, int, None)
-    return Request(_prompt(present), max_tokens, _scalar(present, TEMPERATURE, float, 0.0),
-                   _scalar(present, TOP_P, float, 1.0), _scalar(present, TOP_K, int, 0), seed,
-                   _scalar(present, STREAM, bool, False), _scalar(present, CHAT, bool, False))
+    return Request(
+        _prompt(present),
+        max_tokens,
+        _scalar(present, TEMPERATURE, float, 0.0),
+        _scalar(present, TOP_P, float, 1.0),
+        _scalar(present, TOP_K, int, 0),
+        seed,
+        _scalar(present, STREAM, bool, False),
+        _scalar(present, CHAT, bool, False),
+    )
 
 
 def _prompt(present: dict[str, np.ndarray]) -> str | list[int]:
@@ -118,8 +133,10 @@ def _scalar(present: dict[str, np.ndarray], name: str, kind: type, default):
 def outputs(text: str, token_ids: list[int], result=None) -> dict[str, np.ndarray]:
     """A response's tensors: the text and ids it adds, and on the final response the finish reason and metrics
     (result is a GenerationResult)."""
-    tensors = {TEXT_OUTPUT: np.array([[text.encode("utf-8")]], dtype=np.object_),
-               OUTPUT_IDS: np.array([token_ids], dtype=np.int32).reshape(1, -1)}
+    tensors = {
+        TEXT_OUTPUT: np.array([[text.encode("utf-8")]], dtype=np.object_),
+        OUTPUT_IDS: np.array([token_ids], dtype=np.int32).reshape(1, -1),
+    }
     if result is not None:
         stats = result.stats
         tensors |= {

@@ -9,8 +9,17 @@ from pathlib import Path
 from ..errors import RepositoryError
 from ..files import staging_dir
 from ..manifest import Manifest, read_manifest, verify_hashes
-from .config import (ENGINE_DIR, KINDS, MAX_TOKENS_LIMIT, MODEL_NAME, ServingSettings, build_config, check_config,
-                     parse_config, render)
+from .config import (
+    ENGINE_DIR,
+    KINDS,
+    MAX_TOKENS_LIMIT,
+    MODEL_NAME,
+    ServingSettings,
+    build_config,
+    check_config,
+    parse_config,
+    render,
+)
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "runtime" / "triton"
 MODEL_FILE = "model.py"
@@ -19,10 +28,20 @@ VERSION = "1"
 COPIED_ENGINE = "engine"  # the engine's folder inside the version folder, with copy_engine
 
 
-def write_repository(engine: str | Path, out: str | Path, *, backend: str | None = None, copy_engine: bool = False,
-                     max_tokens_limit: int | None = None, max_batch_size: int = 8, instances: int = 1,
-                     kind: str = "cpu", threads: int = 0, python_path: list[str] | None = None,
-                     force: bool = False) -> Path:
+def write_repository(
+    engine: str | Path,
+    out: str | Path,
+    *,
+    backend: str | None = None,
+    copy_engine: bool = False,
+    max_tokens_limit: int | None = None,
+    max_batch_size: int = 8,
+    instances: int = 1,
+    kind: str = "cpu",
+    threads: int = 0,
+    python_path: list[str] | None = None,
+    force: bool = False,
+) -> Path:
     """Write REPO/pard/{config.pbtxt, 1/model.py[, 1/engine/]} and return the model's folder.
 
     python_path: site-packages folders the model puts on sys.path (default: this interpreter's), so the Triton
@@ -32,8 +51,9 @@ def write_repository(engine: str | Path, out: str | Path, *, backend: str | None
     _check_arguments(manifest, engine, out, backend, kind, instances, max_batch_size, threads, force)
     limit = _token_limit(manifest, max_tokens_limit)
     paths = tuple(python_path) if python_path is not None else (sysconfig.get_paths()["purelib"],)
-    settings = ServingSettings(COPIED_ENGINE if copy_engine else str(engine), limit, max_batch_size, instances, kind,
-                               threads)
+    settings = ServingSettings(
+        COPIED_ENGINE if copy_engine else str(engine), limit, max_batch_size, instances, kind, threads
+    )
     template = _template()
     with staging_dir(out) as staging:
         version_dir = staging / MODEL_NAME / VERSION
@@ -73,15 +93,21 @@ def check_repository(repo: str | Path) -> None:
         raise RepositoryError(f"{config_file}: {MAX_TOKENS_LIMIT} must be at least 1")
 
 
-def _check_arguments(manifest: Manifest, engine: Path, out: Path, backend, kind, instances, max_batch_size, threads,
-                     force) -> None:
+def _check_arguments(
+    manifest: Manifest, engine: Path, out: Path, backend, kind, instances, max_batch_size, threads, force
+) -> None:
     if backend is not None and backend != manifest.backend:
-        raise RepositoryError(f"{engine} was built for {manifest.backend}, not {backend}; "
-                              f"build an engine with --backend {backend} or leave --backend out")
+        raise RepositoryError(
+            f"{engine} was built for {manifest.backend}, not {backend}; "
+            f"build an engine with --backend {backend} or leave --backend out"
+        )
     if kind not in KINDS:
         raise RepositoryError(f"--kind {kind!r} is not one of {', '.join(KINDS)}")
-    for name, value, least in (("--instances", instances, 1), ("--max-batch-size", max_batch_size, 1),
-                               ("--threads", threads, 0)):
+    for name, value, least in (
+        ("--instances", instances, 1),
+        ("--max-batch-size", max_batch_size, 1),
+        ("--threads", threads, 0),
+    ):
         if value < least:
             raise RepositoryError(f"{name} must be at least {least}, got {value}")
     if out.exists() and any(out.iterdir()) and not force:
@@ -95,13 +121,16 @@ def _token_limit(manifest: Manifest, requested: int | None) -> int:
     if requested is None:
         return most
     if not 1 <= requested <= most:
-        raise RepositoryError(f"--max-tokens-limit must lie in 1..{most} (the engine's max_seq_len - 1), got {requested}")
+        raise RepositoryError(
+            f"--max-tokens-limit must lie in 1..{most} (the engine's max_seq_len - 1), got {requested}"
+        )
     return requested
 
 
 def _template() -> str:
     path = TEMPLATE_DIR / MODEL_NAME / "config.pbtxt"
     if not path.is_file():
-        raise RepositoryError(f"the Triton templates are missing ({path}); run from a checkout of pard-export "
-                              "(pip install -e .)")
+        raise RepositoryError(
+            f"the Triton templates are missing ({path}); run from a checkout of pard-export (pip install -e .)"
+        )
     return path.read_text()

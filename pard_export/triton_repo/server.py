@@ -32,8 +32,10 @@ def site_packages(env: str | Path) -> Path:
     """The site-packages folder of a virtual environment that holds nvidia-pytriton."""
     found = sorted(Path(env).glob(f"lib/python3.*/site-packages/{_PYTRITON}"))
     if not found:
-        raise RepositoryError(f"no nvidia-pytriton in {env}; create it with `make install` "
-                              "(python3 -m venv ENV && ENV/bin/pip install nvidia-pytriton 'numpy<2' -e .)")
+        raise RepositoryError(
+            f"no nvidia-pytriton in {env}; create it with `make install` "
+            "(python3 -m venv ENV && ENV/bin/pip install nvidia-pytriton 'numpy<2' -e .)"
+        )
     return found[-1].parents[1]
 
 
@@ -41,8 +43,16 @@ class LocalTritonServer:
     """`with LocalTritonServer(repo) as server:` starts tritonserver on free loopback ports, loads `pard`, waits
     until it is ready, and stops it (and its python backend processes) on exit."""
 
-    def __init__(self, repo: str | Path, env: str | Path = DEFAULT_ENV, *, models: tuple[str, ...] = (MODEL_NAME,),
-                 ready_timeout_s: float = 120.0, grpc_port: int = 0, http_port: int = 0):
+    def __init__(
+        self,
+        repo: str | Path,
+        env: str | Path = DEFAULT_ENV,
+        *,
+        models: tuple[str, ...] = (MODEL_NAME,),
+        ready_timeout_s: float = 120.0,
+        grpc_port: int = 0,
+        http_port: int = 0,
+    ):
         """Ports 0: free ones, chosen at start."""
         self.repo, self.models, self.ready_timeout_s = Path(repo).resolve(), models, ready_timeout_s
         self.wanted_ports = {"http": http_port, "grpc": grpc_port}
@@ -69,15 +79,25 @@ class LocalTritonServer:
         self.log_path = self.workdir / "server.log"
         free = iter(_free_ports(2))
         self.ports = {name: port or next(free) for name, port in self.wanted_ports.items()}
-        command = [str(self.site / _PYTRITON / "bin" / "tritonserver"), f"--model-repository={self.repo}",
-                   f"--backend-directory={self._backends()}", "--model-control-mode=explicit",
-                   *[f"--load-model={m}" for m in self.models], "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
-                   f"--http-port={self.ports['http']}", f"--grpc-port={self.ports['grpc']}", "--allow-metrics=false",
-                   "--exit-on-error=true", "--strict-readiness=true"]
+        command = [
+            str(self.site / _PYTRITON / "bin" / "tritonserver"),
+            f"--model-repository={self.repo}",
+            f"--backend-directory={self._backends()}",
+            "--model-control-mode=explicit",
+            *[f"--load-model={m}" for m in self.models],
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            f"--http-port={self.ports['http']}",
+            f"--grpc-port={self.ports['grpc']}",
+            "--allow-metrics=false",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+        ]
         env = {**os.environ, "LD_LIBRARY_PATH": str(self.site / "nvidia_pytriton.libs")}
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         self._wait_ready()
 
     def stop(self) -> None:
@@ -108,7 +128,9 @@ class LocalTritonServer:
         urls = [f"http://{self.http_url}/v2/health/ready"]
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RepositoryError(f"tritonserver exited with code {self.process.returncode}: {_last_error(self.log())}")
+                raise RepositoryError(
+                    f"tritonserver exited with code {self.process.returncode}: {_last_error(self.log())}"
+                )
             if all(_ok(url) for url in urls):
                 return
             time.sleep(0.25)
@@ -141,7 +163,9 @@ def _last_error(log: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Serve a model repository with the Triton server from nvidia-pytriton.")
+    parser = argparse.ArgumentParser(
+        description="Serve a model repository with the Triton server from nvidia-pytriton."
+    )
     parser.add_argument("--repo", required=True)
     parser.add_argument("--env", default=str(DEFAULT_ENV), help="the environment holding nvidia-pytriton")
     parser.add_argument("--grpc-port", type=int, default=8001, help="0: a free one")
@@ -158,4 +182,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-

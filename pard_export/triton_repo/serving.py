@@ -41,8 +41,9 @@ def serve(session, work: Sequence[tuple[Request, Responder]]) -> None:
 def _serve_group(session, group: list[tuple[Request, Responder]]) -> None:
     requests = [request for request, _ in group]
     try:
-        events = session.stream_batch([r.prompt for r in requests], max_new_tokens=[r.max_tokens for r in requests],
-                                      **requests[0].settings())
+        events = session.stream_batch(
+            [r.prompt for r in requests], max_new_tokens=[r.max_tokens for r in requests], **requests[0].settings()
+        )
     except GenerationError as e:
         if len(group) > 1:  # find the request at fault: each alone
             for item in group:
@@ -55,7 +56,9 @@ def _serve_group(session, group: list[tuple[Request, Responder]]) -> None:
         for event in events:
             request, responder = group[event.row]
             if event.result is not None:
-                text, ids = (event.text, event.token_ids) if request.stream else (event.result.text, event.result.token_ids)
+                text, ids = (
+                    (event.text, event.token_ids) if request.stream else (event.result.text, event.result.token_ids)
+                )
                 responder.send(outputs(text, ids, event.result), final=True)
                 finished.add(event.row)
             elif request.stream and (event.text or event.token_ids):

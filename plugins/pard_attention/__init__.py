@@ -52,5 +52,15 @@ def sync_size(batch: int, seq: int, kv_heads: int, group: int) -> int:
     return batch * kv_heads * -(-seq * group // QUERY_BLOCK) * COUNTERS_PER_BLOCK
 
 
-__all__ = ["COUNTERS_PER_BLOCK", "DOMAIN", "MERGE_GROUPS", "OP_TYPE", "OPSET_VERSION", "PLUGIN_NAMESPACE",
-           "PLUGIN_VERSION", "QUERY_BLOCK", "pard_attention", "sync_size"]
+__all__ = [
+    "COUNTERS_PER_BLOCK",
+    "DOMAIN",
+    "MERGE_GROUPS",
+    "OP_TYPE",
+    "OPSET_VERSION",
+    "PLUGIN_NAMESPACE",
+    "PLUGIN_VERSION",
+    "QUERY_BLOCK",
+    "pard_attention",
+    "sync_size",
+]

@@ -24,12 +24,15 @@ class AotKernel:
         self._check(self._cuda.cuInit(0), "cuInit")
         self._module, self._function = ctypes.c_void_p(), ctypes.c_void_p()
         self._check(self._cuda.cuModuleLoadData(ctypes.byref(self._module), ctypes.c_char_p(ptx)), "cuModuleLoadData")
-        self._check(self._cuda.cuModuleGetFunction(ctypes.byref(self._function), self._module, name),
-                    "cuModuleGetFunction")
+        self._check(
+            self._cuda.cuModuleGetFunction(ctypes.byref(self._function), self._module, name), "cuModuleGetFunction"
+        )
         self.threads, self.shared = meta["num_warps"] * 32, meta["shared"]
         if self.shared > _DEFAULT_SHARED_LIMIT:
-            self._check(self._cuda.cuFuncSetAttribute(self._function, _MAX_DYNAMIC_SHARED_SIZE_BYTES, self.shared),
-                        "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")
+            self._check(
+                self._cuda.cuFuncSetAttribute(self._function, _MAX_DYNAMIC_SHARED_SIZE_BYTES, self.shared),
+                "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)",
+            )
 
     def __call__(self, grid: tuple[int, int, int], inputs, scalars, outputs, stream: int | None = None) -> None:
         """Launch on `stream` (a CUstream handle; None: torch's current stream): inputs and outputs are torch tensors
@@ -43,12 +46,22 @@ class AotKernel:
         values += [ctypes.c_uint64(t.data_ptr()) for t in outputs]
         params = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.byref(v), ctypes.c_void_p) for v in values])
         stream = ctypes.c_void_p(stream)
-        self._check(self._cuda.cuLaunchKernel(self._function, *(ctypes.c_uint(int(g)) for g in grid),
-                                              ctypes.c_uint(self.threads), ctypes.c_uint(1), ctypes.c_uint(1),
-                                              ctypes.c_uint(self.shared), stream, params, None), "cuLaunchKernel")
+        self._check(
+            self._cuda.cuLaunchKernel(
+                self._function,
+                *(ctypes.c_uint(int(g)) for g in grid),
+                ctypes.c_uint(self.threads),
+                ctypes.c_uint(1),
+                ctypes.c_uint(1),
+                ctypes.c_uint(self.shared),
+                stream,
+                params,
+                None,
+            ),
+            "cuLaunchKernel",
+        )
 
-    def attention(self, q, k_new, v_new, k_cache, v_cache, past_len, sync=None, stream: int | None = None,
-                  config=None):
+    def attention(self, q, k_new, v_new, k_cache, v_cache, past_len, sync=None, stream: int | None = None, config=None):
         """`triton_fused.pard_attention_fused`'s contract (caches updated in place; returns out) through this PTX,
         with the grid aot_impl gives it on this GPU, and counters (sync, or the per-device zeros buffer), scratch
         and out as TensorRT hands them over; launched on `stream` as __call__ is. config: the FusedConfig this PTX
@@ -65,10 +78,16 @@ class AotKernel:
         scratch = triton_fused.new_scratch(head_size, q.device)
         out = torch.empty_like(q)
         config = config or triton_fused.DEFAULT_CONFIG
-        grid = triton_fused.launch_grid(batch, seq, capacity, kv_heads, group, tensorrt_plugin.current_sm_count(),
-                                        config)
-        self(grid, (q, k_new, v_new, k_cache, v_cache, past_len, sync), (seq, capacity),
-             (out, k_cache, v_cache, sync, *scratch), stream)
+        grid = triton_fused.launch_grid(
+            batch, seq, capacity, kv_heads, group, tensorrt_plugin.current_sm_count(), config
+        )
+        self(
+            grid,
+            (q, k_new, v_new, k_cache, v_cache, past_len, sync),
+            (seq, capacity),
+            (out, k_cache, v_cache, sync, *scratch),
+            stream,
+        )
         return out
 
     def _check(self, status: int, call: str) -> None:

@@ -42,8 +42,10 @@ def _run(q, k_new, v_new, k_cache, v_cache, past_len, **attributes):
     k_cache, v_cache = np.array(k_cache, copy=True), np.array(v_cache, copy=True)  # the inputs are ORT's memory
     try:
         if q.shape[2] != attributes["num_q_heads"] or k_cache.shape[1] != attributes["num_kv_heads"]:
-            raise ValueError(f"q/k_cache have {q.shape[2]}/{k_cache.shape[1]} heads, the node says "
-                             f"{attributes['num_q_heads']}/{attributes['num_kv_heads']}")
+            raise ValueError(
+                f"q/k_cache have {q.shape[2]}/{k_cache.shape[1]} heads, the node says "
+                f"{attributes['num_q_heads']}/{attributes['num_kv_heads']}"
+            )
         out = pard_attention(q, k_new, v_new, k_cache, v_cache, past_len)
     except ValueError as e:
         # An exception escaping a Python op aborts the whole process (onnxruntime-extensions 0.15), so bad input

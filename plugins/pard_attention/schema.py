@@ -6,8 +6,18 @@ from __future__ import annotations
 import onnx
 from onnx.defs import OpSchema
 
-from . import (DOMAIN, INPUTS, INT_ATTRIBUTES, OP_TYPE, OPSET_VERSION, OUTPUTS, PLUGIN_NAMESPACE, PLUGIN_VERSION,
-               TRT_INPUTS, TRT_OUTPUTS)
+from . import (
+    DOMAIN,
+    INPUTS,
+    INT_ATTRIBUTES,
+    OP_TYPE,
+    OPSET_VERSION,
+    OUTPUTS,
+    PLUGIN_NAMESPACE,
+    PLUGIN_VERSION,
+    TRT_INPUTS,
+    TRT_OUTPUTS,
+)
 
 _FLOATS = ("tensor(float)", "tensor(float16)", "tensor(bfloat16)")
 _RANKS = {"q": 4, "k_new": 4, "v_new": 4, "k_cache": 4, "v_cache": 4, "past_len": 1, "sync": 1}
@@ -26,8 +36,13 @@ _DOCS = {
     "partial": "optional scratch: float32 [R, D], partial outputs of the key splits (R fixed; nobody reads it)",
     "partial_lse": "optional scratch: float32 [R], their log-sum-exps",
 }
-_TYPE_OF = {"past_len": "tensor(int32)", "sync": "tensor(int32)", "sync_out": "tensor(int32)",
-            "partial": "tensor(float)", "partial_lse": "tensor(float)"}
+_TYPE_OF = {
+    "past_len": "tensor(int32)",
+    "sync": "tensor(int32)",
+    "sync_out": "tensor(int32)",
+    "partial": "tensor(float)",
+    "partial_lse": "tensor(float)",
+}
 
 
 def register_schema() -> OpSchema:
@@ -39,12 +54,21 @@ def register_schema() -> OpSchema:
     return onnx.defs.get_schema(OP_TYPE, OPSET_VERSION, DOMAIN)
 
 
-def make_node(inputs: list[str], outputs: list[str], *, q_heads: int, kv_heads: int, head_size: int,
-              name: str) -> onnx.NodeProto:
+def make_node(
+    inputs: list[str], outputs: list[str], *, q_heads: int, kv_heads: int, head_size: int, name: str
+) -> onnx.NodeProto:
     """One PardAttention node wired to `inputs` (in INPUTS order) and `outputs` (in OUTPUTS order)."""
     return onnx.helper.make_node(
-        OP_TYPE, inputs, outputs, name=name, domain=DOMAIN, num_q_heads=q_heads, num_kv_heads=kv_heads,
-        head_size=head_size, plugin_namespace=PLUGIN_NAMESPACE, plugin_version=PLUGIN_VERSION,
+        OP_TYPE,
+        inputs,
+        outputs,
+        name=name,
+        domain=DOMAIN,
+        num_q_heads=q_heads,
+        num_kv_heads=kv_heads,
+        head_size=head_size,
+        plugin_namespace=PLUGIN_NAMESPACE,
+        plugin_version=PLUGIN_VERSION,
     )
 
 
@@ -90,19 +114,24 @@ def _infer(ctx) -> None:
     q_heads, kv_heads, head_size = (_int_attribute(ctx, name) for name in INT_ATTRIBUTES)
     if q_heads is not None and kv_heads and q_heads % kv_heads:
         raise onnx.shape_inference.InferenceError(
-            f"{OP_TYPE}: num_q_heads {q_heads} is not a multiple of num_kv_heads {kv_heads}")
+            f"{OP_TYPE}: num_q_heads {q_heads} is not a multiple of num_kv_heads {kv_heads}"
+        )
     names = INPUTS + TRT_INPUTS
     types = [ctx.get_input_type(i) if ctx.has_input(i) else None for i in range(len(names))]
     for name, tp in zip(names, types):
         if tp is not None and tp.tensor_type.HasField("shape") and len(tp.tensor_type.shape.dim) != _RANKS[name]:
             raise onnx.shape_inference.InferenceError(
-                f"{OP_TYPE}: input {name} has rank {len(tp.tensor_type.shape.dim)}, expected {_RANKS[name]}")
+                f"{OP_TYPE}: input {name} has rank {len(tp.tensor_type.shape.dim)}, expected {_RANKS[name]}"
+            )
     _check_dim(types[0], 2, q_heads, "q", "num_q_heads")
     _check_dim(types[0], 3, head_size, "q", "head_size")
     _check_dim(types[3], 1, kv_heads, "k_cache", "num_kv_heads")
     # out is shaped like q, each cache output like its cache input; the attributes fix the head dims.
-    for output, source, known in ((0, 0, {2: q_heads, 3: head_size}), (1, 3, {1: kv_heads, 3: head_size}),
-                                  (2, 4, {1: kv_heads, 3: head_size})):
+    for output, source, known in (
+        (0, 0, {2: q_heads, 3: head_size}),
+        (1, 3, {1: kv_heads, 3: head_size}),
+        (2, 4, {1: kv_heads, 3: head_size}),
+    ):
         if types[source] is not None:
             ctx.set_output_type(output, _with_dims(types[source], known))
     if ctx.has_output(3) and types[6] is not None:  # sync_out: like sync
@@ -133,5 +162,5 @@ def _check_dim(tp, axis: int, expected: int | None, name: str, attribute: str) -
     dim = tp.tensor_type.shape.dim[axis]
     if dim.HasField("dim_value") and dim.dim_value != expected:
         raise onnx.shape_inference.InferenceError(
-            f"{OP_TYPE}: {name} dim {axis} is {dim.dim_value}, {attribute} is {expected}")
-
+            f"{OP_TYPE}: {name} dim {axis} is {dim.dim_value}, {attribute} is {expected}"
+        )

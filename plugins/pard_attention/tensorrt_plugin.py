@@ -45,8 +45,9 @@ def io_types(dtype) -> str:
     return ",".join(_TRT_TYPE_NAMES[kind] for kind in kinds if kind.startswith("*"))
 
 
-def compile_kernel(dtype_name: str, q_heads: int, kv_heads: int, head_size: int, target: tuple[int, int] | None = None,
-                   config=None):
+def compile_kernel(
+    dtype_name: str, q_heads: int, kv_heads: int, head_size: int, target: tuple[int, int] | None = None, config=None
+):
     """Compile the fused kernel for one node (pointers 16-byte aligned): (kernel name, PTX, metadata dict with
     num_warps and shared bytes).
 
@@ -82,9 +83,11 @@ def fitting_tactics(dtype_name: str, q_heads: int, kv_heads: int, head_size: int
     a program; (1,) if none does, so that aot_impl names the problem. Compiled once per process and node kind."""
     from . import triton_fused
 
-    fitting = tuple(tactic for tactic, config in enumerate(triton_fused.TACTICS, start=1)
-                    if compile_kernel(dtype_name, q_heads, kv_heads, head_size, config=config)[2]["shared"]
-                    <= shared_limit)
+    fitting = tuple(
+        tactic
+        for tactic, config in enumerate(triton_fused.TACTICS, start=1)
+        if compile_kernel(dtype_name, q_heads, kv_heads, head_size, config=config)[2]["shared"] <= shared_limit
+    )
     return fitting or (1,)
 
 
@@ -128,8 +131,10 @@ def drop_hidden_params(ptx: str, kernel_name: str, count: int) -> str:
         raise ValueError(f"{kernel_name}: expected {count} parameters in its PTX, found {len(declared)}")
     for param in extra:
         if len(re.findall(rf"\b{param}\b", ptx)) != 1:
-            raise ValueError(f"{kernel_name} reads its hidden parameter {param} (scratch memory), which TensorRT's AOT "
-                             "launcher does not pass")
+            raise ValueError(
+                f"{kernel_name} reads its hidden parameter {param} (scratch memory), which TensorRT's AOT "
+                "launcher does not pass"
+            )
         ptx = re.sub(rf",?\s*\.param[^\n,]*\b{param}\b", "", ptx, count=1)
     return ptx
 
@@ -139,8 +144,12 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    import tensorrt  # noqa: F401  (ImportError when absent: the caller says how to install it)
-
+    try:
+        import tensorrt  # noqa: F401
+    except (ImportError, OSError) as e:  # PyPI's stub packages raise ImportError or OSError for the missing libraries
+        raise ImportError(
+            f"{PLUGIN_ID}'s TensorRT plugin needs TensorRT >= 10.9, which does not load here ({e})"
+        ) from e
     _define()
     _registered = True
 
@@ -154,43 +163,86 @@ def _define() -> None:
 
     @trtp.register(PLUGIN_ID)
     def pard_attention_desc(
-        q: trtp.TensorDesc, k_new: trtp.TensorDesc, v_new: trtp.TensorDesc, k_cache: trtp.TensorDesc,
-        v_cache: trtp.TensorDesc, past_len: trtp.TensorDesc, sync: trtp.TensorDesc, num_q_heads: int,
-        num_kv_heads: int, head_size: int,
+        q: trtp.TensorDesc,
+        k_new: trtp.TensorDesc,
+        v_new: trtp.TensorDesc,
+        k_cache: trtp.TensorDesc,
+        v_cache: trtp.TensorDesc,
+        past_len: trtp.TensorDesc,
+        sync: trtp.TensorDesc,
+        num_q_heads: int,
+        num_kv_heads: int,
+        head_size: int,
     ) -> Tuple[trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc]:
         import tensorrt as trt
 
         partial, partial_lse = triton_fused.scratch_shapes(head_size)
-        return (q.like(), k_cache.aliased(), v_cache.aliased(), sync.aliased(),
-                trtp.from_shape_expr(partial, dtype=trt.float32), trtp.from_shape_expr(partial_lse, dtype=trt.float32))
+        return (
+            q.like(),
+            k_cache.aliased(),
+            v_cache.aliased(),
+            sync.aliased(),
+            trtp.from_shape_expr(partial, dtype=trt.float32),
+            trtp.from_shape_expr(partial_lse, dtype=trt.float32),
+        )
 
     @trtp.autotune(PLUGIN_ID)
     def pard_attention_tactics(
-        q: trtp.TensorDesc, k_new: trtp.TensorDesc, v_new: trtp.TensorDesc, k_cache: trtp.TensorDesc,
-        v_cache: trtp.TensorDesc, past_len: trtp.TensorDesc, sync: trtp.TensorDesc, num_q_heads: int,
-        num_kv_heads: int, head_size: int, outputs: Tuple[trtp.TensorDesc],
+        q: trtp.TensorDesc,
+        k_new: trtp.TensorDesc,
+        v_new: trtp.TensorDesc,
+        k_cache: trtp.TensorDesc,
+        v_cache: trtp.TensorDesc,
+        past_len: trtp.TensorDesc,
+        sync: trtp.TensorDesc,
+        num_q_heads: int,
+        num_kv_heads: int,
+        head_size: int,
+        outputs: Tuple[trtp.TensorDesc],
     ) -> List[trtp.AutoTuneCombination]:
-        tactics = fitting_tactics(triton_dtype_name(q.dtype), num_q_heads, num_kv_heads, head_size,
-                                  current_max_shared_memory())
+        tactics = fitting_tactics(
+            triton_dtype_name(q.dtype), num_q_heads, num_kv_heads, head_size, current_max_shared_memory()
+        )
         return [trtp.AutoTuneCombination(io_types(q.dtype), "LINEAR", list(tactics))]
 
     @trtp.aot_impl(PLUGIN_ID)
     def pard_attention_aot(
-        q: trtp.TensorDesc, k_new: trtp.TensorDesc, v_new: trtp.TensorDesc, k_cache: trtp.TensorDesc,
-        v_cache: trtp.TensorDesc, past_len: trtp.TensorDesc, sync: trtp.TensorDesc, num_q_heads: int,
-        num_kv_heads: int, head_size: int, outputs: Tuple[trtp.TensorDesc], tactic: int,
+        q: trtp.TensorDesc,
+        k_new: trtp.TensorDesc,
+        v_new: trtp.TensorDesc,
+        k_cache: trtp.TensorDesc,
+        v_cache: trtp.TensorDesc,
+        past_len: trtp.TensorDesc,
+        sync: trtp.TensorDesc,
+        num_q_heads: int,
+        num_kv_heads: int,
+        head_size: int,
+        outputs: Tuple[trtp.TensorDesc],
+        tactic: int,
     ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
         config = triton_fused.tactic_config(tactic)
-        name, ptx, meta = compile_kernel(triton_dtype_name(q.dtype), num_q_heads, num_kv_heads, head_size,
-                                         config=config)
+        name, ptx, meta = compile_kernel(
+            triton_dtype_name(q.dtype), num_q_heads, num_kv_heads, head_size, config=config
+        )
         limit = current_max_shared_memory()
         if meta["shared"] > limit:  # else every launch in the plan would fail
-            raise ValueError(f"PardAttention (head size {head_size}) needs {meta['shared']} bytes of shared memory a "
-                             f"program; this GPU allows {limit}: lower num_stages in triton_fused.TACTICS")
+            raise ValueError(
+                f"PardAttention (head size {head_size}) needs {meta['shared']} bytes of shared memory a "
+                f"program; this GPU allows {limit}: lower num_stages in triton_fused.TACTICS"
+            )
         batch, seq, capacity = q.shape_expr[0], q.shape_expr[1], k_cache.shape_expr[2]
-        grid = triton_fused.launch_grid(batch, seq, capacity, num_kv_heads, num_q_heads // num_kv_heads,
-                                        current_sm_count(), config, cdiv=trtp.cdiv, minimum=trtp.min,
-                                        maximum=trtp.max)
+        grid = triton_fused.launch_grid(
+            batch,
+            seq,
+            capacity,
+            num_kv_heads,
+            num_q_heads // num_kv_heads,
+            current_sm_count(),
+            config,
+            cdiv=trtp.cdiv,
+            minimum=trtp.min,
+            maximum=trtp.max,
+        )
         launch = trtp.KernelLaunchParams()
         launch.grid_x, launch.grid_y, launch.grid_z = grid
         launch.block_x = meta["num_warps"] * 32
@@ -200,13 +252,31 @@ def _define() -> None:
         return name, ptx, launch, extra_args
 
     @trtp.impl(PLUGIN_ID)
-    def pard_attention_jit(q, k_new, v_new, k_cache, v_cache, past_len, sync, num_q_heads: int, num_kv_heads: int,
-                           head_size: int, outputs, stream: int, tactic: int) -> None:
+    def pard_attention_jit(
+        q,
+        k_new,
+        v_new,
+        k_cache,
+        v_cache,
+        past_len,
+        sync,
+        num_q_heads: int,
+        num_kv_heads: int,
+        head_size: int,
+        outputs,
+        stream: int,
+        tactic: int,
+    ) -> None:
         # Debugging only: Python at every enqueue. The caches and counters are aliased, so updates are in place.
         import torch
 
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
             inputs = [torch.as_tensor(t, device="cuda") for t in (q, k_new, v_new, k_cache, v_cache, past_len, sync)]
             out, _, _, _, partial, partial_lse = (torch.as_tensor(t, device="cuda") for t in outputs)
-            triton_fused.pard_attention_fused(*inputs[:6], config=triton_fused.tactic_config(tactic), sync=inputs[6],
-                                              scratch=(partial, partial_lse), out=out)
+            triton_fused.pard_attention_fused(
+                *inputs[:6],
+                config=triton_fused.tactic_config(tactic),
+                sync=inputs[6],
+                scratch=(partial, partial_lse),
+                out=out,
+            )

@@ -44,8 +44,8 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 from . import COUNTERS_PER_BLOCK, MERGE_GROUPS, QUERY_BLOCK, sync_size
-from .reference import check_shapes
 from .dtypes import triton_dtype_name
+from .reference import check_shapes
 from .triton_kernel import _add, _dot, _larger
 
 BLOCK_M = QUERY_BLOCK  # query rows (tokens x group heads) per program: fixed, since S is only known at run time
@@ -95,8 +95,19 @@ OUTPUTS = ("Out", "KCacheOut", "VCacheOut", "SyncOut", "Partial", "PartialLse")
 RUNTIME_ARGS = INPUTS + SCALARS + OUTPUTS
 
 
-def launch_grid(batch, seq, capacity, kv_heads: int, group: int, sm_count: int, config: FusedConfig = DEFAULT_CONFIG,
-                *, cdiv=triton.cdiv, minimum=builtins.min, maximum=builtins.max):
+def launch_grid(
+    batch,
+    seq,
+    capacity,
+    kv_heads: int,
+    group: int,
+    sm_count: int,
+    config: FusedConfig = DEFAULT_CONFIG,
+    *,
+    cdiv=triton.cdiv,
+    minimum=builtins.min,
+    maximum=builtins.max,
+):
     """(x, y, z) programs: B * Hkv (row, kv head) pairs, query blocks of BLOCK_M rows, and key splits: as many as a
     full cache may use, but no more than config.programs_per_sm programs per streaming multiprocessor ask for
     (rounded up, or down with config.splits_round_down). With tensorrt.plugin's cdiv, min and max it takes
@@ -123,8 +134,15 @@ def new_scratch(head_size: int, device) -> list[torch.Tensor]:
     return [torch.empty(shape, dtype=torch.float32, device=device) for shape in scratch_shapes(head_size)]
 
 
-def constexprs(q_heads: int, kv_heads: int, head_size: int, dtype_name: str, config: FusedConfig = DEFAULT_CONFIG, *,
-               interpreted: bool = False) -> dict:
+def constexprs(
+    q_heads: int,
+    kv_heads: int,
+    head_size: int,
+    dtype_name: str,
+    config: FusedConfig = DEFAULT_CONFIG,
+    *,
+    interpreted: bool = False,
+) -> dict:
     """The kernel's compile-time constants for one node (its attributes), dtype ("fp16", "bf16", "fp32") and
     config (its num_warps and num_stages are launch options, not constants)."""
     if q_heads % kv_heads:
@@ -132,12 +150,18 @@ def constexprs(q_heads: int, kv_heads: int, head_size: int, dtype_name: str, con
     if head_size < 16:
         raise ValueError(f"head size: expected at least 16 (tl.dot), found {head_size}")
     return {
-        "GROUP": q_heads // kv_heads, "KV_HEADS": kv_heads, "HEAD_D": head_size,
-        "BLOCK_D": triton.next_power_of_2(head_size), "BLOCK_M": BLOCK_M, "BLOCK_N": config.block_n,
+        "GROUP": q_heads // kv_heads,
+        "KV_HEADS": kv_heads,
+        "HEAD_D": head_size,
+        "BLOCK_D": triton.next_power_of_2(head_size),
+        "BLOCK_M": BLOCK_M,
+        "BLOCK_N": config.block_n,
         "SCALE_LOG2": math.log2(math.e) / math.sqrt(head_size),
         "MIN_KEYS": config.min_keys_per_split,
-        "SCRATCH_ROWS": SCRATCH_ROWS, "COUNTERS": COUNTERS_PER_BLOCK,
-        "MERGE_GROUPS": MERGE_GROUPS if config.merge_tree else 1, "MERGE_STAGES": config.merge_stages,
+        "SCRATCH_ROWS": SCRATCH_ROWS,
+        "COUNTERS": COUNTERS_PER_BLOCK,
+        "MERGE_GROUPS": MERGE_GROUPS if config.merge_tree else 1,
+        "MERGE_STAGES": config.merge_stages,
         "DOT_PRECISION": "ieee" if dtype_name == "fp32" else "tf32",
         "DOT_IN_FP32": dtype_name == "bf16" and interpreted,
     }
@@ -146,14 +170,33 @@ def constexprs(q_heads: int, kv_heads: int, head_size: int, dtype_name: str, con
 def signature(dtype_name: str) -> dict[str, str]:
     """Triton's signature of `pard_attention_fused_kernel`, in TensorRT's AOT order: inputs, int32 scalars,
     outputs (the cache and sync outputs alias their inputs), then the compile-time constants."""
-    types = {"PastLen": "*i32", "Sync": "*i32", "SyncOut": "*i32", "Partial": "*fp32", "PartialLse": "*fp32",
-             "seq": "i32", "capacity": "i32"}
+    types = {
+        "PastLen": "*i32",
+        "Sync": "*i32",
+        "SyncOut": "*i32",
+        "Partial": "*fp32",
+        "PartialLse": "*fp32",
+        "seq": "i32",
+        "capacity": "i32",
+    }
     runtime = {name: types.get(name, f"*{dtype_name}") for name in RUNTIME_ARGS}
     return {**runtime, **{name: "constexpr" for name in constexprs(1, 1, 16, dtype_name)}}
 
 
-def pard_attention_fused(q, k_new, v_new, k_cache, v_cache, past_len, *, config: FusedConfig = DEFAULT_CONFIG,
-                         sm_count=None, sync=None, scratch=None, out=None):
+def pard_attention_fused(
+    q,
+    k_new,
+    v_new,
+    k_cache,
+    v_cache,
+    past_len,
+    *,
+    config: FusedConfig = DEFAULT_CONFIG,
+    sm_count=None,
+    sync=None,
+    scratch=None,
+    out=None,
+):
     """Same contract as `triton_kernel.pard_attention` (caches updated in place; returns out), in one launch.
 
     config: the kernel variant (a TensorRT tactic); sm_count: the streaming multiprocessors split-K fills (None:
@@ -177,15 +220,32 @@ def pard_attention_fused(q, k_new, v_new, k_cache, v_cache, past_len, *, config:
     if sync is None:
         sync = zeroed_counters(q.device, counters)
     elif sync.dtype != torch.int32 or sync.numel() < counters:
-        raise ValueError(f"sync: expected at least {counters} int32 counters (sync_size), found {sync.numel()} "
-                         f"{sync.dtype}")
+        raise ValueError(
+            f"sync: expected at least {counters} int32 counters (sync_size), found {sync.numel()} {sync.dtype}"
+        )
     if scratch is None:
         scratch = new_scratch(head_size, q.device)
     out = torch.empty_like(q) if out is None else out
     grid = launch_grid(batch, seq, capacity, kv_heads, group, sm_count, config)
-    pard_attention_fused_kernel[grid](q, k_new, v_new, k_cache, v_cache, past_len, sync, seq, capacity,
-                                      out, k_cache, v_cache, sync, *scratch,
-                                      **consts, num_warps=config.num_warps, num_stages=config.num_stages)
+    pard_attention_fused_kernel[grid](
+        q,
+        k_new,
+        v_new,
+        k_cache,
+        v_cache,
+        past_len,
+        sync,
+        seq,
+        capacity,
+        out,
+        k_cache,
+        v_cache,
+        sync,
+        *scratch,
+        **consts,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
     return out
 
 
@@ -203,8 +263,9 @@ _COUNTERS: dict = {}
 
 
 @triton.jit
-def _online_step(q, k, v, visible, m_i, l_i, acc, SCALE_LOG2: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                 DOT_IN_FP32: tl.constexpr):
+def _online_step(
+    q, k, v, visible, m_i, l_i, acc, SCALE_LOG2: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr
+):
     """One key tile of the online softmax: visible [BLOCK_M, BLOCK_N] masks keys a query row may not see."""
     scores = _dot(q, tl.trans(k), DOT_PRECISION, DOT_IN_FP32) * SCALE_LOG2  # [BLOCK_M, BLOCK_N]
     scores = tl.where(visible, scores, float("-inf"))
@@ -242,8 +303,22 @@ def pard_attention_fused_kernel(
     cache_base = (b * KV_HEADS + kv_head) * capacity * HEAD_D  # caches [B, Hkv, Smax, D]
 
     if (q_block == 0) & (split == 0):
-        _write_new_rows(KNew, VNew, KCacheOut, VCacheOut, new_base, cache_base, past, seq, capacity, dims, dim_ok,
-                        new_row, HEAD_D, BLOCK_N)
+        _write_new_rows(
+            KNew,
+            VNew,
+            KCacheOut,
+            VCacheOut,
+            new_base,
+            cache_base,
+            past,
+            seq,
+            capacity,
+            dims,
+            dim_ok,
+            new_row,
+            HEAD_D,
+            BLOCK_N,
+        )
 
     # This block's keys: the cache's `past` rows, then new keys up to its last query token.
     n_keys = past + tl.minimum(seq - 1, ((q_block + 1) * BLOCK_M - 1) // GROUP) + 1
@@ -263,9 +338,30 @@ def pard_attention_fused_kernel(
         q = tl.load(Q + out_row[:, None] * HEAD_D + dims[None, :], mask=out_mask, other=0.0)  # [BLOCK_M, BLOCK_D]
         start = split * chunk
         end = tl.minimum(start + chunk, n_keys)
-        m_i, l_i, acc = _attend_keys(q, KNew, VNew, KCache, VCache, new_base, cache_base, past, start, end, token,
-                                     row_ok, dims, dim_ok, new_row, SCALE_LOG2, DOT_PRECISION, DOT_IN_FP32,
-                                     HEAD_D, BLOCK_M, BLOCK_N, BLOCK_D)
+        m_i, l_i, acc = _attend_keys(
+            q,
+            KNew,
+            VNew,
+            KCache,
+            VCache,
+            new_base,
+            cache_base,
+            past,
+            start,
+            end,
+            token,
+            row_ok,
+            dims,
+            dim_ok,
+            new_row,
+            SCALE_LOG2,
+            DOT_PRECISION,
+            DOT_IN_FP32,
+            HEAD_D,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+        )
         out_ptrs = Out + out_row[:, None] * HEAD_D + dims[None, :]
         part, lse = _normalised(acc, m_i, l_i)  # every real row sees key 0 when unsplit
         if splits == 1:
@@ -277,19 +373,61 @@ def pard_attention_fused_kernel(
             # group: compiled in, that code costs the default kernel register spills (benchmarks/kernel_resources.py)
             if MERGE_GROUPS == 1:
                 if _completes(tl.atomic_add(counters + 1, 1, sem="acq_rel", scope="gpu"), splits):
-                    part, lse = _merge_partials(part, lse, Partial, PartialLse, out_row * split_cap, splits, 1, split,
-                                                row_ok, out_mask, dims, HEAD_D, MERGE_STAGES)
+                    part, lse = _merge_partials(
+                        part,
+                        lse,
+                        Partial,
+                        PartialLse,
+                        out_row * split_cap,
+                        splits,
+                        1,
+                        split,
+                        row_ok,
+                        out_mask,
+                        dims,
+                        HEAD_D,
+                        MERGE_STAGES,
+                    )
                     tl.store(out_ptrs, part.to(Out.dtype.element_ty), mask=out_mask)
                     tl.atomic_xchg(counters + 1, 0, sem="relaxed", scope="gpu")  # zero for the next launch
             else:
-                _merge_in_two_levels(part, lse, Partial, PartialLse, out_ptrs, counters, out_row * split_cap, split,
-                                     splits, row_ok, out_mask, dims, HEAD_D, MERGE_GROUPS, MERGE_STAGES)
+                _merge_in_two_levels(
+                    part,
+                    lse,
+                    Partial,
+                    PartialLse,
+                    out_ptrs,
+                    counters,
+                    out_row * split_cap,
+                    split,
+                    splits,
+                    row_ok,
+                    out_mask,
+                    dims,
+                    HEAD_D,
+                    MERGE_GROUPS,
+                    MERGE_STAGES,
+                )
 
 
 @triton.jit
-def _merge_in_two_levels(part, lse, Partial, PartialLse, out_ptrs, counters, base_row, split, splits, row_ok,
-                         out_mask, dims, HEAD_D: tl.constexpr, MERGE_GROUPS: tl.constexpr,
-                         MERGE_STAGES: tl.constexpr):
+def _merge_in_two_levels(
+    part,
+    lse,
+    Partial,
+    PartialLse,
+    out_ptrs,
+    counters,
+    base_row,
+    split,
+    splits,
+    row_ok,
+    out_mask,
+    dims,
+    HEAD_D: tl.constexpr,
+    MERGE_GROUPS: tl.constexpr,
+    MERGE_STAGES: tl.constexpr,
+):
     """merge_tree: ~sqrt(splits) groups of consecutive splits. The last of a group to arrive merges the group and
     leaves the result in the group's first scratch rows; the last group to finish merges the groups' results."""
     groups = tl.minimum(tl.sqrt_rn(splits.to(tl.float32)).to(tl.int32), MERGE_GROUPS)  # floor: 1 .. MERGE_GROUPS
@@ -299,16 +437,42 @@ def _merge_in_two_levels(part, lse, Partial, PartialLse, out_ptrs, counters, bas
     first = group * group_size
     members = tl.minimum(group_size, splits - first)
     if _completes(tl.atomic_add(counters + 1 + group, 1, sem="acq_rel", scope="gpu"), members):  # group's last
-        part, lse = _merge_partials(part, lse, Partial, PartialLse, base_row + first, members, 1, split - first,
-                                    row_ok, out_mask, dims, HEAD_D, MERGE_STAGES)
+        part, lse = _merge_partials(
+            part,
+            lse,
+            Partial,
+            PartialLse,
+            base_row + first,
+            members,
+            1,
+            split - first,
+            row_ok,
+            out_mask,
+            dims,
+            HEAD_D,
+            MERGE_STAGES,
+        )
         tl.atomic_xchg(counters + 1 + group, 0, sem="relaxed", scope="gpu")  # zero for the next launch
         if groups == 1:
             tl.store(out_ptrs, part.to(out_ptrs.dtype.element_ty), mask=out_mask)
         else:
             _store_partial(Partial, PartialLse, base_row + first, part, lse, row_ok, out_mask, dims, HEAD_D)
             if _completes(tl.atomic_add(counters, 1, sem="acq_rel", scope="gpu"), groups):  # the last group
-                part, lse = _merge_partials(part, lse, Partial, PartialLse, base_row, groups, group_size, group,
-                                            row_ok, out_mask, dims, HEAD_D, MERGE_STAGES)
+                part, lse = _merge_partials(
+                    part,
+                    lse,
+                    Partial,
+                    PartialLse,
+                    base_row,
+                    groups,
+                    group_size,
+                    group,
+                    row_ok,
+                    out_mask,
+                    dims,
+                    HEAD_D,
+                    MERGE_STAGES,
+                )
                 tl.store(out_ptrs, part.to(out_ptrs.dtype.element_ty), mask=out_mask)
                 tl.atomic_xchg(counters, 0, sem="relaxed", scope="gpu")
 
@@ -321,8 +485,22 @@ def _completes(before, count):
 
 
 @triton.jit
-def _write_new_rows(KNew, VNew, KCacheOut, VCacheOut, new_base, cache_base, past, seq, capacity, dims, dim_ok,
-                    new_row, HEAD_D: tl.constexpr, BLOCK_N: tl.constexpr):
+def _write_new_rows(
+    KNew,
+    VNew,
+    KCacheOut,
+    VCacheOut,
+    new_base,
+    cache_base,
+    past,
+    seq,
+    capacity,
+    dims,
+    dim_ok,
+    new_row,
+    HEAD_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """Copy the S new rows of one (row, kv head) into the caches at rows past..past+S-1 (those that fit)."""
     for start in range(0, seq, BLOCK_N):
         tokens = start + tl.arange(0, BLOCK_N)
@@ -334,9 +512,30 @@ def _write_new_rows(KNew, VNew, KCacheOut, VCacheOut, new_base, cache_base, past
 
 
 @triton.jit
-def _attend_keys(q, KNew, VNew, KCache, VCache, new_base, cache_base, past, start, end, token, row_ok, dims,
-                 dim_ok, new_row, SCALE_LOG2: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
-                 HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _attend_keys(
+    q,
+    KNew,
+    VNew,
+    KCache,
+    VCache,
+    new_base,
+    cache_base,
+    past,
+    start,
+    end,
+    token,
+    row_ok,
+    dims,
+    dim_ok,
+    new_row,
+    SCALE_LOG2: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+    HEAD_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """Online softmax over keys [start, end): cached ones (< past) from the cache, new ones from k_new/v_new."""
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.full([BLOCK_M], 0.0, tl.float32)
@@ -349,8 +548,9 @@ def _attend_keys(q, KNew, VNew, KCache, VCache, new_base, cache_base, past, star
         offsets = cache_base + keys.to(tl.int64)[:, None] * HEAD_D + dims[None, :]
         k = tl.load(KCache + offsets, mask=kv_mask, other=0.0)
         v = tl.load(VCache + offsets, mask=kv_mask, other=0.0)
-        m_i, l_i, acc = _online_step(q, k, v, key_ok[None, :] & row_ok[:, None], m_i, l_i, acc,
-                                     SCALE_LOG2, DOT_PRECISION, DOT_IN_FP32)
+        m_i, l_i, acc = _online_step(
+            q, k, v, key_ok[None, :] & row_ok[:, None], m_i, l_i, acc, SCALE_LOG2, DOT_PRECISION, DOT_IN_FP32
+        )
     for tile in range(tl.maximum(start, past), end, BLOCK_N):  # new keys, causal: token t sees new keys 0..t
         keys = tile + tl.arange(0, BLOCK_N)
         key_ok = keys < end
@@ -372,8 +572,21 @@ def _store_partial(Partial, PartialLse, part_row, part, lse, row_ok, out_mask, d
 
 
 @triton.jit
-def _merge_partials(part, lse, Partial, PartialLse, base_row, count, stride, own, row_ok, out_mask, dims,
-                    HEAD_D: tl.constexpr, MERGE_STAGES: tl.constexpr):
+def _merge_partials(
+    part,
+    lse,
+    Partial,
+    PartialLse,
+    base_row,
+    count,
+    stride,
+    own,
+    row_ok,
+    out_mask,
+    dims,
+    HEAD_D: tl.constexpr,
+    MERGE_STAGES: tl.constexpr,
+):
     """Merge `count` normalised partials, at scratch rows base_row + i * stride, by base-2 log-sum-exp weights:
     number `own` is (part, lse), already in registers; the others are read. Returns the merged (part, lse).
     ".cg" loads read L2, where the other programs' partials are, never a stale L1 line. (Loading every weight
@@ -383,12 +596,32 @@ def _merge_partials(part, lse, Partial, PartialLse, base_row, count, stride, own
     acc = part * total[:, None]
     if MERGE_STAGES > 0:
         for step in tl.range(1, count, num_stages=MERGE_STAGES):
-            m, total, acc = _merge_step(m, total, acc, Partial, PartialLse, base_row + ((own + step) % count) * stride,
-                                        row_ok, out_mask, dims, HEAD_D)
+            m, total, acc = _merge_step(
+                m,
+                total,
+                acc,
+                Partial,
+                PartialLse,
+                base_row + ((own + step) % count) * stride,
+                row_ok,
+                out_mask,
+                dims,
+                HEAD_D,
+            )
     else:
         for step in range(1, count):
-            m, total, acc = _merge_step(m, total, acc, Partial, PartialLse, base_row + ((own + step) % count) * stride,
-                                        row_ok, out_mask, dims, HEAD_D)
+            m, total, acc = _merge_step(
+                m,
+                total,
+                acc,
+                Partial,
+                PartialLse,
+                base_row + ((own + step) % count) * stride,
+                row_ok,
+                out_mask,
+                dims,
+                HEAD_D,
+            )
     return _normalised(acc, m, total)
 
 
@@ -405,8 +638,7 @@ def _normalised(acc, m, total):
 def _merge_step(m, total, acc, Partial, PartialLse, part_row, row_ok, out_mask, dims, HEAD_D: tl.constexpr):
     """Add the partial at scratch rows part_row to the running (max, weight sum, weighted sum)."""
     lse = tl.load(PartialLse + part_row, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
-    part = tl.load(Partial + part_row[:, None] * HEAD_D + dims[None, :], mask=out_mask, other=0.0,
-                   cache_modifier=".cg")
+    part = tl.load(Partial + part_row[:, None] * HEAD_D + dims[None, :], mask=out_mask, other=0.0, cache_modifier=".cg")
     m_new = tl.maximum(m, lse)
     shift = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m - shift)

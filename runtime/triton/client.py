@@ -1,7 +1,7 @@
 """Ask the `pard` model for text over gRPC, streamed as it is generated (tritonclient's gRPC streaming API).
 
-    pip install 'tritonclient[grpc]'
-    python runtime/triton/client.py --url 127.0.0.1:8001 --prompt "What is PARD?" --max-tokens 64 [--no-stream]
+pip install 'tritonclient[grpc]'
+python runtime/triton/client.py --url 127.0.0.1:8001 --prompt "What is PARD?" --max-tokens 64 [--no-stream]
 """
 
 from __future__ import annotations
@@ -15,10 +15,24 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-TYPES = {"text_input": "BYTES", "input_ids": "INT32", "max_tokens": "INT32", "temperature": "FP32", "top_p": "FP32",
-         "top_k": "INT32", "seed": "UINT64", "stream": "BOOL", "chat": "BOOL"}
-METRICS = ("finish_reason", "acceptance_rate", "total_accepted_draft_tokens", "total_draft_tokens",
-           "mean_accepted_tokens")
+TYPES = {
+    "text_input": "BYTES",
+    "input_ids": "INT32",
+    "max_tokens": "INT32",
+    "temperature": "FP32",
+    "top_p": "FP32",
+    "top_k": "INT32",
+    "seed": "UINT64",
+    "stream": "BOOL",
+    "chat": "BOOL",
+}
+METRICS = (
+    "finish_reason",
+    "acceptance_rate",
+    "total_accepted_draft_tokens",
+    "total_draft_tokens",
+    "mean_accepted_tokens",
+)
 
 
 def request_inputs(values: dict) -> list[grpcclient.InferInput]:
@@ -29,7 +43,9 @@ def request_inputs(values: dict) -> list[grpcclient.InferInput]:
         if TYPES[name] == "BYTES":
             array = np.array([[str(value).encode()]], dtype=np.object_)
         else:
-            array = array.astype({"INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64, "BOOL": np.bool_}[TYPES[name]])
+            array = array.astype(
+                {"INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64, "BOOL": np.bool_}[TYPES[name]]
+            )
         tensor = grpcclient.InferInput(name, list(array.shape), TYPES[name])
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
@@ -89,12 +105,20 @@ def main() -> None:
     parser.add_argument("--no-stream", action="store_true")
     parser.add_argument("--wait-s", type=float, default=60.0, help="how long to wait for the server to be ready")
     args = parser.parse_args()
-    values = {"text_input": args.prompt, "max_tokens": args.max_tokens, "temperature": args.temperature,
-              "stream": not args.no_stream, "chat": args.chat}
+    values = {
+        "text_input": args.prompt,
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "stream": not args.no_stream,
+        "chat": args.chat,
+    }
     wait_until_ready(args.url, args.wait_s)
     reply = generate(args.url, values, on_piece=lambda piece: print(piece, end="", flush=True))
-    print(f"\n[{reply['finish_reason']}; mean accepted tokens {reply['mean_accepted_tokens']:.2f}, "
-          f"acceptance {reply['acceptance_rate']:.2f}]", file=sys.stderr)
+    print(
+        f"\n[{reply['finish_reason']}; mean accepted tokens {reply['mean_accepted_tokens']:.2f}, "
+        f"acceptance {reply['acceptance_rate']:.2f}]",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,13 @@ def test_engine_directory_and_manifest(tiny_pair, engine):
     assert (manifest.format, manifest.k, manifest.mask_token_id) == ("pard-export/1", 4, tiny_models.MASK)
     assert manifest.vocab_size == tiny_models.VOCAB and manifest.eos_token_ids == (tiny_models.EOS,)
     assert manifest.max_seq_len == 512  # the tiny target's max_position_embeddings
-    assert set(manifest.files) >= {"target.onnx", "target.onnx.data", "draft.onnx", "draft.onnx.data", "tokenizer/tokenizer.json"}
+    assert set(manifest.files) >= {
+        "target.onnx",
+        "target.onnx.data",
+        "draft.onnx",
+        "draft.onnx.data",
+        "tokenizer/tokenizer.json",
+    }
     assert manifest.tools["onnxruntime"] == ort.__version__
     sizes = tiny_models.TARGET_SIZE, tiny_models.DRAFT_SIZE
     assert manifest.models[TARGET].io == target_spec(sizes[0]["num_hidden_layers"], 2, 16, tiny_models.VOCAB)
@@ -101,13 +107,33 @@ def test_hub_ids_through_the_offline_cache(tiny_pair, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
     exe = str(Path(sys.executable).with_name("pard-export"))
     out = tmp_path / "e"
-    done = subprocess.run([exe, "build", "--target", "tiny-org/target", "--draft", "tiny-org/pard-draft", "--k", "2",
-                           "--out", str(out), "--quiet"], capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [
+            exe,
+            "build",
+            "--target",
+            "tiny-org/target",
+            "--draft",
+            "tiny-org/pard-draft",
+            "--k",
+            "2",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["models"]["target"]["source"] == "tiny-org/target"
-    missing = subprocess.run([exe, "build", "--target", "tiny-org/absent", "--draft", "tiny-org/pard-draft",
-                              "--out", str(tmp_path / "x")], capture_output=True, text=True, env=env)
+    missing = subprocess.run(
+        [exe, "build", "--target", "tiny-org/absent", "--draft", "tiny-org/pard-draft", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
     assert "cannot load tiny-org/absent" in missing.stderr
     assert not (tmp_path / "x").exists()

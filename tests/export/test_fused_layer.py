@@ -19,8 +19,10 @@ def test_fused_weights_transpose_and_concatenate():
     names = ["q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"]
     shapes = {"q_proj.weight": (8, 6), "k_proj.weight": (4, 6), "v_proj.weight": (4, 6), "o_proj.weight": (6, 8)}
     weights = {f"model.layers.0.self_attn.{n}": torch.randn(*shapes[n], generator=g) for n in names}
-    weights |= {f"model.layers.0.self_attn.{n.replace('weight', 'bias')}": torch.randn(shapes[n][0], generator=g)
-                for n in names[:3]}
+    weights |= {
+        f"model.layers.0.self_attn.{n.replace('weight', 'bias')}": torch.randn(shapes[n][0], generator=g)
+        for n in names[:3]
+    }
     weights |= {f"model.layers.0.mlp.{n}.weight": torch.randn(5, 6, generator=g) for n in ("gate_proj", "up_proj")}
     weights["model.layers.0.mlp.down_proj.weight"] = torch.randn(6, 5, generator=g)
     weights["model.embed_tokens.weight"] = torch.randn(3, 6, generator=g)
@@ -33,8 +35,10 @@ def test_fused_weights_transpose_and_concatenate():
     x = torch.randn(2, 6, generator=g)
     separate = [x @ weights[f"{prefix}self_attn.{n}"].T for n in names[:3]]
     assert torch.allclose(x @ qkv, torch.cat(separate, -1), atol=1e-6)
-    assert torch.equal(fused[prefix + fused_layer.QKV_BIAS], torch.cat([weights[f"{prefix}self_attn.{n}.bias"]
-                                                                       for n in ("q_proj", "k_proj", "v_proj")]))
+    assert torch.equal(
+        fused[prefix + fused_layer.QKV_BIAS],
+        torch.cat([weights[f"{prefix}self_attn.{n}.bias"] for n in ("q_proj", "k_proj", "v_proj")]),
+    )
     assert torch.equal(fused[prefix + fused_layer.DOWN], weights[prefix + "mlp.down_proj.weight"].T)
     assert not [n for n in fused if n.startswith(prefix) and n.endswith("proj.weight")]  # the originals are gone
     assert torch.equal(fused["model.embed_tokens.weight"], weights["model.embed_tokens.weight"])

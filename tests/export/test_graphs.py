@@ -9,7 +9,16 @@ import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
 import tiny_models
-from pard_export.contract import ATTENTION_MASK, DRAFT_IDS, DRAFT_LOGITS, INPUT_IDS, LOGITS, POSITION_IDS, past_name, present_name
+from pard_export.contract import (
+    ATTENTION_MASK,
+    DRAFT_IDS,
+    DRAFT_LOGITS,
+    INPUT_IDS,
+    LOGITS,
+    POSITION_IDS,
+    past_name,
+    present_name,
+)
 
 K = 4
 TOL = 1e-4
@@ -53,7 +62,9 @@ def test_target_graph_matches_torch(arch, batch, new, past, tiny_pair, engine):
     prefix = torch.randint(4, tiny_models.VOCAB, (batch, past), generator=gen)
     tokens = torch.randint(4, tiny_models.VOCAB, (batch, new), generator=gen)
     model, past_kv, logits, kv = _reference(target, prefix, tokens)
-    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, _feeds(model, past_kv, prefix, tokens))))
+    outputs = dict(
+        zip([o.name for o in session.get_outputs()], session.run(None, _feeds(model, past_kv, prefix, tokens)))
+    )
     assert np.abs(outputs[LOGITS] - logits).max() <= TOL
     for i, (key, value) in enumerate(kv):
         assert np.abs(outputs[present_name(i, "key")] - key).max() <= TOL
@@ -70,7 +81,9 @@ def test_draft_graph_appends_masks_and_drops_their_kv(arch, batch, new, past, ti
     tokens = torch.randint(4, tiny_models.VOCAB, (batch, new), generator=gen)
     with_masks = torch.cat([tokens, torch.full((batch, K - 1), tiny_models.MASK)], 1)
     model, past_kv, logits, kv = _reference(draft, prefix, with_masks)
-    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, _feeds(model, past_kv, prefix, tokens))))
+    outputs = dict(
+        zip([o.name for o in session.get_outputs()], session.run(None, _feeds(model, past_kv, prefix, tokens)))
+    )
     expected_logits = logits[:, -K:, : tiny_models.VOCAB]
     assert np.abs(outputs[DRAFT_LOGITS] - expected_logits).max() <= TOL
     assert (outputs[DRAFT_IDS] == expected_logits.argmax(-1)).all()

@@ -41,7 +41,11 @@ def test_draft_graph_maps_head_rows_to_target_ids(trimmed_draft, engine):
     with torch.no_grad():
         expected = draft(input_ids=torch.tensor([ids + [tiny_models.MASK] * 3])).logits[0, -4:]
     session = ort.InferenceSession(str(out / "draft.onnx"), providers=["CPUExecutionProvider"])
-    feeds = {"input_ids": np.array([ids]), "position_ids": np.arange(5)[None], "attention_mask": np.ones((1, 5), np.int64)}
+    feeds = {
+        "input_ids": np.array([ids]),
+        "position_ids": np.arange(5)[None],
+        "attention_mask": np.ones((1, 5), np.int64),
+    }
     for inp in session.get_inputs()[3:]:
         feeds[inp.name] = np.zeros((1, inp.shape[1], 0, inp.shape[3]), np.float32)
     draft_ids, logits = session.run(["draft_ids", "draft_logits"], feeds)
@@ -63,7 +67,11 @@ def test_trimmed_draft_is_lossless(trimmed_draft, engine, references, mode):
 def test_trimmed_draft_samples_only_head_ids(trimmed_draft, engine):
     target, draft_dir = trimmed_draft
     session = Session(engine(target, draft_dir, 4, with_ar_draft=True, attention="plain"))
-    results = [session.generate([5, 17, 42], max_new_tokens=24, temperature=1.0, seed=seed, draft_sampling=True,
-                                mode="pard-fixed") for seed in range(4)]
+    results = [
+        session.generate(
+            [5, 17, 42], max_new_tokens=24, temperature=1.0, seed=seed, draft_sampling=True, mode="pard-fixed"
+        )
+        for seed in range(4)
+    ]
     assert all(r.stats.drafted_tokens > 0 and r.token_ids for r in results)
     assert sum(r.stats.accepted_drafts for r in results) > 0  # -inf outside the head still samples and verifies

@@ -68,8 +68,15 @@ def _plain(session, layers, shape, prefix, new):
     """Outputs of `new` after `prefix` through a plain graph: (outputs by name, present caches)."""
     b, kv_heads, head_dim = shape
     kv = [np.zeros((b, kv_heads, 0, head_dim), np.float32) for _ in range(2 * layers)]
-    outputs, kv, _ = _steps(session, prefix, new, kv, _names(past_name, layers), _names(present_name, layers),
-                            lambda start, s: {ATTENTION_MASK: np.ones((b, start + s), np.int64)})
+    outputs, kv, _ = _steps(
+        session,
+        prefix,
+        new,
+        kv,
+        _names(past_name, layers),
+        _names(present_name, layers),
+        lambda start, s: {ATTENTION_MASK: np.ones((b, start + s), np.int64)},
+    )
     return outputs, kv
 
 
@@ -77,16 +84,25 @@ def _plugin(session, layers, shape, prefix, new, capacity):
     """The same through a plugin graph: (outputs by name, each cache's first P+S rows)."""
     b, kv_heads, head_dim = shape
     kv = [np.zeros((b, kv_heads, capacity, head_dim), np.float32) for _ in range(2 * layers)]
-    outputs, kv, length = _steps(session, prefix, new, kv, _names(kv_cache_name, layers),
-                                 _names(kv_cache_out_name, layers), lambda start, s: {PAST_LEN: np.full(b, start, np.int32)})
+    outputs, kv, length = _steps(
+        session,
+        prefix,
+        new,
+        kv,
+        _names(kv_cache_name, layers),
+        _names(kv_cache_out_name, layers),
+        lambda start, s: {PAST_LEN: np.full(b, start, np.int32)},
+    )
     return outputs, [t[:, :, :length] for t in kv]
 
 
 def _sessions(engines, role):
     plain, plugin = engines
     entry = read_manifest(plugin).models[role]
-    sessions = (ort.InferenceSession(str(plain / f"{role}.onnx")),
-                inference_session(plugin / f"{role}.onnx", ort.SessionOptions(), ["CPUExecutionProvider"]))
+    sessions = (
+        ort.InferenceSession(str(plain / f"{role}.onnx")),
+        inference_session(plugin / f"{role}.onnx", ort.SessionOptions(), ["CPUExecutionProvider"]),
+    )
     return sessions, entry.layers, entry.kv_heads, entry.head_dim
 
 

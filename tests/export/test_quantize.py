@@ -16,17 +16,22 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from runtime.test_sampling import CONCENTRATED, STOPPED, _warp_reference, sample_pairs, tv_and_bound
+from test_cli import _fails_cleanly
 
 import tiny_models
 from pard_export.cli import main
 from pard_export.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, PLAIN, POSITION_IDS, TARGET
 from pard_export.errors import EngineError, PardExportError
-from pard_export.export.quantize import (DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK_SIZE, gemms_as_matmuls, quant_scheme,
-                                         quantize_graph)
+from pard_export.export.quantize import (
+    DEFAULT_ACCURACY_LEVEL,
+    DEFAULT_BLOCK_SIZE,
+    gemms_as_matmuls,
+    quant_scheme,
+    quantize_graph,
+)
 from pard_export.manifest import read_manifest
 from pard_export.runtime import Session
-from runtime.test_sampling import CONCENTRATED, STOPPED, _warp_reference, sample_pairs, tv_and_bound
-from test_cli import _fails_cleanly
 
 build_module = importlib.import_module("pard_export.export.build")
 NEW_TOKENS = 24
@@ -49,17 +54,30 @@ def _synthetic(path: Path | None = None, trans_a: int = 0) -> onnx.ModelProto:
     }
     nodes = [
         helper.make_node("Gather", ["E", "ids"], ["embedded"], name="prologue/node_embedding"),
-        helper.make_node("Gemm", ["x", "W1", "b1"], ["h1"], name="layers.0/node_linear", transA=trans_a, transB=1,
-                         alpha=0.5, beta=2.0),
+        helper.make_node(
+            "Gemm",
+            ["x", "W1", "b1"],
+            ["h1"],
+            name="layers.0/node_linear",
+            transA=trans_a,
+            transB=1,
+            alpha=0.5,
+            beta=2.0,
+        ),
         helper.make_node("Gemm", ["h1", "W2"], ["h2"], name="layers.0/node_linear_1"),
         helper.make_node("Gemm", ["h2", "E"], ["logits"], name="head/node_linear", transB=1),
     ]
     graph = helper.make_graph(
-        nodes, "synthetic",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [M, K]),
-         helper.make_tensor_value_info("ids", TensorProto.INT64, [2])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [M, V]),
-         helper.make_tensor_value_info("embedded", TensorProto.FLOAT, [2, K])],
+        nodes,
+        "synthetic",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [M, K]),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, [2]),
+        ],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [M, V]),
+            helper.make_tensor_value_info("embedded", TensorProto.FLOAT, [2, K]),
+        ],
         [numpy_helper.from_array(array, name) for name, array in weights.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
@@ -122,10 +140,24 @@ def test_quantize_graph_rewrites_the_file_in_place(tmp_path, keep_head_float):
 # --- engines ------------------------------------------------------------------------------------------------------
 
 QUANTIZED = [  # (arch, k, build options): each engine also covers other options, so three builds cover them all
-    ("qwen3", 1, dict(quantize="int8", quant_accuracy_level=0, attention=PLAIN)),  # the draft ties its head to its embedding
+    (
+        "qwen3",
+        1,
+        dict(quantize="int8", quant_accuracy_level=0, attention=PLAIN),
+    ),  # the draft ties its head to its embedding
     ("qwen2", 3, dict(quantize="int4")),  # q/k/v biases: MatMul + Add
-    ("llama", 8, dict(quantize="int4", draft_quantize="none", keep_head_float=True, quant_block_size=16,
-                      quant_accuracy_level=0, attention=PLAIN)),
+    (
+        "llama",
+        8,
+        dict(
+            quantize="int4",
+            draft_quantize="none",
+            keep_head_float=True,
+            quant_block_size=16,
+            quant_accuracy_level=0,
+            attention=PLAIN,
+        ),
+    ),
 ]
 
 
@@ -146,9 +178,12 @@ def test_the_graphs_and_the_manifest(arch, k, options, tiny_pair, engine):
     target, draft = tiny_pair(arch)
     root = engine(target, draft, k, **options)
     manifest = read_manifest(root)
-    scheme = quant_scheme(options["quantize"], keep_head_float=options.get("keep_head_float", False),
-                          block_size=options.get("quant_block_size", DEFAULT_BLOCK_SIZE),
-                          accuracy_level=options.get("quant_accuracy_level", DEFAULT_ACCURACY_LEVEL))
+    scheme = quant_scheme(
+        options["quantize"],
+        keep_head_float=options.get("keep_head_float", False),
+        block_size=options.get("quant_block_size", DEFAULT_BLOCK_SIZE),
+        accuracy_level=options.get("quant_accuracy_level", DEFAULT_ACCURACY_LEVEL),
+    )
     quantized_roles = {"target", "draft"} if options.get("draft_quantize") != "none" else {"target"}
     assert manifest.quantization == {role: scheme.to_dict() for role in quantized_roles}
     assert not [p for p in root.iterdir() if p.name.endswith(".tmp")]
@@ -164,7 +199,9 @@ def test_the_graphs_and_the_manifest(arch, k, options, tiny_pair, engine):
         size = tiny_models.TARGET_SIZE if role == TARGET else tiny_models.DRAFT_SIZE
         # per layer q, k, v, o, gate, up, down; the inplace flavour fuses q/k/v
         linears = 7 if options.get("attention") == PLAIN else 5
-        assert ops.count("MatMulNBits") == linears * size["num_hidden_layers"] + (not options.get("keep_head_float")), role
+        assert ops.count("MatMulNBits") == linears * size["num_hidden_layers"] + (not options.get("keep_head_float")), (
+            role
+        )
 
 
 def test_engines_built_before_quantization_still_load(tiny_pair, engine, tmp_path):
@@ -194,11 +231,24 @@ def sampling_engine(tmp_path_factory, engine):
     tokenizer = tiny_models.make_word_tokenizer(VOCAB)
 
     def model(name, mask_id):
-        return tiny_models.make_model(root / name, "llama", dict(tiny_models.TARGET_SIZE), seed=5, tokenizer=tokenizer,
-                                      mask_id=mask_id, vocab_rows=VOCAB)
+        return tiny_models.make_model(
+            root / name,
+            "llama",
+            dict(tiny_models.TARGET_SIZE),
+            seed=5,
+            tokenizer=tokenizer,
+            mask_id=mask_id,
+            vocab_rows=VOCAB,
+        )
 
-    return engine(model("target", None), model("copy", tiny_models.MASK), SAMPLING_K, quantize="int4",
-                  quant_accuracy_level=0, attention=PLAIN)
+    return engine(
+        model("target", None),
+        model("copy", tiny_models.MASK),
+        SAMPLING_K,
+        quantize="int4",
+        quant_accuracy_level=0,
+        attention=PLAIN,
+    )
 
 
 def _last_logits(root: Path, sequences: list[list[int]]) -> torch.Tensor:
@@ -239,17 +289,21 @@ def test_sampling_keeps_the_quantized_targets_distribution(sampling_engine):
 
 # --- bad input ------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("flags, match", [
-    (["--quantize", "int3"], "argument --quantize: invalid choice: 'int3'"),
-    (["--draft-quantize", "fp8"], "argument --draft-quantize: invalid choice: 'fp8'"),
-    (["--quantize", "int4", "--backend", "tensorrt", "--dtype", "float16"], "use --backend onnxruntime"),
-    (["--quantize", "int4", "--backend", "tensorrt"], "use --backend onnxruntime"),
-    (["--quantize", "int4", "--quant-block-size", "48"], "power of two, at least 16"),
-    (["--quantize", "int4", "--quant-block-size", "8"], "power of two, at least 16"),
-    (["--quantize", "int8", "--quant-accuracy-level", "5"], "between 0 and 4"),
-    (["--keep-head-float"], "add --quantize"),
-    (["--quantize", "int4", "--attention", "plain"], "use --attention inplace or --quant-accuracy-level 0"),
-])
+
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--quantize", "int3"], "argument --quantize: invalid choice: 'int3'"),
+        (["--draft-quantize", "fp8"], "argument --draft-quantize: invalid choice: 'fp8'"),
+        (["--quantize", "int4", "--backend", "tensorrt", "--dtype", "float16"], "use --backend onnxruntime"),
+        (["--quantize", "int4", "--backend", "tensorrt"], "use --backend onnxruntime"),
+        (["--quantize", "int4", "--quant-block-size", "48"], "power of two, at least 16"),
+        (["--quantize", "int4", "--quant-block-size", "8"], "power of two, at least 16"),
+        (["--quantize", "int8", "--quant-accuracy-level", "5"], "between 0 and 4"),
+        (["--keep-head-float"], "add --quantize"),
+        (["--quantize", "int4", "--attention", "plain"], "use --attention inplace or --quant-accuracy-level 0"),
+    ],
+)
 def test_bad_quantization_flags(capsys, tmp_path, tiny_pair, flags, match):
     target, draft = tiny_pair("llama")
     out = tmp_path / "o"
@@ -259,9 +313,11 @@ def test_bad_quantization_flags(capsys, tmp_path, tiny_pair, flags, match):
 
 def test_default_out_names_quantized_engines_apart():
     def suffix(quantize, draft_quantize=None):
-        return build_module._quant_suffix(build_module._quant_schemes("onnxruntime", "inplace", quantize,
-                                                                      draft_quantize, False, DEFAULT_BLOCK_SIZE,
-                                                                      DEFAULT_ACCURACY_LEVEL))
+        return build_module._quant_suffix(
+            build_module._quant_schemes(
+                "onnxruntime", "inplace", quantize, draft_quantize, False, DEFAULT_BLOCK_SIZE, DEFAULT_ACCURACY_LEVEL
+            )
+        )
 
     assert suffix(None) == ""
     assert suffix("int4") == "-int4"
@@ -277,6 +333,7 @@ def test_cli_help_states_the_api_defaults(capsys):
 
 
 # --- the real model -------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_smollm2_int4_pard_equals_ar(tmp_path):

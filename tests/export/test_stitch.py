@@ -16,7 +16,8 @@ def _add_block() -> onnx.ModelProto:
     c = helper.make_tensor("c", TensorProto.FLOAT, [1], [1.0])
     nodes = [helper.make_node("Add", ["io.x", "io.w"], ["t"]), helper.make_node("Add", ["t", "c"], ["io.y"])]
     graph = helper.make_graph(
-        nodes, "block",
+        nodes,
+        "block",
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("io.x", "io.w")],
         [helper.make_tensor_value_info("io.y", TensorProto.FLOAT, [2])],
         initializer=[c],

@@ -11,7 +11,16 @@ import onnx
 import pytest
 
 from pard_export.contract import (
-    ATTENTION_MASK, BATCH, INPUT_IDS, PAST_LEN, SEQUENCE, TOTAL, GraphSpec, TensorSpec, draft_spec, target_spec,
+    ATTENTION_MASK,
+    BATCH,
+    INPUT_IDS,
+    PAST_LEN,
+    SEQUENCE,
+    TOTAL,
+    GraphSpec,
+    TensorSpec,
+    draft_spec,
+    target_spec,
 )
 from pard_export.errors import BackendUnavailableError, PardExportError, TrtBuildError
 from pard_export.export import tensorrt_build as tb
@@ -25,8 +34,24 @@ SETTINGS = tb.TrtBuildSettings(k=4, max_batch=8, prefill_chunk=128, max_seq_len=
 def test_cli_without_tensorrt_exits_2_with_one_line_and_writes_nothing(tiny_pair, tmp_path):
     target, draft = tiny_pair("llama")
     out = tmp_path / "engines" / "trt"
-    command = [sys.executable, "-m", "pard_export.cli", "build", "--target", str(target), "--draft", str(draft),
-               "--k", "4", "--backend", "tensorrt", "--dtype", "float16", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "pard_export.cli",
+        "build",
+        "--target",
+        str(target),
+        "--draft",
+        str(draft),
+        "--k",
+        "4",
+        "--backend",
+        "tensorrt",
+        "--dtype",
+        "float16",
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"pard-export build: error: {TENSORRT_MISSING}"]
@@ -85,7 +110,11 @@ def test_every_runtime_shape_lies_in_a_profile():
     step, prefill = tb.optimization_profiles(draft_spec(1, 1, 16, 320, 4), SETTINGS).values()
 
     def shapes(batch, seq, past):
-        return {INPUT_IDS: (batch, seq), ATTENTION_MASK: (batch, past + seq), "past_key_values.0.key": (batch, 1, past, 16)}
+        return {
+            INPUT_IDS: (batch, seq),
+            ATTENTION_MASK: (batch, past + seq),
+            "past_key_values.0.key": (batch, 1, past, 16),
+        }
 
     assert tb.within(step, shapes(1, 1, 1023))  # decode at the very end of the cache
     assert tb.within(step, shapes(8, 5, 0)) and not tb.within(step, shapes(8, 6, 0))
@@ -108,7 +137,9 @@ def test_plugin_flavour_inputs_are_data_not_code():
 
 
 def test_a_short_chunk_gives_one_profile():
-    spec = GraphSpec("target", (TensorSpec(INPUT_IDS, "int64", (BATCH, SEQUENCE)), TensorSpec("m", "int64", (BATCH, TOTAL))), ())
+    spec = GraphSpec(
+        "target", (TensorSpec(INPUT_IDS, "int64", (BATCH, SEQUENCE)), TensorSpec("m", "int64", (BATCH, TOTAL))), ()
+    )
     settings = tb.TrtBuildSettings(k=8, prefill_chunk=4, max_seq_len=64)
     assert list(tb.optimization_profiles(spec, settings)) == ["step"]
 
@@ -132,11 +163,21 @@ def _plugin_graph(path):
     inputs += [onnx.helper.make_tensor_value_info(n, f16, [1, 2, 8, 16]) for n in ("kc", "vc")]
     inputs += [onnx.helper.make_tensor_value_info("past_len", onnx.TensorProto.INT32, [1])]
     outputs = [onnx.helper.make_tensor_value_info(n, f16, None) for n in ("out", "kco", "vco")]
-    node = onnx.helper.make_node("PardAttention", ["q", "k", "v", "kc", "vc", "past_len"], ["out", "kco", "vco"],
-                                 domain="pard", num_q_heads=2, num_kv_heads=2, head_size=16, plugin_namespace="pard",
-                                 plugin_version="1")
+    node = onnx.helper.make_node(
+        "PardAttention",
+        ["q", "k", "v", "kc", "vc", "past_len"],
+        ["out", "kco", "vco"],
+        domain="pard",
+        num_q_heads=2,
+        num_kv_heads=2,
+        head_size=16,
+        plugin_namespace="pard",
+        plugin_version="1",
+    )
     graph = onnx.helper.make_graph([node], "g", inputs, outputs)
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 21), onnx.helper.make_opsetid("pard", 1)])
+    model = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", 21), onnx.helper.make_opsetid("pard", 1)]
+    )
     onnx.save(model, path)
     return path
 
@@ -148,10 +189,15 @@ def test_rtx_and_lint_fail_loudly_on_a_graph_they_cannot_run(tmp_path):
         tb.build_rtx_plan(path, [], "SM89")
     lint = tb.lint_onnx(path, {})  # an unregistered custom op: a warning, never clean
     assert lint.ok and not lint.clean and "PardAttention" in lint.entries[0]["message"]
-    bad = onnx.helper.make_graph([onnx.helper.make_node("MatMul", ["a", "b"], ["c"])], "bad",
-                                 [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [2, 3]),
-                                  onnx.helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [4, 5])],
-                                 [onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, None)])
+    bad = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "bad",
+        [
+            onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [2, 3]),
+            onnx.helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [4, 5]),
+        ],
+        [onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, None)],
+    )
     onnx.save(onnx.helper.make_model(bad, opset_imports=[onnx.helper.make_opsetid("", 21)]), tmp_path / "bad.onnx")
     lint = tb.lint_onnx(tmp_path / "bad.onnx", {})
     assert not lint.ok and lint.failing and "matrix multiplication" in lint.entries[0]["message"]
@@ -168,8 +214,13 @@ def test_build_plan_with_tensorrt(tiny_pair, engine, tmp_path):
     target, draft = tiny_pair("llama")
     root = engine(target, draft, 4, attention="plain")
     manifest = read_manifest(root)
-    settings = tb.TrtBuildSettings(k=4, max_batch=2, prefill_chunk=32, max_seq_len=manifest.max_seq_len,
-                                   timing_cache=tmp_path / "timing.cache")
-    size = tb.build_plan(root / "target.onnx", tmp_path / "target.plan",
-                         tb.optimization_profiles(manifest.models["target"].io, settings), settings)
+    settings = tb.TrtBuildSettings(
+        k=4, max_batch=2, prefill_chunk=32, max_seq_len=manifest.max_seq_len, timing_cache=tmp_path / "timing.cache"
+    )
+    size = tb.build_plan(
+        root / "target.onnx",
+        tmp_path / "target.plan",
+        tb.optimization_profiles(manifest.models["target"].io, settings),
+        settings,
+    )
     assert size == (tmp_path / "target.plan").stat().st_size > 0 and (tmp_path / "timing.cache").is_file()

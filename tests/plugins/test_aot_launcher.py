@@ -22,8 +22,13 @@ class _FakeCuda:
         def call(*args):
             self.calls.append((name, args))
             if name == "cuLaunchKernel":  # read the argument block now: the driver copies it during the call
-                self.launch_params = [(ctypes.cast(p, ctypes.POINTER(ctypes.c_uint64)).contents.value,
-                                       ctypes.cast(p, ctypes.POINTER(ctypes.c_int32)).contents.value) for p in args[9]]
+                self.launch_params = [
+                    (
+                        ctypes.cast(p, ctypes.POINTER(ctypes.c_uint64)).contents.value,
+                        ctypes.cast(p, ctypes.POINTER(ctypes.c_int32)).contents.value,
+                    )
+                    for p in args[9]
+                ]
             if name == "cuGetErrorString":
                 ctypes.cast(args[1], ctypes.POINTER(ctypes.c_char_p))[0] = b"CUDA_ERROR_INVALID_VALUE"
                 return 0
@@ -38,17 +43,18 @@ class _FakeCuda:
 def _kernel(monkeypatch, shared, fail=None):
     fake = _FakeCuda(fail)
     monkeypatch.setattr(aot_launcher.ctypes, "CDLL", lambda path: fake if path == "libcuda.so.1" else None)
-    return aot_launcher.AotKernel(b"pard_attention_fused_kernel", b".version 8.0 // ptx", {"num_warps": 4,
-                                                                                           "shared": shared}), fake
+    return aot_launcher.AotKernel(
+        b"pard_attention_fused_kernel", b".version 8.0 // ptx", {"num_warps": 4, "shared": shared}
+    ), fake
 
 
 def test_launch_passes_pointers_then_int32_scalars_then_outputs(monkeypatch):
     kernel, fake = _kernel(monkeypatch, shared=114688)
     assert [args[0:1] for args in fake.named("cuInit")] == [(0,)]
-    (_, ptx), = fake.named("cuModuleLoadData")
+    ((_, ptx),) = fake.named("cuModuleLoadData")
     assert ptx.value == b".version 8.0 // ptx"
     assert fake.named("cuModuleGetFunction")[0][2] == b"pard_attention_fused_kernel"
-    (_, attribute, value), = fake.named("cuFuncSetAttribute")  # over 48 KiB: the launch must opt in
+    ((_, attribute, value),) = fake.named("cuFuncSetAttribute")  # over 48 KiB: the launch must opt in
     assert (attribute, value) == (8, 114688)
 
     inputs = [torch.zeros(4) for _ in range(7)]

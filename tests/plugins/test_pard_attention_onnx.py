@@ -29,8 +29,14 @@ def one_node_model(q_heads=4, kv_heads=2, head_size=8, dims=("B", "S", "C")) -> 
         vi("past_len", TensorProto.INT32, [b]),
     ]
     outputs = [vi(name, TensorProto.FLOAT, [None] * 4) for name in ("out", "k_cache_out", "v_cache_out")]
-    node = make_node([i.name for i in inputs], [o.name for o in outputs], q_heads=q_heads, kv_heads=kv_heads,
-                     head_size=head_size, name="attention")
+    node = make_node(
+        [i.name for i in inputs],
+        [o.name for o in outputs],
+        q_heads=q_heads,
+        kv_heads=kv_heads,
+        head_size=head_size,
+        name="attention",
+    )
     graph = onnx.helper.make_graph([node], "one_node", inputs, outputs)
     return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18), opset_import()])
 
@@ -40,15 +46,29 @@ def test_schema_registers_once_and_describes_the_plugin_node():
     assert (first.name, first.domain, first.since_version) == (again.name, again.domain, again.since_version)
     assert (first.name, first.domain) == (OP_TYPE, DOMAIN)
     assert [i.name for i in first.inputs] == ["q", "k_new", "v_new", "k_cache", "v_cache", "past_len", "sync"]
-    assert [o.name for o in first.outputs] == ["out", "k_cache_out", "v_cache_out", "sync_out", "partial",
-                                               "partial_lse"]
+    assert [o.name for o in first.outputs] == [
+        "out",
+        "k_cache_out",
+        "v_cache_out",
+        "sync_out",
+        "partial",
+        "partial_lse",
+    ]
     optional = onnx.defs.OpSchema.FormalParameterOption.Optional  # the TensorRT form's extras only
     assert [p.name for p in (*first.inputs, *first.outputs) if p.option == optional] == [
-        "sync", "sync_out", "partial", "partial_lse"]
+        "sync",
+        "sync_out",
+        "partial",
+        "partial_lse",
+    ]
     assert {"num_q_heads", "num_kv_heads", "head_size", "plugin_namespace", "plugin_version"} <= set(first.attributes)
     node = one_node_model().graph.node[0]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    assert (node.domain, attrs["plugin_namespace"], attrs["plugin_version"]) == (DOMAIN, PLUGIN_NAMESPACE.encode(), PLUGIN_VERSION.encode())
+    assert (node.domain, attrs["plugin_namespace"], attrs["plugin_version"]) == (
+        DOMAIN,
+        PLUGIN_NAMESPACE.encode(),
+        PLUGIN_VERSION.encode(),
+    )
 
 
 def test_checker_and_shape_inference_accept_the_node():
@@ -56,8 +76,10 @@ def test_checker_and_shape_inference_accept_the_node():
     model = one_node_model()
     onnx.checker.check_model(model, full_check=True)
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in (*inferred.graph.output, *inferred.graph.value_info)}
+    shapes = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in (*inferred.graph.output, *inferred.graph.value_info)
+    }
     assert shapes["out"] == ["B", "S", 4, 8]
     assert shapes["k_cache_out"] == shapes["v_cache_out"] == ["B", 2, "C", 8]
 
@@ -89,8 +111,11 @@ def random_inputs(seed, batch=2, seq=3, q_heads=4, kv_heads=2, head_size=8, capa
     rng = np.random.default_rng(seed)
     f = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
     return {
-        "q": f(batch, seq, q_heads, head_size), "k": f(batch, seq, kv_heads, head_size), "v": f(batch, seq, kv_heads, head_size),
-        "k_cache": f(batch, kv_heads, capacity, head_size), "v_cache": f(batch, kv_heads, capacity, head_size),
+        "q": f(batch, seq, q_heads, head_size),
+        "k": f(batch, seq, kv_heads, head_size),
+        "v": f(batch, seq, kv_heads, head_size),
+        "k_cache": f(batch, kv_heads, capacity, head_size),
+        "v_cache": f(batch, kv_heads, capacity, head_size),
         "past_len": np.array(past, dtype=np.int32),
     }
 
@@ -104,7 +129,9 @@ def test_onnxruntime_op_equals_the_reference(tmp_path, seq, heads):
     before = {name: array.copy() for name, array in feeds.items()}
     out, k_cache, v_cache = session.run(None, feeds)
     expected_k, expected_v = before["k_cache"].copy(), before["v_cache"].copy()
-    expected = reference.pard_attention(before["q"], before["k"], before["v"], expected_k, expected_v, before["past_len"])
+    expected = reference.pard_attention(
+        before["q"], before["k"], before["v"], expected_k, expected_v, before["past_len"]
+    )
     np.testing.assert_allclose(out, expected, atol=1e-6)
     np.testing.assert_array_equal(k_cache, expected_k)
     np.testing.assert_array_equal(v_cache, expected_v)

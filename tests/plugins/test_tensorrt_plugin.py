@@ -17,9 +17,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from plugins.pard_attention import reference, tensorrt_plugin  # noqa: E402
 from pard_export.errors import BackendUnavailableError  # noqa: E402
 from pard_export.tensorrt_support import tensorrt_available  # noqa: E402
+from plugins.pard_attention import reference, tensorrt_plugin  # noqa: E402
 
 from .test_pard_attention import TOLERANCE, as_numpy, error, make_inputs  # noqa: E402
 
@@ -70,20 +70,25 @@ def test_fused_kernel_bfloat16():
     assert error(out.float().cpu().numpy(), expected, torch.bfloat16) <= TOLERANCE[torch.bfloat16]
 
 
-@pytest.mark.parametrize("seq, q_heads, kv_heads, head_dim, past, dtype", [
-    (1, 4, 2, 16, (0, 300), torch.float32),  # decode: one row splits, the other does not
-    (9, 8, 2, 32, (200, 70), torch.float16),  # verify: splits that end inside the new tokens
-    (20, 8, 1, 16, (3, 150), torch.float32),  # two query blocks, each with its own counter
-])
-def test_fused_kernel_split_k_merges_in_kernel_and_leaves_the_counters_at_zero(seq, q_heads, kv_heads, head_dim,
-                                                                              past, dtype):
+@pytest.mark.parametrize(
+    "seq, q_heads, kv_heads, head_dim, past, dtype",
+    [
+        (1, 4, 2, 16, (0, 300), torch.float32),  # decode: one row splits, the other does not
+        (9, 8, 2, 32, (200, 70), torch.float16),  # verify: splits that end inside the new tokens
+        (20, 8, 1, 16, (3, 150), torch.float32),  # two query blocks, each with its own counter
+    ],
+)
+def test_fused_kernel_split_k_merges_in_kernel_and_leaves_the_counters_at_zero(
+    seq, q_heads, kv_heads, head_dim, past, dtype
+):
     """sm_count 64 and splits of >= 16 keys: rows of 100+ keys are cut into 64-key splits whose last finisher merges
     them. The output must still equal the reference, and every counter must be back at zero."""
     kernel = fused()
     inputs = make_inputs(seq, q_heads, kv_heads, head_dim, dtype=dtype, past=past, device=DEVICE)
     expected = reference.pard_attention(*as_numpy(inputs))
-    sync = torch.zeros(kernel.sync_size(len(past), seq, kv_heads, q_heads // kv_heads) + 3, dtype=torch.int32,
-                       device=DEVICE)
+    sync = torch.zeros(
+        kernel.sync_size(len(past), seq, kv_heads, q_heads // kv_heads) + 3, dtype=torch.int32, device=DEVICE
+    )
     config = kernel.FusedConfig(min_keys_per_split=16)
     out = kernel.pard_attention_fused(*inputs, config=config, sm_count=64, sync=sync)
     assert error(out.float().cpu().numpy(), expected, dtype) <= TOLERANCE[dtype]
@@ -101,8 +106,12 @@ def test_fused_kernel_splits_less_rather_than_write_past_its_fixed_scratch(monke
     guard = 64  # rows past the scratch that must stay NaN
     partial = torch.full((scratch_rows + guard, 32), float("nan"), device=DEVICE)
     partial_lse = torch.full((scratch_rows + guard,), float("nan"), device=DEVICE)
-    out = kernel.pard_attention_fused(*inputs, config=kernel.FusedConfig(min_keys_per_split=16), sm_count=64,
-                                      scratch=(partial[:scratch_rows], partial_lse[:scratch_rows]))
+    out = kernel.pard_attention_fused(
+        *inputs,
+        config=kernel.FusedConfig(min_keys_per_split=16),
+        sm_count=64,
+        scratch=(partial[:scratch_rows], partial_lse[:scratch_rows]),
+    )
     assert error(out.float().cpu().numpy(), expected, torch.float32) <= TOLERANCE[torch.float32]
     assert partial[scratch_rows:].isnan().all() and partial_lse[scratch_rows:].isnan().all()
     assert partial_lse[:scratch_rows].isnan().all() == (scratch_rows < 144)  # used only where splitting fits
@@ -130,7 +139,11 @@ def shuffled_programs(monkeypatch):
 
 
 MERGE_OPTIONS = [  # the default merge, then the merge and split options of the tactics, and all of them at once
-    {}, dict(merge_tree=True), dict(merge_stages=2), dict(merge_tree=True, merge_stages=2, splits_round_down=True)]
+    {},
+    dict(merge_tree=True),
+    dict(merge_stages=2),
+    dict(merge_tree=True, merge_stages=2, splits_round_down=True),
+]
 
 
 @pytest.mark.parametrize("options", MERGE_OPTIONS, ids=lambda o: ",".join(o) or "defaults")
@@ -270,7 +283,7 @@ def test_tactics_are_distinct_configs_with_the_defaults_first():
     from benchmarks.gpu_checks import FUSED_TUNING_CONFIGS  # the GPU run times every tactic
 
     tuned = [dataclasses.replace(kernel.DEFAULT_CONFIG, **changes) for changes in FUSED_TUNING_CONFIGS]
-    assert tuned[:len(kernel.TACTICS)] == list(kernel.TACTICS)
+    assert tuned[: len(kernel.TACTICS)] == list(kernel.TACTICS)
 
 
 @pytest.mark.parametrize("tactic", range(1, 1 + TACTIC_COUNT))
@@ -296,16 +309,24 @@ def test_plugin_attributes_and_outputs_match_the_onnx_node():
     names_in = pard_attention.INPUTS + pard_attention.TRT_INPUTS
     names_out = pard_attention.OUTPUTS + pard_attention.TRT_OUTPUTS
     assert [(names_out[o], names_in[i]) for o, i in tensorrt_plugin.ALIASED_OUTPUTS.items()] == [
-        ("k_cache_out", "k_cache"), ("v_cache_out", "v_cache"), ("sync_out", "sync")]
+        ("k_cache_out", "k_cache"),
+        ("v_cache_out", "v_cache"),
+        ("sync_out", "sync"),
+    ]
     assert tuple(tensorrt_plugin.ATTRIBUTES) == pard_attention.INT_ATTRIBUTES
     assert tensorrt_plugin.triton_dtype_name("float16") == "fp16"
 
 
 def test_register_without_tensorrt_is_a_clear_error():
+    """The op package raises ImportError (it knows nothing of pard_export); the build turns that into its one line."""
     if tensorrt_available():
         pytest.skip("TensorRT is installed here")
-    with pytest.raises(BackendUnavailableError, match="TensorRT is not installed"):
+    with pytest.raises(ImportError, match="pard::PardAttention's TensorRT plugin needs TensorRT >= 10.9"):
         tensorrt_plugin.register()
+    from pard_export.export.tensorrt_build import _register_plugins
+
+    with pytest.raises(BackendUnavailableError, match="TensorRT is not installed"):
+        _register_plugins()
 
 
 _COMPILE = """
@@ -375,7 +396,9 @@ def test_drop_hidden_params_keeps_the_launcher_arguments_only():
     trimmed = tensorrt_plugin.drop_hidden_params(SYNTHETIC_PTX.replace("{body}", ""), "k", 2)
     assert "k_param_1\n)" in trimmed and "k_param_2" not in trimmed and "k_param_3" not in trimmed
     with pytest.raises(ValueError, match="scratch"):  # a kernel that reads a hidden pointer cannot be trimmed
-        tensorrt_plugin.drop_hidden_params(SYNTHETIC_PTX.replace("{body}", "\tld.param.u64 \t%rd2, [k_param_3];\n"), "k", 2)
+        tensorrt_plugin.drop_hidden_params(
+            SYNTHETIC_PTX.replace("{body}", "\tld.param.u64 \t%rd2, [k_param_3];\n"), "k", 2
+        )
     with pytest.raises(ValueError, match="expected 5 parameters"):
         tensorrt_plugin.drop_hidden_params(SYNTHETIC_PTX.replace("{body}", ""), "k", 5)
 

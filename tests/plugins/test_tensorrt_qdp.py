@@ -87,8 +87,15 @@ def _stand_in_core() -> _CoreModule:
     return trt
 
 
-_OPERATIONS = {"SUM": operator.add, "SUB": operator.sub, "PROD": operator.mul, "FLOOR_DIV": operator.floordiv,
-               "CEIL_DIV": lambda a, b: -(-a // b), "MIN": min, "MAX": max}
+_OPERATIONS = {
+    "SUM": operator.add,
+    "SUB": operator.sub,
+    "PROD": operator.mul,
+    "FLOOR_DIV": operator.floordiv,
+    "CEIL_DIV": lambda a, b: -(-a // b),
+    "MIN": min,
+    "MAX": max,
+}
 
 
 def _expression_builder(trt):
@@ -118,8 +125,9 @@ def qdp(monkeypatch):
     folder = _qdp_folder()
     trt = _stand_in_core()
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    spec = importlib.util.spec_from_file_location("tensorrt.plugin", folder / "__init__.py",
-                                                  submodule_search_locations=[str(folder)])
+    spec = importlib.util.spec_from_file_location(
+        "tensorrt.plugin", folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
     plugin = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "tensorrt.plugin", plugin)
     for name in [m for m in sys.modules if m.startswith("tensorrt.plugin.")]:
@@ -166,14 +174,22 @@ def test_tensorrts_plugin_layer_builds_every_tactic_of_a_llama_node(qdp):
     creator = plugin._lib.QDP_CREATORS[tensorrt_plugin.PLUGIN_ID]
     # the ONNX parser passes the node's attributes in the creator's field order (the register signature's)
     fields = [_field("num_q_heads", q_heads), _field("num_kv_heads", kv_heads), _field("head_size", head)]
-    node = creator.create_plugin("PardAttention", "pard", fields, trt.TensorRTPhase.BUILD,
-                                 trt.QuickPluginCreationRequest.PREFER_AOT)
+    node = creator.create_plugin(
+        "PardAttention", "pard", fields, trt.TensorRTPhase.BUILD, trt.QuickPluginCreationRequest.PREFER_AOT
+    )
     assert isinstance(node, plugin._plugin_class._TemplateAOTPlugin)
 
     half, int32, fp32 = trt.DataType.HALF, trt.DataType.INT32, trt.DataType.FLOAT
     input_types = [half] * 5 + [int32, int32]
-    input_shapes = [(batch, seq, q_heads, head), (batch, seq, kv_heads, head), (batch, seq, kv_heads, head),
-                    (batch, kv_heads, capacity, head), (batch, kv_heads, capacity, head), (batch,), (4096,)]
+    input_shapes = [
+        (batch, seq, q_heads, head),
+        (batch, seq, kv_heads, head),
+        (batch, seq, kv_heads, head),
+        (batch, kv_heads, capacity, head),
+        (batch, kv_heads, capacity, head),
+        (batch,),
+        (4096,),
+    ]
     output_types = node.get_output_data_types(input_types, [len(s) for s in input_shapes])
     assert output_types == [half, half, half, int32, fp32, fp32]
     assert {o: i for o, i in node.aliased_map.items() if i >= 0} == tensorrt_plugin.ALIASED_OUTPUTS
@@ -213,8 +229,13 @@ def test_tensorrts_plugin_layer_builds_every_tactic_of_a_llama_node(qdp):
 def test_a_node_whose_attributes_are_missing_is_refused_by_name(qdp):
     creator = qdp.plugin._lib.QDP_CREATORS[tensorrt_plugin.PLUGIN_ID]
     with pytest.raises(AssertionError, match="Unexpected attribute num_heads"):
-        creator.create_plugin("PardAttention", "pard", [_field("num_heads", 32)], qdp.trt.TensorRTPhase.BUILD,
-                              qdp.trt.QuickPluginCreationRequest.PREFER_AOT)
+        creator.create_plugin(
+            "PardAttention",
+            "pard",
+            [_field("num_heads", 32)],
+            qdp.trt.TensorRTPhase.BUILD,
+            qdp.trt.QuickPluginCreationRequest.PREFER_AOT,
+        )
 
 
 class _Scalars:
@@ -235,12 +256,20 @@ def _llama_node(qdp, monkeypatch, shared_limit):
     monkeypatch.setattr(tensorrt_plugin, "current_max_shared_memory", lambda: shared_limit)
     creator = plugin._lib.QDP_CREATORS[tensorrt_plugin.PLUGIN_ID]
     fields = [_field("num_q_heads", 32), _field("num_kv_heads", 8), _field("head_size", 128)]
-    node = creator.create_plugin("PardAttention", "pard", fields, trt.TensorRTPhase.BUILD,
-                                 trt.QuickPluginCreationRequest.PREFER_AOT)
+    node = creator.create_plugin(
+        "PardAttention", "pard", fields, trt.TensorRTPhase.BUILD, trt.QuickPluginCreationRequest.PREFER_AOT
+    )
     half, int32 = trt.DataType.HALF, trt.DataType.INT32
     input_types = [half] * 5 + [int32, int32]
-    input_shapes = [(8, 9, 32, 128), (8, 9, 8, 128), (8, 9, 8, 128), (8, 8, 8208, 128), (8, 8, 8208, 128), (8,),
-                    (4096,)]
+    input_shapes = [
+        (8, 9, 32, 128),
+        (8, 9, 8, 128),
+        (8, 9, 8, 128),
+        (8, 8, 8208, 128),
+        (8, 8, 8208, 128),
+        (8,),
+        (4096,),
+    ]
     output_types = node.get_output_data_types(input_types, [len(s) for s in input_shapes])
     dim, builder = _expression_builder(trt)
     output_exprs = node.get_output_shapes([[dim(d) for d in shape] for shape in input_shapes], [], builder)
@@ -253,7 +282,9 @@ def _llama_node(qdp, monkeypatch, shared_limit):
 
 def test_only_tactics_whose_shared_memory_the_gpu_has_are_offered(qdp, monkeypatch):
     small_tiles = 1 + triton_fused.TACTICS.index(triton_fused.FusedConfig(block_n=32))
-    node, _, _ = _llama_node(qdp, monkeypatch, 48 * 1024)  # the stand-in compile: 32 KiB for 32-key tiles, 64 KiB for 64-key ones
+    node, _, _ = _llama_node(
+        qdp, monkeypatch, 48 * 1024
+    )  # the stand-in compile: 32 KiB for 32-key tiles, 64 KiB for 64-key ones
     assert node.get_valid_tactics() == [small_tiles]
 
 

@@ -14,6 +14,7 @@ def record_graph_calls(session: Session, monkeypatch) -> dict[str, list[tuple[in
     """Wrap every graph's `run`: per role, (new tokens S, whether it computed logits) of each real call."""
     calls = {role: [] for role in session._caches}
     for role, cache in session._caches.items():
+
         def run(feeds, skip=(), _run=cache.graph.run, _calls=calls[role]):
             _calls.append((feeds[INPUT_IDS].shape[1], LOGITS not in skip))
             return _run(feeds, skip)

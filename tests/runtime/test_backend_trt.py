@@ -16,11 +16,19 @@ import numpy as np
 import pytest
 
 import tiny_models
-from pard_export.contract import (ATTENTION_SYNC, ATTENTION_SYNC_OUT, BATCH, CAPACITY, PAST, SEQUENCE, TOTAL,
-                                  draft_spec, target_spec)
+from pard_export.contract import (
+    ATTENTION_SYNC,
+    ATTENTION_SYNC_OUT,
+    BATCH,
+    CAPACITY,
+    PAST,
+    SEQUENCE,
+    TOTAL,
+    draft_spec,
+    target_spec,
+)
 from pard_export.errors import BackendUnavailableError, EngineError, GenerationError
-from pard_export.runtime import Session
-from pard_export.runtime import backend_trt
+from pard_export.runtime import Session, backend_trt
 from pard_export.runtime.backend_trt import DeviceKV, IOPlan, TrtGraph, graph_key, io_plan, pick_profile
 from pard_export.runtime.plugin_cache import PluginCache
 from pard_export.tensorrt_support import TENSORRT_MISSING, tensorrt_available
@@ -51,8 +59,9 @@ def test_plugin_graphs_move_no_kv_per_call():
     plan = io_plan(spec)
     assert plan.uploads == ("input_ids", "position_ids", "past_len")
     assert plan.downloads == ("draft_ids", "draft_logits")
-    assert plan.static_kv == tuple((f"kv_cache.{i}.{kind}", f"kv_cache_out.{i}.{kind}")
-                                   for i in range(2) for kind in ("key", "value"))
+    assert plan.static_kv == tuple(
+        (f"kv_cache.{i}.{kind}", f"kv_cache_out.{i}.{kind}") for i in range(2) for kind in ("key", "value")
+    )
     assert not {n for n in plan.uploads + plan.downloads if n.startswith("kv_cache")}
     plain = target_spec(2, 2, 16, 300)  # its cache grows every call: no static buffers to bind
     assert io_plan(plain) == IOPlan(tuple(t.name for t in plain.inputs), tuple(t.name for t in plain.outputs), ())
@@ -61,8 +70,9 @@ def test_plugin_graphs_move_no_kv_per_call():
 class FakeCuda:
     """The cuda-python runtime calls TrtGraph makes, recorded; device pointers are plain integers."""
 
-    cudaMemcpyKind = SimpleNamespace(cudaMemcpyHostToDevice="H2D", cudaMemcpyDeviceToHost="D2H",
-                                     cudaMemcpyDeviceToDevice="D2D")
+    cudaMemcpyKind = SimpleNamespace(
+        cudaMemcpyHostToDevice="H2D", cudaMemcpyDeviceToHost="D2H", cudaMemcpyDeviceToDevice="D2D"
+    )
     cudaStreamCaptureMode = SimpleNamespace(cudaStreamCaptureModeThreadLocal="thread-local")
 
     def __init__(self):
@@ -158,8 +168,9 @@ class FakeEngine:
         self.cuda = cuda
         self.io = [(t.name, "in") for t in spec.inputs] + [(t.name, "out") for t in spec.outputs]
         self.dims = {t.name: t.dims for t in spec.inputs + spec.outputs}
-        self.dtypes = {t.name: {"int64": np.int64, "int32": np.int32}.get(t.dtype, np.float32)
-                       for t in spec.inputs + spec.outputs}
+        self.dtypes = {
+            t.name: {"int64": np.int64, "int32": np.int32}.get(t.dtype, np.float32) for t in spec.inputs + spec.outputs
+        }
         for name, mode in ((ATTENTION_SYNC, "in"), (ATTENTION_SYNC_OUT, "out")):
             if sync and mode in sync_io:
                 self.io.append((name, mode))
@@ -182,8 +193,11 @@ class FakeEngine:
     def get_tensor_profile_shape(self, name, profile):
         assert name != ATTENTION_SYNC, "a static input: it has no profile shapes"
         top = {BATCH: 2, SEQUENCE: (5, 16)[profile]}  # other symbolic dims (capacity, past, total): up to 64
-        return [tuple(1 if isinstance(d, str) else d for d in self.dims[name]), (),
-                tuple(top.get(d, 64) if isinstance(d, str) else d for d in self.dims[name])]
+        return [
+            tuple(1 if isinstance(d, str) else d for d in self.dims[name]),
+            (),
+            tuple(top.get(d, 64) if isinstance(d, str) else d for d in self.dims[name]),
+        ]
 
     def create_execution_context(self):
         return FakeContext(self)
@@ -193,6 +207,7 @@ class FakeEngine:
 def fake_trt_graph(monkeypatch, tmp_path):
     """fake_trt_graph(spec, **options) -> a TrtGraph over FakeEngine(spec, **options), FakeCuda, capturing S in
     {1, 5}."""
+
     def make(spec, **options):
         cuda = FakeCuda()
         engine = FakeEngine(spec, cuda, **options)
@@ -322,8 +337,11 @@ def test_trt_graph_transfers_plain_caches(fake_trt_graph):
     spec = target_spec(1, 1, 4, 11)
     graph, _, cuda = fake_trt_graph(spec)
     assert not graph.kv_in_place
-    feeds = {"input_ids": np.ones((1, 2), np.int64), "position_ids": np.ones((1, 2), np.int64),
-             "attention_mask": np.ones((1, 5), np.int64)}
+    feeds = {
+        "input_ids": np.ones((1, 2), np.int64),
+        "position_ids": np.ones((1, 2), np.int64),
+        "attention_mask": np.ones((1, 5), np.int64),
+    }
     feeds |= {name: np.zeros((1, 1, 3, 4), np.float32) for name in spec.past_names}
     outputs = graph.run(feeds)
     assert set(outputs) == {t.name for t in spec.outputs}
@@ -331,8 +349,10 @@ def test_trt_graph_transfers_plain_caches(fake_trt_graph):
 
 
 def test_runtime_import_stays_free_of_tensorrt():
-    code = ("import sys, pard_export.runtime; "
-            "print(','.join(m for m in ('tensorrt', 'pard_export.runtime.backend_trt', 'cuda') if m in sys.modules))")
+    code = (
+        "import sys, pard_export.runtime; "
+        "print(','.join(m for m in ('tensorrt', 'pard_export.runtime.backend_trt', 'cuda') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == ""
 
@@ -367,8 +387,11 @@ def test_trt_graph_matches_onnxruntime_on_the_plain_target(tiny_pair, engine, tm
     reference = ort.InferenceSession(str(root / "target.onnx"))
     rng = np.random.default_rng(0)
     for seq, past in ((3, 0), (5, 7), (5, 7), (1, 20)):  # the repeated verify call replays its CUDA graph
-        feeds = {"input_ids": rng.integers(0, 300, (2, seq)), "position_ids": np.tile(np.arange(past, past + seq), (2, 1)),
-                 "attention_mask": np.ones((2, past + seq), dtype=np.int64)}
+        feeds = {
+            "input_ids": rng.integers(0, 300, (2, seq)),
+            "position_ids": np.tile(np.arange(past, past + seq), (2, 1)),
+            "attention_mask": np.ones((2, past + seq), dtype=np.int64),
+        }
         feeds.update({name: rng.standard_normal((2, 2, past, 16)).astype(np.float32) for name in io.past_names})
         found, expected = graph.run(feeds), dict(zip(graph.output_names, reference.run(None, feeds)))
         for name in graph.output_names:
@@ -384,8 +407,18 @@ def test_tensorrt_engine_is_lossless_end_to_end(tiny_pair, tmp_path):
     from pard_export.export import build
 
     target, draft = tiny_pair("llama")
-    root = build(str(target), 4, draft=str(draft), out=tmp_path / "trt", backend="tensorrt", dtype="float16",
-                 max_batch=2, prefill_chunk=32, max_seq_len=128, progress=False)
+    root = build(
+        str(target),
+        4,
+        draft=str(draft),
+        out=tmp_path / "trt",
+        backend="tensorrt",
+        dtype="float16",
+        max_batch=2,
+        prefill_chunk=32,
+        max_seq_len=128,
+        progress=False,
+    )
     session = Session(root)
     prompts = list(tiny_models.PROMPTS[:2])
     own = [session.generate(p, max_new_tokens=tiny_models.NEW_TOKENS, mode="ar").token_ids for p in prompts]

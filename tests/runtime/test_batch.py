@@ -9,7 +9,12 @@ import tiny_models
 from pard_export.contract import DRAFT_IDS, DRAFT_LOGITS, LOGITS
 from pard_export.runtime import Session, decoding
 
-PROMPTS = [[276, 297, 298, 294], [302, 73, 308, 272, 268, 72, 11, 91, 316], [54, 83], [120, 121, 122, 123, 124, 125, 126]]
+PROMPTS = [
+    [276, 297, 298, 294],
+    [302, 73, 308, 272, 268, 72, 11, 91, 316],
+    [54, 83],
+    [120, 121, 122, 123, 124, 125, 126],
+]
 NEW_TOKENS = 40
 
 
@@ -24,7 +29,10 @@ def session(tiny_pair, engine, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def singles(session):
-    return {mode: [session.generate(p, max_new_tokens=NEW_TOKENS, mode=mode).token_ids for p in PROMPTS] for mode in session.modes}
+    return {
+        mode: [session.generate(p, max_new_tokens=NEW_TOKENS, mode=mode).token_ids for p in PROMPTS]
+        for mode in session.modes
+    }
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3, 4])
@@ -90,6 +98,7 @@ def test_prompts_prefilled_in_chunks_give_the_same_tokens(tiny_pair, engine, mon
         monkeypatch.setattr(decoding, "PREFILL_CHUNK", 3)
         headless = []
         for cache in s._caches.values():
+
             def recording(*args, _forward=cache.forward, **kwargs):
                 headless.append(kwargs.get("skip"))
                 return _forward(*args, **kwargs)

@@ -31,9 +31,11 @@ class TokenKVGraph:
         new = (100 * ids[:, None, :, None] + OFFSET).astype(self.kv_dtype)  # [B, Hkv, S, D]
         past_key, past_value = (feeds[name] for name in SPEC.past_names)
         present_key, present_value = SPEC.present_names
-        return {LOGITS: np.zeros((*ids.shape, VOCAB), np.float32),
-                present_key: np.concatenate([past_key, new], axis=2),
-                present_value: np.concatenate([past_value, -new], axis=2)}
+        return {
+            LOGITS: np.zeros((*ids.shape, VOCAB), np.float32),
+            present_key: np.concatenate([past_key, new], axis=2),
+            present_value: np.concatenate([past_value, -new], axis=2),
+        }
 
 
 def new_cache(batch: int) -> BatchCache:
@@ -121,8 +123,9 @@ def test_compact_if_needed_leaves_a_cache_with_few_holes_alone(keep_rows):
     assert cache.kv is kv and np.array_equal(cache.mask, mask)
 
 
-@pytest.mark.parametrize("width,rejected,compacts", [(80, 64, False), (80, 65, True), (400, 100, False),
-                                                     (400, 101, True)])
+@pytest.mark.parametrize(
+    "width,rejected,compacts", [(80, 64, False), (80, 65, True), (400, 100, False), (400, 101, True)]
+)
 def test_compact_if_needed_closes_holes_past_64_columns_and_a_quarter_of_the_cache(width, rejected, compacts):
     cache = new_cache(1)
     run(cache, [list(range(width))])

@@ -89,8 +89,9 @@ def test_a_read_only_engine_keeps_it_in_the_user_cache(engine_copy, tmp_path, mo
         engine_copy.chmod(0o755)
 
 
-def test_a_read_only_engine_keeps_it_in_the_user_cache_when_the_engine_file_cannot_be_written(engine_copy, tmp_path,
-                                                                                           monkeypatch):
+def test_a_read_only_engine_keeps_it_in_the_user_cache_when_the_engine_file_cannot_be_written(
+    engine_copy, tmp_path, monkeypatch
+):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     (engine_copy / CALIBRATION_FILE).mkdir()  # a folder in the way: writing the file fails, as on a read-only mount
     with Session(engine_copy) as session:

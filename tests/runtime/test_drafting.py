@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pard_export.runtime import drafting
-from pard_export.runtime.drafting import AdaptiveDrafts, Acceptance, StepCosts, choose_drafts, expected_tokens
+from pard_export.runtime.drafting import Acceptance, AdaptiveDrafts, StepCosts, choose_drafts, expected_tokens
 
 
 def test_expected_tokens_counts_the_bonus_and_every_accepted_prefix():

@@ -31,8 +31,9 @@ def _caches(engines, role):
     plain, inplace = engines
     entry, manifest = read_manifest(inplace).models[role], read_manifest(inplace)
     plain_entry = read_manifest(plain).models[role]
-    reference = BatchCache(OrtGraph(plain / plain_entry.file, plain_entry.io), plain_entry.io, entry.kv_heads,
-                           entry.head_dim)
+    reference = BatchCache(
+        OrtGraph(plain / plain_entry.file, plain_entry.io), plain_entry.io, entry.kv_heads, entry.head_dim
+    )
     capacity = cache_capacity(manifest.max_seq_len, manifest.k)
     found = PluginCache(OrtGraph(inplace / entry.file, entry.io), entry.io, entry.kv_heads, entry.head_dim, capacity)
     return reference, found

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 import numpy as np
+import pytest
 
 import tiny_models
 from pard_export.runtime import Session, drafting

@@ -9,8 +9,16 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from pard_export.contract import (DRAFT_IDS, DRAFT_LOGITS, INPUT_IDS, LOGITS, PAST_LEN, POSITION_IDS, draft_spec,
-                                  target_spec)
+from pard_export.contract import (
+    DRAFT_IDS,
+    DRAFT_LOGITS,
+    INPUT_IDS,
+    LOGITS,
+    PAST_LEN,
+    POSITION_IDS,
+    draft_spec,
+    target_spec,
+)
 from pard_export.errors import GenerationError
 from pard_export.runtime.decoding import left_pad
 from pard_export.runtime.plugin_cache import GraphKV, HostKV, PluginCache, row_moves

@@ -32,7 +32,9 @@ def near_copy_draft(tmp_path_factory):
     import torch
     from transformers import AutoModelForCausalLM
 
-    directory = tiny_models.make_model(tmp_path_factory.mktemp("near-copy") / "d", "llama", tiny_models.TARGET_SIZE, seed=0)
+    directory = tiny_models.make_model(
+        tmp_path_factory.mktemp("near-copy") / "d", "llama", tiny_models.TARGET_SIZE, seed=0
+    )
     model = AutoModelForCausalLM.from_pretrained(directory)
     noise = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -139,8 +141,9 @@ def test_each_prompt_equals_target_greedy(session, references, mode):
 
 
 @pytest.mark.parametrize("rows", [(0, 1), (1, 2), (0, 2)])
-def test_a_batch_of_two_equals_target_greedy_with_different_acceptance(session, plain_session, references, rows,
-                                                                       monkeypatch):
+def test_a_batch_of_two_equals_target_greedy_with_different_acceptance(
+    session, plain_session, references, rows, monkeypatch
+):
     draft = session._caches["draft"]
     new_per_row = []  # the draft's new tokens per row, call by call: they differ where the rows accepted differently
     forward = draft.forward
@@ -230,8 +233,11 @@ def test_draft_cache_refeeds_shorter_rows():
 
         def run(self, feeds, skip=()):
             calls.append({name: feeds[name].copy() for name in ("input_ids", "position_ids", "past_len")})
-            return {"draft_ids": np.zeros((len(feeds["past_len"]), K), np.int64),
-                    "kv_cache_out.0.key": feeds["kv_cache.0.key"], "kv_cache_out.0.value": feeds["kv_cache.0.value"]}
+            return {
+                "draft_ids": np.zeros((len(feeds["past_len"]), K), np.int64),
+                "kv_cache_out.0.key": feeds["kv_cache.0.key"],
+                "kv_cache_out.0.value": feeds["kv_cache.0.value"],
+            }
 
     cache = PluginCache(Graph(), draft_spec(1, 1, 2, 10, K, attention="plugin"), 1, 2, capacity=32)
     cache.start(2)
@@ -273,6 +279,7 @@ def test_every_call_after_the_prefill_has_a_length_the_tensorrt_backend_captures
     must have one of those lengths, so that only the prefill goes through TensorRT's enqueue."""
     calls = {role: [] for role in session._caches}
     for role, cache in session._caches.items():
+
         def run(feeds, skip=(), _run=cache.graph.run, _calls=calls[role]):
             _calls.append(feeds[INPUT_IDS].shape[1])
             return _run(feeds, skip)

@@ -38,8 +38,9 @@ def small_vocab_models(tmp_path_factory):
     size = dict(tiny_models.TARGET_SIZE)
 
     def model(name, seed, mask_id=tiny_models.MASK):
-        return tiny_models.make_model(root / name, "llama", size, seed=seed, tokenizer=tokenizer, mask_id=mask_id,
-                                      vocab_rows=VOCAB)
+        return tiny_models.make_model(
+            root / name, "llama", size, seed=seed, tokenizer=tokenizer, mask_id=mask_id, vocab_rows=VOCAB
+        )
 
     return model("target", 5, mask_id=None), {"copy": model("copy", 5), "random": model("random", 9)}
 
@@ -48,8 +49,10 @@ def small_vocab_models(tmp_path_factory):
 def sessions(small_vocab_models, engine):
     target, drafts = small_vocab_models
     calibration = tiny_models.cpu_like_calibration(K)  # adaptive pard drafts, a number of drafts that changes
-    opened = {kind: Session(engine(target, draft, K, with_ar_draft=True), calibration=calibration)
-              for kind, draft in drafts.items()}
+    opened = {
+        kind: Session(engine(target, draft, K, with_ar_draft=True), calibration=calibration)
+        for kind, draft in drafts.items()
+    }
     yield opened
     for s in opened.values():
         s.close()
@@ -125,8 +128,9 @@ SETTINGS = [
 @pytest.mark.parametrize("draft", ["copy", "random"])
 @pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
 def test_distribution_matches_the_target(sessions, small_vocab_models, settings, draft):
-    joint = exact_joint(small_vocab_models[0], settings["temperature"], settings.get("top_k", 0),
-                        settings.get("top_p", 1.0))
+    joint = exact_joint(
+        small_vocab_models[0], settings["temperature"], settings.get("top_k", 0), settings.get("top_p", 1.0)
+    )
     pairs = sample_pairs(sessions[draft], **settings)
     tv, bound = tv_and_bound(pairs, joint)
     print(f"{draft} draft, {settings}: TV {tv:.4f} <= bound {bound:.4f} ({len(pairs)} samples, {len(joint)} cells)")
@@ -160,8 +164,12 @@ def test_same_seed_same_output(sessions):
 
 @pytest.mark.parametrize(
     "settings,match",
-    [(dict(temperature=-0.1), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
-     (dict(top_k=-1), "top_k")],
+    [
+        (dict(temperature=-0.1), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_k=-1), "top_k"),
+    ],
 )
 def test_bad_sampling_settings(sessions, settings, match):
     session = sessions["copy"]
@@ -199,8 +207,9 @@ def test_a_tiny_top_p_keeps_only_the_most_likely_id():
     assert warped(FIVE_LOGITS, top_p=1e-9).tolist() == [0, 0, 0, 1, 0]
 
 
-@pytest.mark.parametrize("top_p,kept", [(0.25, 1), (0.25 + 1e-9, 2), (0.5, 2), (0.5 + 1e-9, 3), (0.75, 3),
-                                        (0.75 + 1e-9, 4)])
+@pytest.mark.parametrize(
+    "top_p,kept", [(0.25, 1), (0.25 + 1e-9, 2), (0.5, 2), (0.5 + 1e-9, 3), (0.75, 3), (0.75 + 1e-9, 4)]
+)
 def test_top_p_keeps_the_fewest_ids_whose_mass_reaches_it(top_p, kept):
     """Four equal logits: each id holds exactly 1/4, so the cumulative masses 1/4, 1/2, 3/4 are exact. Of equal
     ids, the lower ones are kept."""
@@ -238,12 +247,20 @@ def test_top_p_applies_to_the_top_k_distribution():
     assert warped(logits, top_k=2, top_p=0.5).tolist() == [1.0, 0.0, 0.0, 0.0]  # 0.4 / 0.7 does
 
 
-@pytest.mark.parametrize("settings", [dict(temperature=0.7), dict(temperature=1.3, top_k=7),
-                                      dict(temperature=1.0, top_p=0.6), dict(temperature=0.5, top_k=20, top_p=0.9)])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(temperature=0.7),
+        dict(temperature=1.3, top_k=7),
+        dict(temperature=1.0, top_p=0.6),
+        dict(temperature=0.5, top_k=20, top_p=0.9),
+    ],
+)
 def test_warp_matches_a_sort_based_reference(settings):
     logits = np.random.default_rng(0).normal(0, 2, size=50)
-    expected = _warp_reference(torch.tensor(logits), settings["temperature"], settings.get("top_k", 0),
-                               settings.get("top_p", 1.0)).numpy()
+    expected = _warp_reference(
+        torch.tensor(logits), settings["temperature"], settings.get("top_k", 0), settings.get("top_p", 1.0)
+    ).numpy()
     probs = warped(logits, **settings)
     np.testing.assert_allclose(probs, expected, rtol=1e-9, atol=1e-15)
     assert probs.sum() == pytest.approx(1.0, abs=1e-12)
@@ -255,7 +272,7 @@ def test_top_p_over_a_large_vocabulary_equals_a_full_sort(scale, candidates_suff
     distribution), else the whole vocabulary (a flat one)."""
     logits = np.random.default_rng(1).normal(0, scale, size=3 * sampling._TOP_P_CANDIDATES)
     top_p = 0.9
-    assert (np.sort(softmax(logits))[-sampling._TOP_P_CANDIDATES:].sum() >= top_p) == candidates_suffice
+    assert (np.sort(softmax(logits))[-sampling._TOP_P_CANDIDATES :].sum() >= top_p) == candidates_suffice
     expected = _warp_reference(torch.tensor(logits), 1.0, 0, top_p).numpy()
     np.testing.assert_allclose(warped(logits, top_p=top_p), expected, rtol=1e-9, atol=1e-15)
 
@@ -273,9 +290,15 @@ def test_warp_treats_each_row_of_a_batch_on_its_own():
 
 @pytest.mark.parametrize(
     "settings,match",
-    [(dict(temperature=-0.1), "temperature"), (dict(temperature=float("nan")), "temperature"),
-     (dict(top_p=0.0), "top_p"), (dict(top_p=1.0 + 1e-9), "top_p"), (dict(top_p=float("nan")), "top_p"),
-     (dict(top_k=-1), "top_k"), (dict(top_k=2.0), "top_k")],
+    [
+        (dict(temperature=-0.1), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.0 + 1e-9), "top_p"),
+        (dict(top_p=float("nan")), "top_p"),
+        (dict(top_k=-1), "top_k"),
+        (dict(top_k=2.0), "top_k"),
+    ],
 )
 def test_sampling_params_refuse_bad_settings(settings, match):
     with pytest.raises(GenerationError, match=match):

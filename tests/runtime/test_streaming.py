@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-import tiny_models
 from pard_export.runtime import Session
 from pard_export.runtime.streaming import IncrementalDetokenizer, RowText
 from pard_export.runtime.text import TextCodec

@@ -35,8 +35,9 @@ def test_layout_logits_equal_inference_logits(tiny_draft, cod):
     layout = build_layout(tokens, keep_sets(len(tokens), cod, torch.Generator().manual_seed(1)), MASK)
     batch = collate([layout])
     with torch.no_grad():
-        logits = tiny_draft(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                            attention_mask=batch.attention_mask).logits[0]
+        logits = tiny_draft(
+            input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.attention_mask
+        ).logits[0]
     checked = 0
     for slot, (b, j) in enumerate(zip(layout.block.tolist(), layout.index.tolist())):
         if j < b:
@@ -50,13 +51,20 @@ def test_layout_logits_equal_inference_logits(tiny_draft, cod):
 def test_batch_padding_changes_nothing(tiny_draft):
     """A short layout padded beside a long one gives the same logits as alone."""
     short, long = _tokens(9, 1), _tokens(20, 2)
-    layouts = [build_layout(t, keep_sets(len(t), CodSettings(), torch.Generator().manual_seed(3)), MASK) for t in (short, long)]
+    layouts = [
+        build_layout(t, keep_sets(len(t), CodSettings(), torch.Generator().manual_seed(3)), MASK) for t in (short, long)
+    ]
     with torch.no_grad():
         both = collate(layouts)
-        together = tiny_draft(input_ids=both.input_ids, position_ids=both.position_ids, attention_mask=both.attention_mask).logits
+        together = tiny_draft(
+            input_ids=both.input_ids, position_ids=both.position_ids, attention_mask=both.attention_mask
+        ).logits
         alone_batch = collate(layouts[:1])
-        alone = tiny_draft(input_ids=alone_batch.input_ids, position_ids=alone_batch.position_ids,
-                           attention_mask=alone_batch.attention_mask).logits
+        alone = tiny_draft(
+            input_ids=alone_batch.input_ids,
+            position_ids=alone_batch.position_ids,
+            attention_mask=alone_batch.attention_mask,
+        ).logits
     n = len(layouts[0].input_ids)
     assert torch.allclose(together[0, :n], alone[0], atol=1e-5)
 

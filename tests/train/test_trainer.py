@@ -12,8 +12,8 @@ import torch
 import pard_export
 import tiny_models
 from pard_export.errors import PardExportError
-from pard_export.train.config import load_config
 from pard_export.export.pard_draft import draft_to_target, load_draft
+from pard_export.train.config import load_config
 from pard_export.train.trainer import train
 
 
@@ -32,8 +32,19 @@ def data_file(tmp_path_factory):
 
 def _config(tiny_pair, data_file, out, **overrides):
     target, _ = tiny_pair("llama")
-    settings = dict(data=str(data_file), init=str(target), out=str(out), layers=[0, -1], draft_vocab=64, lr=3e-3,
-                    warmup_steps=2, batch_size=4, max_steps=24, checkpoint_every=8, mask_token_id=tiny_models.MASK)
+    settings = dict(
+        data=str(data_file),
+        init=str(target),
+        out=str(out),
+        layers=[0, -1],
+        draft_vocab=64,
+        lr=3e-3,
+        warmup_steps=2,
+        batch_size=4,
+        max_steps=24,
+        checkpoint_every=8,
+        mask_token_id=tiny_models.MASK,
+    )
     return load_config(None, settings | overrides)
 
 

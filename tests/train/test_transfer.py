@@ -11,8 +11,12 @@ from training.transfer import pack, unpack
 def test_pack_unpack_round_trip(tmp_path):
     draft = tmp_path / "draft"
     draft.mkdir()
-    weights = {"model.embed_tokens.weight": torch.randn(300, 64), "model.layers.0.mlp.up_proj.weight": torch.randn(96, 64),
-               "model.norm.weight": torch.rand(64), "d2t": torch.arange(300)}
+    weights = {
+        "model.embed_tokens.weight": torch.randn(300, 64),
+        "model.layers.0.mlp.up_proj.weight": torch.randn(96, 64),
+        "model.norm.weight": torch.rand(64),
+        "d2t": torch.arange(300),
+    }
     save_file(weights, str(draft / "model.safetensors"))
     (draft / "config.json").write_text('{"spd_type": "pard"}')
     shards = pack(draft, tmp_path / "packed", max_bytes=16_000, int8_names=("embed_tokens",), tokenizer=False)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pard_export.triton_repo.protocol import INPUTS, NUMPY_TYPES, OUTPUTS, RequestError, outputs, parse_request
 from pard_export.runtime.decoding import GenerationStats
 from pard_export.runtime.session import GenerationResult
+from pard_export.triton_repo.protocol import INPUTS, NUMPY_TYPES, OUTPUTS, RequestError, outputs, parse_request
 
 
 def tensors(**values) -> dict[str, np.ndarray]:
@@ -28,25 +28,36 @@ def parse(limit=100, **values):
 
 def test_defaults_are_greedy_and_not_streamed():
     request = parse(text_input="héllo", max_tokens=5)
-    assert (request.prompt, request.max_tokens, request.temperature, request.stream, request.seed) == ("héllo", 5, 0.0, False, None)
+    assert (request.prompt, request.max_tokens, request.temperature, request.stream, request.seed) == (
+        "héllo",
+        5,
+        0.0,
+        False,
+        None,
+    )
     assert request.batch_key == ("greedy", False, 1.0, 0)
 
 
 def test_every_knob_is_read():
-    request = parse(input_ids=[3, 4, 5], max_tokens=7, temperature=0.5, top_p=0.9, top_k=20, seed=11, stream=True, chat=True)
+    request = parse(
+        input_ids=[3, 4, 5], max_tokens=7, temperature=0.5, top_p=0.9, top_k=20, seed=11, stream=True, chat=True
+    )
     assert request.prompt == [3, 4, 5]
     assert request.settings() == dict(temperature=0.5, top_p=np.float32(0.9).item(), top_k=20, seed=11, chat=True)
     assert request.stream and request.batch_key is None  # sampled requests decode alone
 
 
-@pytest.mark.parametrize("values, message", [
-    (dict(max_tokens=5), "exactly one of text_input and input_ids"),
-    (dict(text_input="a", input_ids=[1], max_tokens=5), "exactly one of"),
-    (dict(text_input="a", max_tokens=0), r"max_tokens must lie in 1\.\.100, got 0"),
-    (dict(text_input="a", max_tokens=101), "got 101"),
-    (dict(text_input="a"), "got None"),
-    (dict(text_input=b"\xff\xfe", max_tokens=5), "not valid UTF-8"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (dict(max_tokens=5), "exactly one of text_input and input_ids"),
+        (dict(text_input="a", input_ids=[1], max_tokens=5), "exactly one of"),
+        (dict(text_input="a", max_tokens=0), r"max_tokens must lie in 1\.\.100, got 0"),
+        (dict(text_input="a", max_tokens=101), "got 101"),
+        (dict(text_input="a"), "got None"),
+        (dict(text_input=b"\xff\xfe", max_tokens=5), "not valid UTF-8"),
+    ],
+)
 def test_bad_requests_are_refused_with_the_reason(values, message):
     with pytest.raises(RequestError, match=message):
         parse(**values)
@@ -60,8 +71,16 @@ def test_one_prompt_per_request():
 
 
 def test_final_outputs_carry_the_metrics_with_a_batch_dimension():
-    stats = GenerationStats(mode="pard", k=4, new_tokens=3, drafted_tokens=8, accepted_drafts=2,
-                            mean_accepted_tokens=1.5, acceptance_rate=0.25, finish_reason="length")
+    stats = GenerationStats(
+        mode="pard",
+        k=4,
+        new_tokens=3,
+        drafted_tokens=8,
+        accepted_drafts=2,
+        mean_accepted_tokens=1.5,
+        acceptance_rate=0.25,
+        finish_reason="length",
+    )
     made = outputs("añb", [1, 2, 3], GenerationResult([1, 2, 3], "añb", stats))
     assert set(made) == {t.name for t in OUTPUTS}
     assert made["text_output"][0, 0].decode() == "añb" and made["output_ids"].tolist() == [[1, 2, 3]]

@@ -19,7 +19,11 @@ from pard_export.triton_repo.protocol import INPUTS, OUTPUTS
 def test_repository_layout_and_config(tiny_engine, tmp_path):
     model_dir = write_repository(tiny_engine, tmp_path / "repo", max_tokens_limit=50, instances=2, kind="gpu")
     assert sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*")) == [
-        "1", "1/model.py", "1/python_path.txt", "config.pbtxt"]
+        "1",
+        "1/model.py",
+        "1/python_path.txt",
+        "config.pbtxt",
+    ]
     config = parse_config((model_dir / "config.pbtxt").read_text(), "config")
     assert config.name == "pard" and config.backend == "python" and config.model_transaction_policy.decoupled
     assert [i.name for i in config.input] == [t.name for t in INPUTS]
@@ -40,14 +44,17 @@ def test_copied_engine_is_referred_to_relatively(tiny_engine, tmp_path):
     check_repository(tmp_path / "moved")
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda t: t.replace("max_batch_size: 8", "max_batch_size: eight"), "not a valid Triton model config"),
-    (lambda t: t.replace("data_type: TYPE_INT32", "data_type: TYPE_INT33", 1), "not a valid Triton model config"),
-    (lambda t: t.replace('backend: "python"', 'backend: "onnxruntime"'), 'backend is "onnxruntime"'),
-    (lambda t: t.replace('name: "top_k"', 'name: "topk"'), "input top_k is missing; input topk is not one"),
-    (lambda t: t.replace("decoupled: true", "decoupled: false"), "decoupled must be true"),
-    (lambda t: t.replace('name: "pard"', 'name: "other"', 1), 'name is "other"'),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.replace("max_batch_size: 8", "max_batch_size: eight"), "not a valid Triton model config"),
+        (lambda t: t.replace("data_type: TYPE_INT32", "data_type: TYPE_INT33", 1), "not a valid Triton model config"),
+        (lambda t: t.replace('backend: "python"', 'backend: "onnxruntime"'), 'backend is "onnxruntime"'),
+        (lambda t: t.replace('name: "top_k"', 'name: "topk"'), "input top_k is missing; input topk is not one"),
+        (lambda t: t.replace("decoupled: true", "decoupled: false"), "decoupled must be true"),
+        (lambda t: t.replace('name: "pard"', 'name: "other"', 1), 'name is "other"'),
+    ],
+)
 def test_a_broken_config_is_named(tiny_engine, tmp_path, edit, message):
     model_dir = write_repository(tiny_engine, tmp_path / "repo")
     config = model_dir / "config.pbtxt"
@@ -66,12 +73,15 @@ def test_missing_pieces_are_named(tiny_engine, tmp_path):
         check_repository(tmp_path / "repo")
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--kind", "tpu"], "--kind 'tpu' is not one of cpu, gpu"),
-    (["--instances", "0"], "--instances must be at least 1"),
-    (["--max-tokens-limit", "500"], "--max-tokens-limit must lie in 1..127"),
-    (["--backend", "tensorrt"], "was built for onnxruntime, not tensorrt"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--kind", "tpu"], "--kind 'tpu' is not one of cpu, gpu"),
+        (["--instances", "0"], "--instances must be at least 1"),
+        (["--max-tokens-limit", "500"], "--max-tokens-limit must lie in 1..127"),
+        (["--backend", "tensorrt"], "was built for onnxruntime, not tensorrt"),
+    ],
+)
 def test_cli_bad_input_exits_2_and_writes_nothing(tiny_engine, tmp_path, capsys, flags, message):
     out = tmp_path / "repo"
     assert main(["triton", "--engine", str(tiny_engine), "--out", str(out), *flags]) == 2

@@ -32,8 +32,9 @@ client = _load_client()
 @pytest.fixture(scope="module")
 def server(tiny_engine, tritonserver_env, tmp_path_factory):
     repo = tmp_path_factory.mktemp("triton") / "repo"
-    write_repository(tiny_engine, repo, max_tokens_limit=LIMIT, threads=1,
-                     python_path=[str(site_packages(tritonserver_env))])
+    write_repository(
+        tiny_engine, repo, max_tokens_limit=LIMIT, threads=1, python_path=[str(site_packages(tritonserver_env))]
+    )
     with LocalTritonServer(repo, tritonserver_env) as running:
         yield running
     assert running.process is None
@@ -62,8 +63,9 @@ def test_outputs_equal_session_generate(server, session):
 
 def test_streaming_delivers_the_same_text_in_pieces(server, session):
     pieces = []
-    reply = client.generate(server.grpc_url, {"input_ids": PROMPTS[2], "max_tokens": LIMIT, "stream": True},
-                            on_piece=pieces.append)
+    reply = client.generate(
+        server.grpc_url, {"input_ids": PROMPTS[2], "max_tokens": LIMIT, "stream": True}, on_piece=pieces.append
+    )
     expected = session.generate(PROMPTS[2], max_new_tokens=LIMIT)
     assert len(pieces) > 3 and "".join(pieces) == reply["text"] == expected.text
     assert reply["token_ids"] == expected.token_ids
@@ -72,24 +74,35 @@ def test_streaming_delivers_the_same_text_in_pieces(server, session):
 def test_sixteen_concurrent_requests_all_complete_correctly(server, session):
     jobs = [(PROMPTS[i % len(PROMPTS)], 8 + i, i % 2 == 0) for i in range(16)]
     with ThreadPoolExecutor(16) as pool:
-        replies = list(pool.map(lambda job: client.generate(
-            server.grpc_url, {"input_ids": job[0], "max_tokens": job[1], "stream": job[2]}), jobs))
+        replies = list(
+            pool.map(
+                lambda job: client.generate(
+                    server.grpc_url, {"input_ids": job[0], "max_tokens": job[1], "stream": job[2]}
+                ),
+                jobs,
+            )
+        )
     for (prompt, max_tokens, _), reply in zip(jobs, replies):
         assert reply["token_ids"] == session.generate(prompt, max_new_tokens=max_tokens).token_ids
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"max_tokens": 5}, "exactly one of text_input and input_ids"),
-    ({"input_ids": [5, 6], "max_tokens": 0}, f"max_tokens must lie in 1..{LIMIT}, got 0"),
-    ({"input_ids": [5, 6], "max_tokens": LIMIT + 1}, f"got {LIMIT + 1}"),
-    ({"input_ids": [5, 6]}, "max_tokens"),  # a required input: Triton refuses it before the model
-    ({"input_ids": [5, 6], "max_tokens": 5, "temperature": -1.0}, "temperature"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"max_tokens": 5}, "exactly one of text_input and input_ids"),
+        ({"input_ids": [5, 6], "max_tokens": 0}, f"max_tokens must lie in 1..{LIMIT}, got 0"),
+        ({"input_ids": [5, 6], "max_tokens": LIMIT + 1}, f"got {LIMIT + 1}"),
+        ({"input_ids": [5, 6]}, "max_tokens"),  # a required input: Triton refuses it before the model
+        ({"input_ids": [5, 6], "max_tokens": 5, "temperature": -1.0}, "temperature"),
+    ],
+)
 def test_malformed_requests_get_an_error_and_the_server_keeps_serving(server, session, values, message):
     with pytest.raises(RuntimeError, match=message):
         client.generate(server.grpc_url, values)
-    assert client.generate(server.grpc_url, {"input_ids": PROMPTS[0], "max_tokens": 4})["token_ids"] == \
-        session.generate(PROMPTS[0], max_new_tokens=4).token_ids
+    assert (
+        client.generate(server.grpc_url, {"input_ids": PROMPTS[0], "max_tokens": 4})["token_ids"]
+        == session.generate(PROMPTS[0], max_new_tokens=4).token_ids
+    )
 
 
 def test_a_wrong_dtype_is_refused_and_the_server_keeps_serving(server, monkeypatch):

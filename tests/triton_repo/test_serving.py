@@ -42,7 +42,9 @@ def session(tiny_engine):
 
 
 def test_batched_greedy_requests_equal_their_own_generation(session):
-    work = [(Request(p, n, stream=s), Recorder()) for p, n, s in zip(PROMPTS, [12, 5, 20, 1], [False, True, False, True])]
+    work = [
+        (Request(p, n, stream=s), Recorder()) for p, n, s in zip(PROMPTS, [12, 5, 20, 1], [False, True, False, True])
+    ]
     serve(session, work)
     for request, recorder in work:
         expected = session.generate(request.prompt, max_new_tokens=request.max_tokens)
@@ -65,10 +67,16 @@ def test_streamed_request_gets_pieces_then_a_final_response(session):
 
 def test_a_bad_request_fails_alone(session):
     too_long = [3] * 200  # the engine's max_seq_len is 128
-    work = [(Request(PROMPTS[0], 6), Recorder()), (Request(too_long, 6), Recorder()), (Request(PROMPTS[1], 6), Recorder())]
+    work = [
+        (Request(PROMPTS[0], 6), Recorder()),
+        (Request(too_long, 6), Recorder()),
+        (Request(PROMPTS[1], 6), Recorder()),
+    ]
     serve(session, work)
     assert "has 200 tokens" in work[1][1].error
-    assert [r.ids() for _, r in (work[0], work[2])] == [session.generate(p, max_new_tokens=6).token_ids for p in PROMPTS[:2]]
+    assert [r.ids() for _, r in (work[0], work[2])] == [
+        session.generate(p, max_new_tokens=6).token_ids for p in PROMPTS[:2]
+    ]
 
 
 def test_each_greedy_request_has_its_own_knobs_checked(session):
@@ -78,9 +86,11 @@ def test_each_greedy_request_has_its_own_knobs_checked(session):
 
 
 def test_sampled_requests_decode_alone_and_follow_their_seed(session):
-    work = [(Request(PROMPTS[0], 10, temperature=0.8, seed=3), Recorder()),
-            (Request(PROMPTS[0], 10, temperature=0.8, seed=3), Recorder()),
-            (Request(PROMPTS[1], 10, top_k=0, temperature=1.5, seed=4), Recorder())]
+    work = [
+        (Request(PROMPTS[0], 10, temperature=0.8, seed=3), Recorder()),
+        (Request(PROMPTS[0], 10, temperature=0.8, seed=3), Recorder()),
+        (Request(PROMPTS[1], 10, top_k=0, temperature=1.5, seed=4), Recorder()),
+    ]
     serve(session, work)
     alone = session.generate(PROMPTS[0], max_new_tokens=10, temperature=0.8, seed=3).token_ids
     assert work[0][1].ids() == work[1][1].ids() == alone

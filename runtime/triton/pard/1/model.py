@@ -13,7 +13,7 @@ from pathlib import Path
 # The backend's stub embeds the system Python, ignores PYTHONPATH and imports triton_python_backend_utils (which
 # needs numpy) right after this file: first add the environment that holds pard_export and its runtime
 # dependencies, listed beside this file (addsitedir also runs its .pth files: editable installs work).
-for _folder in (Path(__file__).with_name("python_path.txt").read_text().splitlines()):
+for _folder in Path(__file__).with_name("python_path.txt").read_text().splitlines():
     if _folder.strip():
         site.addsitedir(_folder.strip())
 
@@ -33,8 +33,10 @@ class TritonPythonModel:
         self.session = Session(engine, threads=threads)
         self.session.calibration  # loaded, or measured now (once per engine and host), not during the first request
         self.max_tokens_limit = int(parameters["max_tokens_limit"])
-        pb_utils.Logger.log_info(f"pard: serving {engine} (k={self.session.manifest.k}, "
-                                 f"{self.session.manifest.backend}, {self.session.providers[0]})")
+        pb_utils.Logger.log_info(
+            f"pard: serving {engine} (k={self.session.manifest.k}, "
+            f"{self.session.manifest.backend}, {self.session.providers[0]})"
+        )
 
     def execute(self, requests):
         work = []
