@@ -180,7 +180,10 @@ def test_bad_k_auto(capsys, tmp_path, pair, flags, match):
 def test_k_auto_keeps_the_best_modelled_k_and_its_sweep(capsys, tmp_path, pair):
     out = tmp_path / "auto"
     assert (
-        main(["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), "--k", "auto", "--quiet"])
+        main(
+            ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), "--k", "auto"]
+            + ["--with-ar-draft", "--quiet"]
+        )
         == 0
     )
     from pard_export.manifest import CALIBRATION_FILE, read_manifest, verify_hashes
@@ -196,10 +199,10 @@ def test_k_auto_keeps_the_best_modelled_k_and_its_sweep(capsys, tmp_path, pair):
     with Session(out) as session:
         assert session.calibration.k == manifest.k  # kept for the final engine: no measuring at first use
         ids = [5, 9, 14, 3]
-        assert (
-            session.generate(ids, max_new_tokens=12).token_ids
-            == session.generate(ids, max_new_tokens=12, mode="ar").token_ids
-        )
+        expected = session.generate(ids, max_new_tokens=12, mode="ar").token_ids
+        assert session.generate(ids, max_new_tokens=12).token_ids == expected
+        assert session.generate(ids, max_new_tokens=12, mode="ar-draft").token_ids == expected
+    assert "draft_ar.onnx.data" not in manifest.files  # the AR draft reads the (re-exported) draft's weights
 
 
 def test_calibrate_prints_and_keeps_the_measurement(capsys, engine_copy):

@@ -63,3 +63,21 @@ def test_the_shipped_draft_is_a_trained_pard_draft(smollm2_engine):
     accepted = sum(s.new_tokens for s in stats) / sum(s.target_forwards for s in stats)
     assert accepted > 1.3, accepted  # the untrained cut it started from gives 1.00
     assert sum(s.per_position_accepted[1] for s in stats) > 0  # a mask slot's draft was accepted
+
+
+def test_the_gguf_is_streamed_tensor_by_tensor_as_transformers_loads_it(reference):
+    """The build reads the GGUF one tensor at a time (checkpoint.GGUFWeights); every tensor equals the one
+    transformers' whole-file loader gives, the q/k permutation of Llama's GGUF undone included."""
+    model, _ = reference
+    skeleton, weights = resolve(PRESETS["smollm2-135m"].target).load_for_export(torch.float32)
+    assert next(skeleton.parameters()).device.type == "meta"
+    params = dict(model.named_parameters())
+    assert list(weights) == list(params)
+    for name in (
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.29.self_attn.k_proj.weight",
+        "model.layers.7.mlp.down_proj.weight",
+        "model.norm.weight",
+    ):
+        assert torch.equal(weights[name], params[name].detach()), name

@@ -25,12 +25,15 @@ how many come with it (pard == ar exactly, in batches too).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import onnx
 import torch
 from onnx import TensorProto as T
 from onnx import helper as h
 
 from .arch import ArchSpec
+from .lazy_weights import LazyWeights
 from .stitch import block_model
 
 OPSET = 23  # RMSNormalization, RotaryEmbedding
@@ -58,17 +61,27 @@ def has_qkv_bias(layer_params: tuple[str, ...]) -> bool:
     return _QKV_BIASES[0] in layer_params
 
 
-def fused_weights(weights: dict[str, torch.Tensor], layers: int, has_bias: bool) -> dict[str, torch.Tensor]:
+def fused_weights(weights: Mapping[str, torch.Tensor], layers: int, has_bias: bool) -> LazyWeights:
     """`weights` (transformers' names) with each layer's linear weights replaced by the transposed (q/k/v: fused)
-    ones."""
-    out = dict(weights)
+    ones, each made from `weights` when it is read (one at a time, as they are written)."""
+    out = LazyWeights.over(weights)
     for j in range(layers):
         prefix = f"model.layers.{j}."
         for fused, parts in _FUSED_FROM.items():
-            out[prefix + fused] = torch.cat([out.pop(prefix + p) for p in parts]).t().contiguous()
+            names = [prefix + p for p in parts]
+            out.replace(names, prefix + fused, _concatenated(weights, names, transpose=True))
         if has_bias:
-            out[prefix + QKV_BIAS] = torch.cat([out.pop(prefix + b) for b in _QKV_BIASES])
+            names = [prefix + b for b in _QKV_BIASES]
+            out.replace(names, prefix + QKV_BIAS, _concatenated(weights, names, transpose=False))
     return out
+
+
+def _concatenated(weights: Mapping[str, torch.Tensor], names: list[str], transpose: bool):
+    def make() -> torch.Tensor:
+        joined = torch.cat([weights[name] for name in names])
+        return joined.t().contiguous() if transpose else joined
+
+    return make
 
 
 def before_attention_block(arch: ArchSpec, dtype: int, has_bias: bool, first: bool) -> onnx.ModelProto:

@@ -59,6 +59,7 @@ from .blocks import (
     TargetHead,
     split_layer_weights,
 )
+from .lazy_weights import LazyWeights
 from .onnx_file import ONNX_DTYPES, save_with_weights
 from .pard_draft import draft_to_target
 from .stitch import Placement, block_model, stitch
@@ -77,15 +78,31 @@ class _Flavour:
     head_outputs: tuple[str, ...]
 
 
-def export_target(model, arch: ArchSpec, path: Path, role: str = TARGET, attention: str = PLAIN) -> GraphSpec:
-    """The AR graph (prefill / decode / verify); also the draft's AR graph with role=DRAFT_AR."""
+def export_target(
+    model, arch: ArchSpec, path: Path, role: str = TARGET, attention: str = PLAIN, *, weights=None, progress=None
+) -> GraphSpec:
+    """The AR graph (prefill / decode / verify); also the draft's AR graph with role=DRAFT_AR.
+
+    weights: name -> tensor, read as they are written (checkpoint.CheckpointWeights); None: the model's own.
+    progress(name) is called before each weight is written."""
     spec = target_spec(arch.layers, arch.kv_heads, arch.head_dim, arch.vocab_rows, role, attention)
-    return _export(model, arch, path, _Flavour(spec, 0, 0, TargetHead(arch.rms_eps, arch.vocab_rows), (LOGITS,)))
+    flavour = _Flavour(spec, 0, 0, TargetHead(arch.rms_eps, arch.vocab_rows), (LOGITS,))
+    return _export(model, arch, path, flavour, weights, progress)
 
 
 def export_draft(
-    model, arch: ArchSpec, path: Path, *, k: int, vocab: int, mask_id: int, attention: str = PLAIN
+    model,
+    arch: ArchSpec,
+    path: Path,
+    *,
+    k: int,
+    vocab: int,
+    mask_id: int,
+    attention: str = PLAIN,
+    weights=None,
+    progress=None,
 ) -> GraphSpec:
+    """The PARD draft graph: k - 1 mask slots; weights and progress as export_target's."""
     head_rows = draft_to_target(model)
     if head_rows is not None and not (0 <= int(head_rows.min()) and int(head_rows.max()) < vocab):
         raise CompatibilityError(
@@ -93,17 +110,18 @@ def export_draft(
         )
     spec = draft_spec(arch.layers, arch.kv_heads, arch.head_dim, vocab, k, attention)
     head = DraftHead(arch.rms_eps, k, vocab)
-    return _export(model, arch, path, _Flavour(spec, k - 1, mask_id, head, (DRAFT_IDS, DRAFT_LOGITS)))
+    flavour = _Flavour(spec, k - 1, mask_id, head, (DRAFT_IDS, DRAFT_LOGITS))
+    return _export(model, arch, path, flavour, weights, progress)
 
 
-def _export(model, arch: ArchSpec, path: Path, flavour: _Flavour) -> GraphSpec:
-    weights, names = hf_weights(model), weight_names(model)
+def _export(model, arch: ArchSpec, path: Path, flavour: _Flavour, weights, progress) -> GraphSpec:
+    weights, names = LazyWeights.over(hf_weights(model) if weights is None else weights), weight_names(model)
     attention = flavour.spec.attention
     if attention == INPLACE:
         weights = fused_layer.fused_weights(weights, arch.layers, fused_layer.has_qkv_bias(_layer_param_names(model)))
     head_rows = draft_to_target(model)  # a trimmed draft head: the target id of each row
     if head_rows is not None:
-        weights[HEAD_ROWS] = head_rows
+        weights.add(HEAD_ROWS, lambda: head_rows)
     examples = _Examples(arch, model.dtype, new=_EXAMPLE_NEW + flavour.mask_slots)
     head_wiring = {"hidden": f"hidden_states.{arch.layers}", "norm": names.norm, "lm": names.lm_head}
     if head_rows is not None:
@@ -124,7 +142,7 @@ def _export(model, arch: ArchSpec, path: Path, flavour: _Flavour) -> GraphSpec:
     dtype = ONNX_DTYPES[model.dtype]
     spec = flavour.spec
     graph = stitch(placements, _value_infos(spec.inputs, dtype), _value_infos(spec.outputs, dtype), spec.role)
-    save_with_weights(graph, path, weights)
+    save_with_weights(graph, path, weights, progress)
     if flavour.spec.attention == PLUGIN:
         register_schema()
     onnx.checker.check_model(str(path))

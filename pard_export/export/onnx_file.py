@@ -3,7 +3,8 @@ no second copy of the weights in memory)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import filecmp
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import onnx
@@ -18,11 +19,21 @@ ONNX_DTYPES = {
 _ALIGN = 4096  # page-aligned tensors let onnxruntime map them without copying
 
 
-def save_with_weights(model: onnx.ModelProto, path: Path, weights: Mapping[str, torch.Tensor]) -> None:
+def save_with_weights(
+    model: onnx.ModelProto,
+    path: Path,
+    weights: Mapping[str, torch.Tensor],
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """`model` as `path`, each of `weights` appended to <path>.data as it is read (a lazy mapping makes or loads them
+    one at a time); progress(name) before each."""
     data_name = f"{path.name}.data"
     offset = 0
     with open(path.parent / data_name, "wb") as data:
-        for name, tensor in weights.items():
+        for name in weights:
+            if progress is not None:
+                progress(name)
+            tensor = weights[name]
             offset += data.write(b"\0" * (-offset % _ALIGN))
             raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
             model.graph.initializer.append(_external_tensor(name, tensor, data_name, offset, raw.nbytes))
@@ -70,6 +81,51 @@ def save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
             offset += data.write(raw)
     staged.replace(path.parent / data_name)
     onnx.save_model(model, path)
+
+
+def share_weight_file(path: Path, owner: Path) -> bool:
+    """If the graph at `path` keeps its weights in a file byte-identical to the graph `owner`'s, point it into the
+    owner's file and delete its own (the draft and its AR graph hold the same weights); True if it did."""
+    own, shared = data_file(path), data_file(owner)
+    if not (own.is_file() and shared.is_file()) or not filecmp.cmp(own, shared, shallow=False):
+        return False
+    point_weights(path, shared.name)
+    own.unlink()
+    return True
+
+
+def own_weight_file(path: Path, owner: Path) -> None:
+    """Undo share_weight_file before the owner's graph is rewritten: the owner's file becomes this graph's own."""
+    if _weight_locations(path) == {data_file(owner).name}:
+        data_file(owner).rename(data_file(path))
+        point_weights(path, data_file(path).name)
+
+
+def point_weights(path: Path, location: str) -> None:
+    """Rewrite the graph at `path` so that every external initializer lies in `location` (same offsets)."""
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+    onnx.save_model(model, str(path))
+
+
+def data_file(path: Path) -> Path:
+    """Where save_with_weights puts a graph's weights: <graph>.onnx.data beside it."""
+    return path.parent / f"{path.name}.data"
+
+
+def _weight_locations(path: Path) -> set[str]:
+    model = onnx.load(str(path), load_external_data=False)
+    return {
+        entry.value
+        for tensor in model.graph.initializer
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
 
 
 _INLINE_BELOW = 1024  # bytes

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import SourceError
 from ..presets import PRESETS
+from .checkpoint import CheckpointWeights, GGUFWeights, has_safetensors
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
@@ -66,6 +67,42 @@ class ModelSource:
                 self,
                 lambda: AutoModelForCausalLM.from_pretrained(self.location, dtype=dtype, **self.kwargs).eval(),
             )
+
+    def load_for_export(self, dtype):
+        """(model, weights) for exporting: a local safetensors checkpoint or GGUF file gives the model's structure
+        without weights (the meta device) and its weights read one tensor at a time (checkpoint.py, checked against
+        the config before anything is written); any other source (a hub id, .bin weights) is loaded whole, weights
+        None."""
+        from .pard_draft import is_trimmed_draft
+
+        directory = Path(self.location)
+        if self.revision or not directory.is_dir() or not (self.gguf_file or has_safetensors(directory)):
+            return self.load_model(dtype), None
+        config = self.load_config()
+        if is_trimmed_draft(config):  # a trimmed head and its d2t map: small, and loaded by pard_draft
+            return self.load_model(dtype), None
+        model = _skeleton(config, dtype)
+        if self.gguf_file:
+            return model, GGUFWeights(directory / self.gguf_file, model, dtype)
+        return model, CheckpointWeights(directory, _parameter_shapes(model), dtype)
+
+
+def _skeleton(config, dtype):
+    """The model on the meta device (no weight memory), but for the rotary embedding: the export reads its
+    inv_freq, a buffer computed from the config."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    rotary = model.model.rotary_emb
+    model.model.rotary_emb = type(rotary)(config=model.config)
+    return model.eval()
+
+
+def _parameter_shapes(model) -> dict:
+    """Every parameter once (tied ones under their first name), in the model's order: what the export writes."""
+    return {name: param.shape for name, param in model.named_parameters()}
 
 
 @contextmanager

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -46,6 +47,20 @@ def test_engine_directory_and_manifest(tiny_pair, engine):
         session = ort.InferenceSession(str(root / manifest.models[role].file))
         assert [i.name for i in session.get_inputs()] == [t.name for t in manifest.models[role].io.inputs]
         assert [o.name for o in session.get_outputs()] == [t.name for t in manifest.models[role].io.outputs]
+
+
+def test_the_ar_draft_graph_reads_the_drafts_weight_file(tiny_pair, engine):
+    target, draft = tiny_pair("llama")
+    root = engine(target, draft, 4, with_ar_draft=True)
+    manifest = read_manifest(root)
+    assert "draft.onnx.data" in manifest.files and "draft_ar.onnx.data" not in manifest.files
+    assert not (root / "draft_ar.onnx.data").exists()
+    graph = onnx.load(str(root / "draft_ar.onnx"), load_external_data=False)
+    locations = {e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"draft.onnx.data"}
+    with Session(root) as session:
+        expected = session.generate(tiny_models.PROMPTS[0], max_new_tokens=10, mode="ar").token_ids
+        assert session.generate(tiny_models.PROMPTS[0], max_new_tokens=10, mode="ar-draft").token_ids == expected
 
 
 def test_failure_leaves_nothing(tiny_pair, tmp_path, monkeypatch):
@@ -150,3 +165,14 @@ def test_logits_are_float32_whatever_the_dtype(tiny_pair, engine):
     session = ort.InferenceSession(str(engine(target, draft, 4, dtype="float16", attention="plain") / "draft.onnx"))
     outputs = {o.name: o.type for o in session.get_outputs()}
     assert outputs["draft_logits"] == "tensor(float)" and outputs["draft_ids"] == "tensor(int64)"
+
+
+def test_a_graph_onnx_runtime_rejects_fails_the_build(tmp_path):
+    spec = target_spec(1, 1, 16, 32)
+    node = onnx.helper.make_node("NoSuchOp", ["input_ids"], ["logits"], domain="nowhere")
+    x = onnx.helper.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, ["batch", "sequence"])
+    y = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", "sequence", 32])
+    model = onnx.helper.make_model(onnx.helper.make_graph([node], "g", [x], [y]))
+    onnx.save_model(model, tmp_path / "target.onnx")
+    with pytest.raises(PardExportError, match="ONNX Runtime cannot load the exported target.onnx"):
+        build_module._compile_onnxruntime(tmp_path, {TARGET: spec})
