@@ -14,7 +14,7 @@ from .contract import ATTENTIONS, BACKENDS, DTYPES, MODES, NO_QUANTIZATION, QUAN
 from .errors import PardExportError
 
 EXIT_BAD_INPUT = 2
-_TENSORRT_ONLY = ("--max-batch", "--prefill-chunk", "--opt-batch", "--timing-cache")  # build flags of that backend
+_TENSORRT_ONLY = ("max_batch", "prefill_chunk", "opt_batch", "timing_cache")  # build settings of that backend only
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,14 +68,14 @@ def _parser() -> argparse.ArgumentParser:
         "(concatenated KV) or plugin (PardAttention nodes over preallocated KV buffers; the "
         "tensorrt default and only choice)",
     )
-    build.add_argument(_TENSORRT_ONLY[0], type=int, help="tensorrt: largest batch the plans serve (default 8)")
+    build.add_argument("--max-batch", type=int, help="tensorrt: largest batch the plans serve (default 8)")
     build.add_argument(
-        _TENSORRT_ONLY[1], type=int, help="tensorrt: most tokens per call, i.e. the prefill chunk (default 512)"
+        "--prefill-chunk", type=int, help="tensorrt: most tokens per call, i.e. the prefill chunk (default 512)"
     )
     build.add_argument(
-        _TENSORRT_ONLY[2], type=int, help="tensorrt: the batch its kernels and plugin tactics are tuned for (default 1)"
+        "--opt-batch", type=int, help="tensorrt: the batch its kernels and plugin tactics are tuned for (default 1)"
     )
-    build.add_argument(_TENSORRT_ONLY[3], help="tensorrt: TensorRT timing cache file, read if present and updated")
+    build.add_argument("--timing-cache", help="tensorrt: TensorRT timing cache file, read if present and updated")
     build.add_argument(
         "--quantize",
         choices=QUANTIZE_SCHEMES,
@@ -246,9 +246,9 @@ def _run_build(args) -> int:
 
 def _tensorrt_flags(args) -> dict:
     """The tensorrt-only flags that were given; refused for another backend rather than silently ignored."""
-    given = _given(**{flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag in _TENSORRT_ONLY})
+    given = _given(**{name: getattr(args, name) for name in _TENSORRT_ONLY})
     if given and args.backend != "tensorrt":
-        flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise PardExportError(f"{flags} apply to --backend tensorrt only; drop them for a {args.backend} build")
     return given
 

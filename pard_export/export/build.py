@@ -195,7 +195,6 @@ def _export_draft_again(
 ) -> dict[str, GraphSpec]:
     import torch
 
-    from .graphs import export_draft
     from .onnx_file import data_file, own_weight_file
 
     model, weights = pair.draft.load_for_export(getattr(torch, dtype))
@@ -203,16 +202,7 @@ def _export_draft_again(
         own_weight_file(staging / graph_file(DRAFT_AR), staging / graph_file(DRAFT))
     for stale in (staging / graph_file(DRAFT), data_file(staging / graph_file(DRAFT))):
         stale.unlink(missing_ok=True)
-    spec = export_draft(
-        model,
-        pair.draft_arch,
-        staging / graph_file(DRAFT),
-        k=k,
-        vocab=pair.vocab,
-        mask_id=pair.mask_id,
-        attention=attention,
-        weights=weights,
-    )
+    spec = _export_draft_graph(pair, staging, k, attention, model, weights)
     if DRAFT in schemes:
         quantize_graph(staging / graph_file(DRAFT), schemes[DRAFT])
     specs = {**specs, DRAFT: spec}
@@ -274,7 +264,7 @@ def _export_pair(
 ) -> dict[str, GraphSpec]:
     import torch
 
-    from .graphs import export_draft, export_target
+    from .graphs import export_target
 
     torch_dtype = getattr(torch, dtype)
     stage("load")
@@ -292,22 +282,29 @@ def _export_pair(
     del target_model, target_weights  # a model loaded whole is freed before the draft's export
     stage("export draft")
     specs = {TARGET: target_io}
-    specs[DRAFT] = export_draft(
-        draft[0],
+    specs[DRAFT] = _export_draft_graph(pair, staging, k, attention, *draft, stage=stage)
+    if with_ar_draft:
+        specs[DRAFT_AR] = export_target(
+            draft[0], pair.draft_arch, staging / graph_file(DRAFT_AR), DRAFT_AR, attention, weights=draft[1]
+        )
+    return specs
+
+
+def _export_draft_graph(pair: _Pair, staging: Path, k: int, attention: str, model, weights, stage=None) -> GraphSpec:
+    from .graphs import export_draft
+
+    progress = _weight_progress(stage, "export draft", pair.draft_arch.layers) if stage else None
+    return export_draft(
+        model,
         pair.draft_arch,
         staging / graph_file(DRAFT),
         k=k,
         vocab=pair.vocab,
         mask_id=pair.mask_id,
         attention=attention,
-        weights=draft[1],
-        progress=_weight_progress(stage, "export draft", pair.draft_arch.layers),
+        weights=weights,
+        progress=progress,
     )
-    if with_ar_draft:
-        specs[DRAFT_AR] = export_target(
-            draft[0], pair.draft_arch, staging / graph_file(DRAFT_AR), DRAFT_AR, attention, weights=draft[1]
-        )
-    return specs
 
 
 def _weight_progress(stage, name: str, layers: int):
@@ -508,13 +505,11 @@ def _stages(enabled: bool):
         started = []
 
         def stage(name: str, detail: str | None = None) -> None:
-            """A new stage, or with detail (e.g. the layer being written) where the current one is."""
-            if started and started[-1] == name:
-                bar.set_postfix_str(f"{name}: {detail}" if detail else name)
-                return
-            if started:
-                bar.update(1)
-            started.append(name)
+            """Start stage `name`, or (the same name again) show a detail of it, e.g. the layer being written."""
+            if not started or started[-1] != name:
+                if started:
+                    bar.update(1)
+                started.append(name)
             bar.set_postfix_str(f"{name}: {detail}" if detail else name)
 
         yield stage

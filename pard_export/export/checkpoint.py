@@ -25,13 +25,27 @@ def has_safetensors(directory: Path) -> bool:
     return (directory / SINGLE_FILE).is_file() or (directory / INDEX_FILE).is_file()
 
 
-class CheckpointWeights(Mapping):
-    """name -> tensor in `dtype`, read from the checkpoint on every access (nothing is kept); the names and shapes
-    are the model's (`expected`, in the order they are written)."""
+class _StreamedWeights(Mapping):
+    """name -> tensor in `dtype`, read on every access (nothing is kept). The names and shapes are the model's
+    parameters (`expected`: tied ones once, in the order they are written), which may live on the meta device."""
 
-    def __init__(self, directory: Path, expected: Mapping[str, torch.Size], dtype: torch.dtype):
-        self.directory, self.dtype = Path(directory), dtype
-        self.expected = dict(expected)
+    def __init__(self, model, dtype: torch.dtype):
+        self.dtype = dtype
+        self.expected = {name: param.shape for name, param in model.named_parameters()}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.expected)
+
+    def __len__(self) -> int:
+        return len(self.expected)
+
+
+class CheckpointWeights(_StreamedWeights):
+    """From a safetensors checkpoint: each tensor mapped for its read only."""
+
+    def __init__(self, directory: Path, model, dtype: torch.dtype):
+        super().__init__(model, dtype)
+        self.directory = Path(directory)
         self.files = _tensor_files(self.directory)
         self._check()
 
@@ -40,14 +54,8 @@ class CheckpointWeights(Mapping):
 
         if name not in self.expected:
             raise KeyError(name)
-        with safe_open(self.files[name], framework="pt") as f:  # mapped for this read only
+        with safe_open(self.files[name], framework="pt") as f:
             return f.get_tensor(name).to(self.dtype)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.expected)
-
-    def __len__(self) -> int:
-        return len(self.expected)
 
     def _check(self) -> None:
         from safetensors import safe_open
@@ -75,21 +83,21 @@ class CheckpointWeights(Mapping):
                         )
 
 
-class GGUFWeights(Mapping):
-    """name -> tensor in `dtype`, de-quantised from the GGUF file on every access, with transformers' own name map
-    and tensor processing (Llama's q/k permutation undone), as its whole-file loader does."""
+class GGUFWeights(_StreamedWeights):
+    """From a GGUF file: each tensor de-quantised when read, with transformers' own name map and tensor processing
+    (Llama's q/k permutation undone), as its whole-file loader does."""
 
     def __init__(self, path: Path, model, dtype: torch.dtype):
         from gguf import GGUFReader
         from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
-        self.path, self.dtype = Path(path), dtype
+        super().__init__(model, dtype)
+        self.path = Path(path)
         self.reader = GGUFReader(str(path))
         architecture = bytes(self.reader.fields["general.architecture"].parts[-1]).decode()
         self.processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=model.config.to_dict())
         self.key_map = get_gguf_hf_weights_map(model, self.processor)
         stored = {self.key_map[t.name]: t for t in self.reader.tensors if t.name in self.key_map}
-        self.expected = {name: param.shape for name, param in model.named_parameters()}
         for name, shape in self.expected.items():
             if name not in stored:
                 raise SourceError(f"{self.path.name}: no tensor for {name}, which its metadata's model needs")
@@ -116,12 +124,6 @@ class GGUFWeights(Mapping):
         tensor = torch.from_numpy(np.copy(processed.weights)).to(self.dtype)
         self.reader.data._mmap.madvise(mmap.MADV_DONTNEED)  # the file's pages read so far leave this process's RSS
         return tensor
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.expected)
-
-    def __len__(self) -> int:
-        return len(self.expected)
 
 
 def _tensor_files(directory: Path) -> dict[str, Path]:

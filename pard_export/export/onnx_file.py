@@ -104,11 +104,8 @@ def own_weight_file(path: Path, owner: Path) -> None:
 def point_weights(path: Path, location: str) -> None:
     """Rewrite the graph at `path` so that every external initializer lies in `location` (same offsets)."""
     model = onnx.load(str(path), load_external_data=False)
-    for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    entry.value = location
+    for entry in _location_entries(model):
+        entry.value = location
     onnx.save_model(model, str(path))
 
 
@@ -118,14 +115,14 @@ def data_file(path: Path) -> Path:
 
 
 def _weight_locations(path: Path) -> set[str]:
-    model = onnx.load(str(path), load_external_data=False)
-    return {
-        entry.value
-        for tensor in model.graph.initializer
-        if tensor.data_location == onnx.TensorProto.EXTERNAL
-        for entry in tensor.external_data
-        if entry.key == "location"
-    }
+    return {entry.value for entry in _location_entries(onnx.load(str(path), load_external_data=False))}
+
+
+def _location_entries(model: onnx.ModelProto):
+    """The `location` entry of every external initializer."""
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            yield from (entry for entry in tensor.external_data if entry.key == "location")
 
 
 _INLINE_BELOW = 1024  # bytes

@@ -84,7 +84,7 @@ class ModelSource:
         model = _skeleton(config, dtype)
         if self.gguf_file:
             return model, GGUFWeights(directory / self.gguf_file, model, dtype)
-        return model, CheckpointWeights(directory, _parameter_shapes(model), dtype)
+        return model, CheckpointWeights(directory, model, dtype)
 
 
 def _skeleton(config, dtype):
@@ -98,11 +98,6 @@ def _skeleton(config, dtype):
     rotary = model.model.rotary_emb
     model.model.rotary_emb = type(rotary)(config=model.config)
     return model.eval()
-
-
-def _parameter_shapes(model) -> dict:
-    """Every parameter once (tied ones under their first name), in the model's order: what the export writes."""
-    return {name: param.shape for name, param in model.named_parameters()}
 
 
 @contextmanager

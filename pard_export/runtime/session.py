@@ -289,9 +289,8 @@ class Session:
                 f"{self.engine_dir}: the {role} graph has {io.attention} attention but the manifest says "
                 f"{m.attention}; rebuild the engine"
             )
-        if (
-            io.attention == PLUGIN and m.dtype != "float32" and m.backend == "onnxruntime"
-        ):  # onnxruntime-extensions would abort
+        # onnxruntime-extensions would abort on a float16 plugin graph
+        if io.attention == PLUGIN and m.dtype != "float32" and m.backend == "onnxruntime":
             raise EngineError(
                 f"{self.engine_dir} is a {m.dtype} plugin-attention engine; ONNX Runtime runs those in "
                 "float32 only: rebuild with --dtype float32 or --attention plain"
