@@ -35,3 +35,7 @@ class RepositoryError(PardExportError):
 
 class RequestError(GenerationError):
     """A serving request the model refuses; the message goes back to the client as the response's error."""
+
+
+class QueueFullError(GenerationError):
+    """The scheduler's queue is full; the request may be sent again later (HTTP 503)."""

@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from ..contract import INPLACE, PLUGIN, GraphSpec
 from ..errors import EngineError
+from .plugin_cache import row_moves
 
 _NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 _PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -57,18 +58,22 @@ class OrtGraph:
             )
         self.kv_dtype = _NUMPY_DTYPES[past.type]
         self.kv_in_place = spec.attention == INPLACE
-        self._spec, self._kv, self._bindings, self._bound_values = spec, None, {}, None
+        self.max_batch = None
+        self._spec, self._kv = spec, None
         self.busy_s = 0.0  # time inside onnxruntime, for measuring the runtime's own overhead
 
     @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def run(self, feeds: dict[str, np.ndarray], skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-        """Outputs by name; those in `skip` are left out (ONNX Runtime then skips the nodes only they need)."""
+    def run(
+        self, feeds: dict[str, np.ndarray], skip: tuple[str, ...] = (), kv: BoundKV | None = None
+    ) -> dict[str, np.ndarray]:
+        """Outputs by name; those in `skip` are left out (ONNX Runtime then skips the nodes only they need). kv: the
+        caches an inplace graph updates (default: those kv_store() made)."""
         start = time.perf_counter()
         if self.kv_in_place:
-            outputs = self._run_bound(feeds, skip)
+            outputs = self._run_bound(feeds, skip, kv or self._kv)
         else:
             names = [n for n in self.output_names if n not in skip]
             outputs = dict(zip(names, self.session.run(names, feeds)))
@@ -88,14 +93,12 @@ class OrtGraph:
     def close(self) -> None:
         """Drop the ONNX Runtime session, its IO bindings and the caches (ONNX Runtime frees them with the last
         reference)."""
-        self.session, self._kv, self._bindings, self._bound_values = None, None, {}, None
+        self.session, self._kv = None, None
 
-    def _run_bound(self, feeds: dict[str, np.ndarray], skip: tuple[str, ...]) -> dict[str, np.ndarray]:
-        if self._kv is None:
+    def _run_bound(self, feeds: dict[str, np.ndarray], skip: tuple[str, ...], kv: BoundKV | None):
+        if kv is None:
             raise EngineError("an inplace graph ran before kv_store() made its caches")
-        if self._kv.values is not self._bound_values:  # new buffers (a new batch, growth): bind them afresh
-            self._bindings, self._bound_values = {}, self._kv.values
-        binding, fetched = self._binding(skip)
+        binding, fetched = self._binding(skip, kv)
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
         for name in fetched:  # again every call: a bound output keeps its last shape, which S changes
@@ -105,17 +108,18 @@ class OrtGraph:
         values = values[len(values) - len(fetched) :]
         return {name: value.numpy() for name, value in zip(fetched, values)}
 
-    def _binding(self, skip: tuple[str, ...]):
-        """One IO binding per set of fetched outputs, its caches bound once (the same OrtValues every call)."""
-        if skip not in self._bindings:
+    def _binding(self, skip: tuple[str, ...], kv: BoundKV):
+        """One IO binding per store and set of fetched outputs, its caches bound once (the same OrtValues every call;
+        the store forgets its bindings when it makes new buffers)."""
+        if skip not in kv.bindings:
             binding = self.session.io_binding()
             kv_outputs = set(self._spec.present_names)
             fetched = [n for n in self.output_names if n not in skip and n not in kv_outputs]
-            for past, present, value in zip(self._spec.past_names, self._spec.present_names, self._kv.values):
+            for past, present, value in zip(self._spec.past_names, self._spec.present_names, kv.values):
                 binding.bind_ortvalue_input(past, value)
                 binding.bind_ortvalue_output(present, value)
-            self._bindings[skip] = (binding, fetched)
-        return self._bindings[skip]
+            kv.bindings[skip] = (binding, fetched)
+        return kv.bindings[skip]
 
     def _device(self) -> str:
         return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
@@ -140,7 +144,12 @@ def _check_io(path: Path, session: ort.InferenceSession, spec: GraphSpec) -> Non
 
 class BoundKV:
     """The caches of one inplace graph (a KVStore): an OrtValue [B, Hkv, C, D] per kv_cache.* input, bound by the
-    graph as both that input and its kv_cache_out.* output. C grows with the rows (`reserve`), up to `capacity`."""
+    graph as both that input and its kv_cache_out.* output. C grows with the rows (`reserve`), up to `capacity`.
+    On the CPU the buffers hold room for more rows than the batch has (grown by doubling) and the OrtValues wrap
+    their first B rows: rows that join are copied in and rows that leave are moved down, the other rows stay put
+    (in-flight batching: a join or a leave copies its own rows, not the whole cache)."""
+
+    absorb_copies = True
 
     def __init__(self, names: Sequence[str], head_shape: tuple[int, int], capacity: int, dtype, device: str):
         self.names, self.head_shape, self.capacity = list(names), head_shape, capacity  # head_shape (Hkv, D)
@@ -161,6 +170,9 @@ class BoundKV:
             grown = -(-max(rows, self.rows * 3 // 2) // _GROWTH_ROWS) * _GROWTH_ROWS
             self._allocate(self._host_arrays(), min(self.capacity, grown))
 
+    def row_tokens(self, tokens: int) -> int:
+        return min(self.capacity, -(-tokens // _GROWTH_ROWS) * _GROWTH_ROWS)
+
     def feeds(self) -> dict[str, np.ndarray]:
         return {}
 
@@ -168,22 +180,60 @@ class BoundKV:
         pass
 
     def keep(self, rows: np.ndarray) -> None:
-        self._allocate([a[rows] for a in self._host_arrays()])
+        if self.device != "cpu":
+            self._allocate([a[rows] for a in self._host_arrays()])
+            return
+        for source, target in row_moves(rows):
+            for array in self._arrays:
+                array[target] = array[source]
+        self._wrap(len(rows))
 
-    def _allocate(self, contents: list[np.ndarray], rows: int | None = None) -> None:
-        """New buffers holding `contents` (their rows first), `rows` rows each (default: as many as they hold)."""
+    def joiner(self, batch: int) -> BoundKV:
+        store = BoundKV(self.names, self.head_shape, self.capacity, self.dtype, self.device)
+        store.start(batch)
+        return store
+
+    def absorb(self, other: BoundKV) -> None:
+        batch, joined = self.batch + other.batch, other._host_arrays()
+        if self.device == "cpu" and other.rows <= self.rows and batch <= len(self._arrays[0]):
+            for mine, theirs in zip(self._arrays, joined):
+                mine[self.batch : batch, :, : other.rows] = theirs
+            self._wrap(batch)
+            return
+        rows = max(self.rows, other.rows)
+        grown = [
+            np.concatenate([_with_rows(a, rows), _with_rows(b, rows)]) for a, b in zip(self._host_arrays(), joined)
+        ]
+        self._allocate(grown, room=2 * batch if self.device == "cpu" else batch)
+
+    def _allocate(self, contents: list[np.ndarray], rows: int | None = None, room: int | None = None) -> None:
+        """New buffers holding `contents` (their rows first), `rows` rows each (default: as many as they hold), with
+        room for `room` sequences (default: as many as they hold)."""
         batch, heads, held, dim = contents[0].shape
-        shape = (batch, heads, max(held, rows or 0), dim)
+        shape = (max(batch, room or 0), heads, max(held, rows or 0), dim)
         self._arrays = []
         for old in contents:
             new = np.zeros(shape, dtype=self.dtype)  # zeroed pages are only touched once written
-            new[:, :, :held] = old
+            new[:batch, :, :held] = old
             self._arrays.append(new)
-        # On the CPU an OrtValue wraps the numpy array (the same memory); elsewhere it is a device copy.
-        self.values = [ort.OrtValue.ortvalue_from_numpy(a, self.device, 0) for a in self._arrays]
+        self._wrap(batch)
+
+    def _wrap(self, batch: int) -> None:
+        """OrtValues over the buffers' first `batch` sequences. On the CPU an OrtValue wraps the numpy array (the same
+        memory; the first rows of a C-contiguous array are contiguous); elsewhere it is a device copy."""
+        self.batch = batch
+        self.values = [ort.OrtValue.ortvalue_from_numpy(a[:batch], self.device, 0) for a in self._arrays]
+        self.bindings: dict = {}  # the graph's IO bindings of these buffers, per set of fetched outputs
 
     def _host_arrays(self) -> list[np.ndarray]:
-        return self._arrays if self.device == "cpu" else [v.numpy() for v in self.values]
+        if self.device == "cpu":
+            return [a[: self.batch] for a in self._arrays]
+        return [v.numpy() for v in self.values]
 
 
 _GROWTH_ROWS = 256
+
+
+def _with_rows(cache: np.ndarray, rows: int) -> np.ndarray:
+    """cache [B, Hkv, C, D] with C = rows (zero rows added at the end: never read before they are written)."""
+    return np.pad(cache, [(0, 0), (0, 0), (0, rows - cache.shape[2]), (0, 0)])

@@ -129,6 +129,10 @@ class DeviceKV(GraphKV):
             self.pointers[name] = _check(cuda.cudaMalloc(max_batch * self.row_bytes))
             _check(cuda.cudaMemsetAsync(self.pointers[name], 0, max_batch * self.row_bytes, stream))
 
+    def address(self, name: str) -> int:
+        """Where this store's row 0 of cache `name` is (rows are contiguous: row b starts b * row_bytes in)."""
+        return self.pointers[name] + self.first * self.row_bytes
+
     def move_row(self, source: int, target: int) -> None:
         kind = self._cuda.cudaMemcpyKind.cudaMemcpyDeviceToDevice
         for pointer in self.pointers.values():  # rows are contiguous: row b starts b * row_bytes into the buffer
@@ -227,19 +231,23 @@ class TrtGraph:
             )
         return self.kv
 
-    def run(self, feeds: dict[str, np.ndarray], skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    def run(
+        self, feeds: dict[str, np.ndarray], skip: tuple[str, ...] = (), kv: DeviceKV | None = None
+    ) -> dict[str, np.ndarray]:
         """Outputs by name, less those in `skip` (TensorRT computes every output; skipped ones stay on the device).
-        Plugin flavour: no cache is fed or returned; they stay in kv_store()'s buffers, on its first `batch` rows."""
+        Plugin flavour: no cache is fed or returned; they stay in kv_store()'s buffers, on the `batch` rows from
+        `first` of `kv` (default: kv_store()'s own; a joiner's rows follow them)."""
         start = time.perf_counter()
+        kv = kv or self.kv
         hosted = [np.ascontiguousarray(feeds[name], dtype=self._dtypes[name]) for name in self.io.uploads]
         shapes = {name: array.shape for name, array in zip(self.io.uploads, hosted)}
         if self.io.static_kv:
-            if self.kv is None or self.kv.batch != shapes[INPUT_IDS][0]:
+            if kv is None or kv.batch != shapes[INPUT_IDS][0]:
                 raise EngineError(
                     f"a plugin plan ran {shapes[INPUT_IDS][0]} rows, but its caches were started for "
-                    f"{None if self.kv is None else self.kv.batch} (PluginCache starts kv_store())"
+                    f"{None if kv is None else kv.batch} (PluginCache starts kv_store())"
                 )
-            shapes |= {past: (self.kv.batch, *self.kv.row_shape) for past, _ in self.io.static_kv}
+            shapes |= {past: (kv.batch, *kv.row_shape) for past, _ in self.io.static_kv}
         context = self._contexts[pick_profile(self._ranges, shapes)]
         to_device = self._cuda.cudaMemcpyKind.cudaMemcpyHostToDevice
         for name, array in zip(self.io.uploads, hosted):
@@ -247,8 +255,8 @@ class TrtGraph:
             self._copy(self._bind(context, name, array.nbytes), array.ctypes.data, array.nbytes, to_device)
         for past, present in self.io.static_kv:  # one buffer bound as both: the plugin updates it in place
             context.set_input_shape(past, shapes[past])
-            context.set_tensor_address(past, self.kv.pointers[past])
-            context.set_tensor_address(present, self.kv.pointers[past])
+            context.set_tensor_address(past, kv.address(past))
+            context.set_tensor_address(present, kv.address(past))
         if self._sync:  # the same address every call, so captured graphs stay valid
             context.set_tensor_address(ATTENTION_SYNC, self._sync)
             context.set_tensor_address(ATTENTION_SYNC_OUT, self._sync)
@@ -258,7 +266,8 @@ class TrtGraph:
             self._bind(context, name, math.prod(shape) * self._dtypes[name].itemsize)
             if name not in skip:
                 outputs[name] = np.empty(shape, dtype=self._dtypes[name])
-        self._execute(context, graph_key(shapes, self._capture))
+        # Captured graphs hold the caches' addresses: a joiner's rows (first > 0) run uncaptured.
+        self._execute(context, None if kv is not None and kv.first else graph_key(shapes, self._capture))
         to_host = self._cuda.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for name, array in outputs.items():
             self._copy(array.ctypes.data, self._buffers[name][0], array.nbytes, to_host)

@@ -183,13 +183,13 @@ def _fill(target: KVCache, draft: KVCache, rng, tokens: int, batch: int = 1) -> 
     if tokens <= 0:
         return
     rows = rng.draw(batch, tokens)
-    pard_step(target, draft, rows, rows, 1, SamplingParams(), [None] * batch)
+    pard_step(target, draft, rows, rows, [1] * batch, [SamplingParams()] * batch, [None] * batch)
 
 
 def _time_steps(target: KVCache, draft: KVCache, k: int, rng, batch: int, unseen: int = CATCH_UP_FROM) -> list[float]:
     """Median seconds of a step verifying n drafts, n = 0..K, the draft reading `unseen` tokens first; each step
     is undone after timing."""
-    params, rngs = SamplingParams(), [None] * batch
+    params, rngs = [SamplingParams()] * batch, [None] * batch
     times: list[list[float]] = [[] for _ in range(k + 1)]
     for repeat in range(REPEATS + 1):
         for n in range(k + 1):
@@ -198,7 +198,7 @@ def _time_steps(target: KVCache, draft: KVCache, k: int, rng, batch: int, unseen
             if n == 0:
                 result = ar_step(target, target_new, draft_new, params, rngs)
             else:
-                result = pard_step(target, draft, target_new, draft_new, n, params, rngs)
+                result = pard_step(target, draft, target_new, draft_new, [n] * batch, params, rngs)
             if repeat:
                 times[n].append(time.perf_counter() - start)
             target.forget_last(np.array([1 + row.accepted for row in result.rows]))

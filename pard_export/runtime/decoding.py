@@ -10,6 +10,7 @@ token of its own; rejected drafts become holes in the caches (BatchCache.forget_
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -41,6 +42,10 @@ class StepResult:
     verify_s: float
 
 
+_CHUNKED_FROM = 8  # tokens before the kept ones; fewer are not worth another call
+PREFILL_CHUNK = 512
+
+
 def tail_logits(cache: BatchCache, rows, tail: int) -> np.ndarray:
     """Run each row's new tokens; the logits [B, tail, V] of the last `tail` positions (left-padded rows). The tokens
     before those go in first without logits (prefill_chunks): ONNX Runtime then skips the LM head there, whose cost
@@ -50,27 +55,30 @@ def tail_logits(cache: BatchCache, rows, tail: int) -> np.ndarray:
 
 
 def prefill_chunks(cache: BatchCache, rows, keep: int, skip: tuple[str, ...]) -> list[list[int]]:
-    """Run all but each row's last `keep` new tokens, fetching none of the outputs in `skip`, in chunks of
-    PREFILL_CHUNK tokens (a long prompt); returns the tokens left. Attention over a cache that grows with the chunks
-    costs about half of one call's tokens x all rows, and each call's attention bias stays small (SmolLM2, 5,000
-    tokens: time to first token 30 -> 19 s)."""
-    if max(len(row) for row in rows) - keep < _CHUNKED_FROM:  # every step after the prefill
-        return rows
+    """Run all but each row's last `keep` new tokens (prefill_plan's chunks), fetching none of the outputs in `skip`;
+    returns the tokens left."""
+    chunks, rest = prefill_plan(rows, keep)
+    for pieces in chunks:
+        cache.forward(*left_pad(pieces), skip=skip)
+    return rest
+
+
+def prefill_plan(rows, keep: int, chunk: int = PREFILL_CHUNK) -> tuple[list[list[list[int]]], list[list[int]]]:
+    """(the calls that run all but each row's last `keep` new tokens, each a piece per row; the tokens left), in
+    chunks of about `chunk` tokens (a long prompt). Attention over a cache that grows with the chunks costs about
+    half of one call's tokens x all rows, and each call's attention bias stays small (SmolLM2, 5,000 tokens: time to
+    first token 30 -> 19 s). Fewer than _CHUNKED_FROM tokens before the kept ones are not worth another call."""
     rows = [list(row) for row in rows]
+    if max(len(row) for row in rows) - keep < _CHUNKED_FROM:  # every step after the prefill
+        return [], rows
     before = [row[:-keep] for row in rows]
     lengths = [len(row) for row in before]
     # Every row gets a piece of every chunk (the draft graph's calls need a token per row), in proportion to its length.
-    chunks = min(-(-max(lengths) // PREFILL_CHUNK), min(lengths))
+    chunks = min(-(-max(lengths) // chunk), min(lengths))
     if not chunks:
-        return rows
-    for j in range(chunks):
-        pieces = [row[n * j // chunks : n * (j + 1) // chunks] for row, n in zip(before, lengths)]
-        cache.forward(*left_pad(pieces), skip=skip)
-    return [row[-keep:] for row in rows]
-
-
-_CHUNKED_FROM = 8  # tokens before the kept ones; fewer are not worth another call
-PREFILL_CHUNK = 512
+        return [], rows
+    plan = [[row[n * j // chunks : n * (j + 1) // chunks] for row, n in zip(before, lengths)] for j in range(chunks)]
+    return plan, [row[-keep:] for row in rows]
 
 
 def left_pad(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -84,68 +92,104 @@ def left_pad(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     return tokens, valid
 
 
-def ar_step(target: BatchCache, target_new, draft_new, params: SamplingParams, rngs) -> StepResult:
+def ar_step(target: BatchCache, target_new, draft_new, params: Sequence[SamplingParams], rngs) -> StepResult:
     start = time.perf_counter()
     logits = tail_logits(target, target_new, 1)[:, -1]  # [B, V]
-    chosen = [int(row.argmax()) if params.greedy else sample(warp(row, params), rng) for row, rng in zip(logits, rngs)]
+    chosen = [_choose(row, p, rng) for row, p, rng in zip(logits, params, rngs)]
     rows = [RowStep([t], 0, 0, list(unseen) + [t]) for t, unseen in zip(chosen, draft_new)]
     return StepResult(rows, 0, 0.0, time.perf_counter() - start)
 
 
 def pard_step(
-    target: BatchCache, draft: BatchCache, target_new, draft_new, n: int, params: SamplingParams, rngs
+    target: BatchCache,
+    draft: BatchCache,
+    target_new,
+    draft_new,
+    ns: Sequence[int],
+    params: Sequence[SamplingParams],
+    rngs,
 ) -> StepResult:
+    """ns[b]: the drafts row b verifies (<= K; 0 makes the row's step an ar step, its drafts unused)."""
     start = time.perf_counter()
-    sampled = params.draft_sampling and not params.greedy
+    sampled = [p.draft_sampling and not p.greedy for p in params]
     draft_new = prefill_chunks(draft, draft_new, 1, (DRAFT_IDS, DRAFT_LOGITS))  # the drafts follow the last token
-    out = draft.forward(*left_pad(draft_new), skip=() if sampled else (DRAFT_LOGITS,))  # argmax drafts need no logits
-    logits = out[DRAFT_LOGITS][:, :n] if sampled else [None] * len(rngs)
-    proposals = [propose(row, ids[:n], params, rng) for row, ids, rng in zip(logits, out[DRAFT_IDS], rngs)]
+    out = draft.forward(*left_pad(draft_new), skip=() if any(sampled) else (DRAFT_LOGITS,))  # argmax: no logits
+    proposals = [
+        propose(out[DRAFT_LOGITS][b, :n] if sampled[b] else None, out[DRAFT_IDS][b, :n], params[b], rngs[b])
+        for b, n in enumerate(ns)
+    ]
     drafted = time.perf_counter()
     verdicts = _verify(target, target_new, proposals, params, rngs)
     emitted = [d[:a].tolist() + [t] for (d, _), (a, t) in zip(proposals, verdicts)]
-    rows = [RowStep(e, n, a, e) for e, (a, _) in zip(emitted, verdicts)]  # the draft saw none of them as input
+    rows = [RowStep(e, n, a, e) for e, n, (a, _) in zip(emitted, ns, verdicts)]  # the draft saw none of them as input
     return StepResult(rows, 1, drafted - start, time.perf_counter() - drafted)
 
 
 def ar_draft_step(
-    target: BatchCache, draft: BatchCache, target_new, draft_new, n: int, params: SamplingParams, rngs, vocab: int
+    target: BatchCache,
+    draft: BatchCache,
+    target_new,
+    draft_new,
+    ns: Sequence[int],
+    params: Sequence[SamplingParams],
+    rngs,
+    vocab: int,
 ) -> StepResult:
     start = time.perf_counter()
-    batch = len(draft_new)
-    drafts = np.zeros((batch, n), dtype=np.int64)
+    batch, most = len(draft_new), max(ns)
+    drafts = np.zeros((batch, most), dtype=np.int64)
     qs = [[] for _ in range(batch)]
     logits = tail_logits(draft, draft_new, 1)[:, -1, :vocab]  # [B, V]
-    for j in range(n):
+    for j in range(most):
         for b, rng in enumerate(rngs):
-            ids, q = propose(logits[b][None], logits[b].argmax()[None], params, rng)
+            ids, q = propose(logits[b][None], logits[b].argmax()[None], params[b], rng if j < ns[b] else _UNUSED)
             drafts[b, j] = ids[0]
             qs[b].append(q)
-        if j < n - 1:
+        if j < most - 1:
             logits = draft.forward(drafts[:, j : j + 1], np.ones((batch, 1), dtype=bool))[LOGITS][:, -1, :vocab]
     drafted = time.perf_counter()
-    proposals = [(drafts[b], None if qs[b][0] is None else np.concatenate(qs[b])) for b in range(batch)]
+    proposals = [
+        (drafts[b, :n], None if not n or qs[b][0] is None else np.concatenate(qs[b][:n])) for b, n in enumerate(ns)
+    ]
     verdicts = _verify(target, target_new, proposals, params, rngs)
-    # The draft consumed d_1..d_{n-1}; those the target rejected become holes in its cache too.
-    seen = [min(a, n - 1) for a, _ in verdicts]
-    draft.forget_last(np.array([n - 1 - s for s in seen]))
+    # The draft consumed d_1..d_{most-1}; those the target rejected (or its row did not verify) become holes there too.
+    seen = [min(a, most - 1) for a, _ in verdicts]
+    draft.forget_last(np.array([most - 1 - s for s in seen]))
     rows = []
-    for (d, _), (a, t), s in zip(proposals, verdicts, seen):
+    for (d, _), n, (a, t), s in zip(proposals, ns, verdicts, seen):
         emitted = d[:a].tolist() + [t]
         rows.append(RowStep(emitted, n, a, emitted[s:]))
-    return StepResult(rows, n, drafted - start, time.perf_counter() - drafted)
+    return StepResult(rows, most, drafted - start, time.perf_counter() - drafted)
 
 
-def _verify(target: BatchCache, target_new, proposals, params: SamplingParams, rngs) -> list[tuple[int, int]]:
-    """Run [pending.., d_1..d_n] through the target; (accepted, next token) per row; forget rejected drafts."""
-    n = len(proposals[0][0])
-    logits = tail_logits(target, [list(new) + d.tolist() for new, (d, _) in zip(target_new, proposals)], n + 1)
+def _verify(target: BatchCache, target_new, proposals, params: Sequence[SamplingParams], rngs) -> list[tuple[int, int]]:
+    """Run [pending.., d_1..d_n] through the target (n per row); (accepted, next token) per row; forget rejected
+    drafts."""
+    tail = max(len(d) for d, _ in proposals) + 1
+    logits = tail_logits(target, [list(new) + d.tolist() for new, (d, _) in zip(target_new, proposals)], tail)
     verdicts = [
-        verify_greedy(d, row) if params.greedy else verify_sampled(d, q, row, params, rng)
-        for (d, q), row, rng in zip(proposals, logits, rngs)
+        verify_greedy(d, row[tail - len(d) - 1 :])
+        if p.greedy
+        else verify_sampled(d, q, row[tail - len(d) - 1 :], p, rng)
+        for (d, q), row, p, rng in zip(proposals, logits, params, rngs)
     ]
-    target.forget_last(np.array([n - a for a, _ in verdicts]))
+    target.forget_last(np.array([len(d) - a for (d, _), (a, _) in zip(proposals, verdicts)]))
     return verdicts
+
+
+def _choose(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    return int(logits.argmax()) if params.greedy else sample(warp(logits, params), rng)
+
+
+class _UnusedDraws:
+    """The generator of a draft no row verifies: its proposal is never read, so it takes none of the row's draws
+    (a row's sampled text then depends on its own drafts only, not on how far other rows of the batch draft)."""
+
+    def random(self):
+        return 0.0
+
+
+_UNUSED = _UnusedDraws()
 
 
 @dataclass

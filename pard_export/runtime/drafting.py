@@ -8,7 +8,7 @@ than one (quantized weights on a CPU, long contexts), fewer drafts, or none, are
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +19,7 @@ PRIOR_WEIGHT = 1.0  # the calibrated rates count as this many observations of ea
 FORGET = 0.95  # per observation of a position: the estimate follows about the last 20 steps of this row
 DRIFT = 0.9  # per step where a position goes unverified: it returns towards the calibrated rate
 FIRST_PROBE = 16  # ar steps before one step verifies a single draft again (a probe)
-LAST_PROBE = 64  # the wait doubles after each probe that finds nothing accepted, up to this
+LAST_PROBE = 64  # the wait doubles after each probe whose accepted drafts did not pay for it, up to this
 PROBE_SCALE = 150.0  # where drafting is modelled only a little slower, a probe comes after 150 x the shortfall ar steps
 SOONEST_PROBE = 4  # but not before this many
 WORTH_TRYING = 0.95  # below this speed of ar steps at the calibrated rates, a request does not try drafting
@@ -145,20 +145,30 @@ class AdaptiveDrafts:
     - a step after a drafting step keeps drafting unless that is modelled HYSTERESIS slower than an ar step (a few
       rejections pull an estimate under the line more often than the text changes);
     - after FIRST_PROBE ar steps in a row one step verifies a single draft (a probe), so a change of text (code
-      after prose) is noticed. Each probe that finds nothing accepted doubles the wait, up to LAST_PROBE; one that
-      finds agreement probes again at once; where drafting is modelled only a little slower, the probe comes after
-      PROBE_SCALE x the shortfall ar steps (at least SOONEST_PROBE)."""
+      after prose) is noticed. Each probe whose accepted drafts did not pay for its longer step (one row: nothing
+      accepted) doubles the wait, up to LAST_PROBE; one that paid probes again at once; where drafting is modelled
+      only a little slower, the probe comes after PROBE_SCALE x the shortfall ar steps (at least SOONEST_PROBE)."""
 
-    def __init__(self, costs: StepCosts, prior: Sequence[float], rows: int):
+    def __init__(self, costs: StepCosts, prior: Sequence[float], rows: int | Iterable[Hashable] = 1):
+        """rows: the keys of the rows (or a count: keys 0 .. rows-1); rows that join later are add()ed."""
         self.costs = costs
-        self.rows = [Acceptance(np.asarray(prior)) for _ in range(rows)]
+        self.prior = np.asarray(prior, dtype=np.float64)
+        self.rows: dict[Hashable, Acceptance] = {}
+        for key in range(rows) if isinstance(rows, int) else rows:
+            self.add(key)
         self.ar_steps = 0
         self.probe_after = FIRST_PROBE
-        self.prior = np.asarray(prior, dtype=np.float64)
         self.started = self.drafting = self.probing = False
+        self.probe_seconds = np.ones(2)  # the modelled step seconds when the last probe was chosen
         self.trying = True  # drafting is worth trying at all (decided at the first step)
 
-    def choose(self, rows: Sequence[int], context: int, most: int) -> tuple[int, np.ndarray]:
+    def add(self, key: Hashable) -> None:
+        self.rows[key] = Acceptance(self.prior)
+
+    def remove(self, key: Hashable) -> None:
+        del self.rows[key]
+
+    def choose(self, rows: Sequence[Hashable], context: int, most: int) -> tuple[int, np.ndarray]:
         """(n <= most, the modelled seconds of each n) for the next step of `rows` (indices into the request) at
         this context length."""
         seconds = self.costs.at(context, len(rows))[: most + 1]
@@ -176,6 +186,7 @@ class AdaptiveDrafts:
                 self.ar_steps, self.probe_after = 0, FIRST_PROBE
             elif self.trying:
                 n = self._probe_due(speeds)
+                self.probe_seconds = seconds
         self.drafting = n > 0
         return n, seconds
 
@@ -195,13 +206,22 @@ class AdaptiveDrafts:
         self.probe_after = min(2 * self.probe_after, LAST_PROBE)  # kept only if nothing is accepted
         return 1
 
-    def observe(self, rows: Sequence[int], drafted: int, accepted: Sequence[int]) -> None:
-        if not drafted:
+    def observe(self, rows: Sequence[Hashable], drafted: int | Sequence[int], accepted: Sequence[int]) -> None:
+        """A step verified `drafted` drafts (one count, or one per row) and each row accepted its first accepted[i]."""
+        counts = [drafted] * len(rows) if isinstance(drafted, (int, np.integer)) else list(drafted)
+        if not any(counts):
             return
-        for r, a in zip(rows, accepted):
-            self.rows[r].observe(drafted, a)
-        if self.probing and any(accepted):  # found agreement: probe again at once, unless the estimates now draft
+        for r, n, a in zip(rows, counts, accepted):
+            if n:
+                self.rows[r].observe(n, a)
+        if self.probing and self._probe_paid(accepted):  # probe again at once, unless the estimates now draft
             self.ar_steps = self.probe_after = FIRST_PROBE
 
-    def expected(self, row: int, n: int) -> float:
+    def _probe_paid(self, accepted: Sequence[int]) -> bool:
+        """Whether the probe's tokens came at least as fast as an ar step's would have: for one row, any accepted
+        draft; for a batch, enough of them (one row in 16 agreeing does not pay for a batch's longer step)."""
+        seconds = self.probe_seconds
+        return (len(accepted) + sum(accepted)) * seconds[0] >= len(accepted) * seconds[1]
+
+    def expected(self, row: Hashable, n: int) -> float:
         return float(expected_tokens(self.rows[row].rates)[n])

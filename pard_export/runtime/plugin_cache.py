@@ -27,6 +27,7 @@ store's business, chosen by the graph (one code path for both):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -37,16 +38,20 @@ from .interfaces import Graph, KVStore
 
 
 class PluginCache:
-    def __init__(self, graph: Graph, spec: GraphSpec, kv_heads: int, head_dim: int, capacity: int):
-        self.graph = graph
+    def __init__(
+        self, graph: Graph, spec: GraphSpec, kv_heads: int, head_dim: int, capacity: int, kv: KVStore | None = None
+    ):
+        """kv: the store to use (a joiner's); by default an in-place graph's own (TensorRT, ONNX Runtime's inplace
+        flavour), or host buffers that go in and out of every call."""
+        self.graph, self.spec = graph, spec
         self.kv_heads, self.head_dim, self.capacity = kv_heads, head_dim, capacity
-        # An in-place graph (TensorRT, ONNX Runtime's inplace flavour) owns its caches; otherwise they live here and
-        # go in and out of every call.
-        self.kv: KVStore = (
-            graph.kv_store(kv_heads, head_dim, capacity)
-            if graph.kv_in_place
-            else HostKV(spec.past_names, spec.present_names, (kv_heads, capacity, head_dim), graph.kv_dtype)
-        )
+        if kv is None:
+            kv = (
+                graph.kv_store(kv_heads, head_dim, capacity)
+                if graph.kv_in_place
+                else HostKV(spec.past_names, spec.present_names, (kv_heads, capacity, head_dim), graph.kv_dtype)
+            )
+        self.kv: KVStore = kv
         # The draft graph appends K-1 mask slots and reads its K drafts off the last K positions, so every row's
         # real tokens must end its input (no right padding).
         self.ends_aligned = any(t.name == DRAFT_IDS for t in spec.outputs)
@@ -57,6 +62,31 @@ class PluginCache:
         self.kv.start(batch)
         self.tokens = np.zeros((batch, self.capacity), dtype=np.int64)  # [B, C]: the token at each cache row
         self.lengths = np.zeros(batch, dtype=np.int64)  # real tokens per row = the next position
+
+    @property
+    def absorb_copies(self) -> bool:
+        """absorb() copies the other cache's rows and leaves them as they were (not where the graph's buffers hold
+        them: it moves them there)."""
+        return self.kv.absorb_copies
+
+    def row_bytes(self, tokens: int) -> int:
+        per_token = len(self.spec.past_names) * self.kv_heads * self.head_dim * np.dtype(self.graph.kv_dtype).itemsize
+        return self.kv.row_tokens(min(tokens, self.capacity)) * per_token
+
+    def joiner(self, batch: int) -> PluginCache:
+        """`batch` empty rows on the same graph, to prefill apart from this batch and then absorb(); their buffers
+        are the store's joiner (for a graph's static buffers, the rows after this batch's)."""
+        cache = PluginCache(
+            self.graph, self.spec, self.kv_heads, self.head_dim, self.capacity, kv=self.kv.joiner(batch)
+        )
+        cache.start(batch)
+        return cache
+
+    def absorb(self, other: PluginCache) -> None:
+        """Append other's rows (a joiner of this cache) after these."""
+        self.kv.absorb(other.kv)
+        self.tokens = np.concatenate([self.tokens, other.tokens])
+        self.lengths = np.concatenate([self.lengths, other.lengths])
 
     def forward(self, tokens: np.ndarray, valid: np.ndarray, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
         """Run tokens [B, S] (valid [B, S] marks real ones; padding is on the left of each row); outputs named in
@@ -99,13 +129,15 @@ class PluginCache:
         self.kv.reserve(rows)
         positions = past[:, None] + np.arange(ids.shape[1])  # [B, S]
         feeds = {INPUT_IDS: ids, POSITION_IDS: positions, PAST_LEN: past.astype(np.int32)}
-        outputs = self.graph.run(feeds | self.kv.feeds(), skip)
+        outputs = self.graph.run(feeds | self.kv.feeds(), skip, kv=self.kv if self.graph.kv_in_place else None)
         self.kv.update(outputs)
         return outputs
 
 
 class HostKV:
     """Numpy buffers fed to every call and replaced by its kv_cache_out.* outputs (ONNX Runtime)."""
+
+    absorb_copies = True
 
     def __init__(self, past_names: Sequence[str], present_names: Sequence[str], row_shape: tuple[int, int, int], dtype):
         self.past_names, self.present_names = list(past_names), list(present_names)
@@ -118,6 +150,9 @@ class HostKV:
     def reserve(self, rows: int) -> None:
         pass  # allocated at full capacity
 
+    def row_tokens(self, tokens: int) -> int:
+        return self.row_shape[1]  # every row holds the full capacity
+
     def feeds(self) -> dict[str, np.ndarray]:
         return dict(zip(self.past_names, self.buffers))
 
@@ -127,25 +162,54 @@ class HostKV:
     def keep(self, rows: np.ndarray) -> None:
         self.buffers = [t[rows] for t in self.buffers]
 
+    def joiner(self, batch: int) -> HostKV:
+        store = HostKV(self.past_names, self.present_names, self.row_shape, self.dtype)
+        store.start(batch)
+        return store
+
+    def absorb(self, other: HostKV) -> None:
+        self.buffers = [np.concatenate([mine, theirs]) for mine, theirs in zip(self.buffers, other.buffers)]
+
 
 class GraphKV:
     """Static buffers [max_batch, Hkv, C, D] owned by an in-place graph, which runs on their first `batch` rows:
     nothing to feed, nothing to take back. Subclasses own the memory and move a row (`move_row`)."""
 
+    absorb_copies = False  # a joiner's rows are the buffers' own, moved into place
+
     def __init__(self, max_batch: int, row_shape: tuple[int, int, int]):
         self.max_batch, self.row_shape = max_batch, row_shape  # row_shape (Hkv, C, D)
+        self.first = 0  # the buffers' row this store's row 0 is (a joiner's rows follow the batch's)
         self.batch = 1
 
     def start(self, batch: int) -> None:
-        if batch > self.max_batch:
+        if self.first + batch > self.max_batch:
             raise GenerationError(
-                f"a batch of {batch} prompts exceeds this engine's maximum batch of "
+                f"a batch of {self.first + batch} prompts exceeds this engine's maximum batch of "
                 f"{self.max_batch}; pass fewer prompts or rebuild with a larger --max-batch"
             )
         self.batch = batch
 
+    def joiner(self, batch: int) -> GraphKV:
+        """The same buffers' rows after this batch's (the graph runs on a joiner's rows at its `first`)."""
+        store = copy.copy(self)
+        store.first = self.first + self.batch
+        store.start(batch)
+        return store
+
+    def absorb(self, other: GraphKV) -> None:
+        """Other's rows (a joiner's, after this batch's; rows may have left this batch since) follow these."""
+        for i in range(other.batch):
+            source, target = other.first + i, self.first + self.batch + i
+            if source != target:
+                self.move_row(source, target)
+        self.batch += other.batch
+
     def reserve(self, rows: int) -> None:
         pass  # allocated at full capacity
+
+    def row_tokens(self, tokens: int) -> int:
+        return self.row_shape[1]  # allocated once for max_batch rows; a row's share is the full capacity
 
     def feeds(self) -> dict[str, np.ndarray]:
         return {}
@@ -155,11 +219,11 @@ class GraphKV:
 
     def keep(self, rows: np.ndarray) -> None:
         for source, target in row_moves(rows):
-            self.move_row(source, target)
+            self.move_row(self.first + source, self.first + target)
         self.batch = len(rows)
 
     def move_row(self, source: int, target: int) -> None:
-        """Copy row `source` of every buffer over row `target` (target < source)."""
+        """Copy row `source` of every buffer over row `target` (target < source; rows of the whole buffers)."""
         raise NotImplementedError
 
 

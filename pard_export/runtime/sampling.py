@@ -32,6 +32,8 @@ class SamplingParams:
             raise GenerationError(f"top_p must lie in (0, 1], got {self.top_p}")
         if not (isinstance(self.top_k, int) and self.top_k >= 0):
             raise GenerationError(f"top_k must be an integer >= 0 (0 = no limit), got {self.top_k}")
+        if self.seed is not None and not (isinstance(self.seed, (int, np.integer)) and self.seed >= 0):
+            raise GenerationError(f"seed must be an integer >= 0 (or None: a fresh one), got {self.seed!r}")
 
     @property
     def greedy(self) -> bool:
@@ -74,7 +76,7 @@ def sample(probs: np.ndarray, rng: np.random.Generator) -> int:
 
 def propose(draft_logits: np.ndarray, argmax_ids: np.ndarray, params: SamplingParams, rng: np.random.Generator):
     """Drafts for one row and their proposal distributions q ([n, V]); q is None for argmax (one-hot) drafts."""
-    if params.greedy or not params.draft_sampling:
+    if params.greedy or not params.draft_sampling or not len(argmax_ids):
         return argmax_ids, None
     q = warp(draft_logits, params)
     return np.array([sample(qi, rng) for qi in q], dtype=np.int64), q

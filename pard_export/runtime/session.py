@@ -16,6 +16,7 @@ from ..errors import EngineError, GenerationError
 from ..manifest import TOKENIZER_DIR, Manifest, read_manifest, verify_hashes
 from ..prompts import CALIBRATION_PROMPTS, load_prompts
 from .backend_ort import OrtGraph
+from .batch import DecodeBatch, Row
 from .cache import BatchCache
 from .calibration import (
     Calibration,
@@ -26,8 +27,7 @@ from .calibration import (
     save_calibration,
     settings_key,
 )
-from .decoding import GenerationStats, StatsRecorder, StepResult, ar_draft_step, ar_step, pard_step, step_lengths
-from .drafting import AdaptiveDrafts
+from .decoding import GenerationStats, StatsRecorder, step_lengths
 from .interfaces import Graph, KVCache
 from .plugin_cache import PluginCache
 from .sampling import SamplingParams
@@ -65,40 +65,17 @@ class StreamEvent:
     text: str  # newly visible text (may be empty while a character or a possible stop string is incomplete)
     token_ids: list[int]  # the tokens this step added to the row
     result: GenerationResult | None = None
+    error: str | None = None  # set instead of result on the last event of a request the Scheduler failed to finish
 
 
 @dataclass(frozen=True)
-class _Request:
+class DecodeRequest:
+    """A generation's checked settings."""
+
     max_new_tokens: tuple[int, ...]  # per row
     mode: str
     params: SamplingParams
     stop: tuple[str, ...]
-
-
-class _Row:
-    """One sequence of a batch: its tokens, text, statistics and why it ended."""
-
-    def __init__(self, max_new_tokens: int, room: int, recorder: StatsRecorder, text: RowText | None):
-        self.tokens: list[int] = []
-        self.limit = min(max_new_tokens, room)
-        self.recorder, self.text = recorder, text
-        self.finish_reason: str | None = None
-
-    @property
-    def budget(self) -> int:
-        return self.limit - len(self.tokens)
-
-    def accept(self, emitted: list[int], eos: frozenset[int]) -> int:
-        """Append a step's tokens up to EOS, a stop string or the limit; returns how many were kept."""
-        for count, token in enumerate(emitted, 1):
-            self.tokens.append(token)
-            if (self.text is not None and self.text.add(token)) or token in eos:
-                self.finish_reason = "stop"
-            elif len(self.tokens) >= self.limit:
-                self.finish_reason = "length"
-            if self.finish_reason:
-                return count
-        return len(emitted)
 
 
 class Session:
@@ -149,6 +126,12 @@ class Session:
         return sum(cache.graph.busy_s for cache in self._caches.values())
 
     onnxruntime_seconds = backend_seconds  # the name before TensorRT engines ran here too
+
+    @property
+    def max_batch(self) -> int | None:
+        """The most rows one generation may decode together (a TensorRT plan's profiles); None: no limit."""
+        limits = [cache.graph.max_batch for cache in self._caches.values() if cache.graph.max_batch]
+        return min(limits, default=None)
 
     @property
     def providers(self) -> list[str]:
@@ -242,6 +225,11 @@ class Session:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def kv_bytes(self, mode: str, tokens: int) -> int:
+        """The KV memory a row of `tokens` tokens takes in `mode`'s caches."""
+        roles = [TARGET] + ([DRAFT_AR if mode == "ar-draft" else DRAFT] if mode != "ar" else [])
+        return sum(self._caches[role].row_bytes(tokens) for role in roles)
+
     def _cache(self, role: str, threads, providers) -> KVCache:
         entry = self.manifest.models[role]
         self._check_attention(role)
@@ -262,7 +250,7 @@ class Session:
         started = time.perf_counter()
         items = load_prompts(prompts)
         m = self.manifest
-        with self._exclusive():
+        with self.exclusive():
             costs = measure_costs(self._caches[TARGET], self._caches[DRAFT], m.k, m.max_seq_len, m.vocab_size)
         chat = self.codec.chat_template is not None
         texts = [item.get("prompt_ids") or item["prompt"] for item in items]
@@ -309,9 +297,38 @@ class Session:
         seed: int | None = None,
         draft_sampling: bool = False,
         stop: Sequence[str] = (),
-    ) -> tuple[list[list[int]], _Request]:
+    ) -> tuple[list[list[int]], DecodeRequest]:
         """Check everything before any work, so bad input generates nothing."""
         self._check_idle()
+        return self.check_request(
+            prompts,
+            max_new_tokens=max_new_tokens,
+            mode=mode,
+            chat=chat,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            draft_sampling=draft_sampling,
+            stop=stop,
+        )
+
+    def check_request(
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        max_new_tokens: int | Sequence[int],
+        mode: str,
+        chat: bool,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        seed: int | None,
+        draft_sampling: bool,
+        stop: Sequence[str],
+    ) -> tuple[list[list[int]], DecodeRequest]:
+        """The prompts' token ids and the checked settings; GenerationError names what is wrong (any thread)."""
+        self._check_open()
         if mode not in MODES:
             raise GenerationError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if mode not in self.modes:
@@ -323,7 +340,7 @@ class Session:
         if not prompts:
             raise GenerationError("no prompts given; pass a prompt or a non-empty list of prompts")
         ids = [self._prompt_ids(p, chat, i if len(prompts) > 1 else None) for i, p in enumerate(prompts)]
-        return ids, _Request(limits, mode, params, tuple(stop))
+        return ids, DecodeRequest(limits, mode, params, tuple(stop))
 
     def _prompt_ids(self, prompt: Prompt, chat: bool, index: int | None) -> list[int]:
         which = "the prompt" if index is None else f"prompt {index}"
@@ -343,76 +360,69 @@ class Session:
             )
         return ids
 
-    def _decode(self, prompt_ids: list[list[int]], request: _Request, with_text: bool) -> Iterator[StreamEvent]:
+    def _decode(self, prompt_ids: list[list[int]], request: DecodeRequest, with_text: bool) -> Iterator[StreamEvent]:
         """A StreamEvent per active row and step; the text is tracked only when with_text. The caches are this
         generation's from its first step to its last (or until the caller drops the iterator)."""
         calibration = self.calibration if request.mode == "pard" else None  # may generate itself: before taking over
-        with self._exclusive():
+        with self.exclusive():
             yield from self._decode_exclusive(prompt_ids, request, with_text, calibration)
 
     def _decode_exclusive(
-        self, prompt_ids: list[list[int]], request: _Request, with_text: bool, calibration: Calibration | None
+        self, prompt_ids: list[list[int]], request: DecodeRequest, with_text: bool, calibration: Calibration | None
     ) -> Iterator[StreamEvent]:
-        m, mode, params = self.manifest, request.mode, request.params
-        rows = [
-            _Row(
-                limit,
-                m.max_seq_len - len(ids),
-                StatsRecorder(mode, m.k),
-                RowText(self.codec, request.stop) if with_text else None,
-            )
-            for ids, limit in zip(prompt_ids, request.max_new_tokens)
-        ]
-        rngs = [np.random.default_rng(None if params.seed is None else [params.seed, i]) for i in range(len(rows))]
+        start = time.perf_counter()
+        batch = self.decode_batch(request.mode, calibration)
+        batch.start(
+            [
+                self.row(i, ids, limit, request.mode, request.params, request.stop if with_text else None, start)
+                for i, (ids, limit) in enumerate(zip(prompt_ids, request.max_new_tokens))
+            ]
+        )
+        while True:
+            self._check_open()  # close() may come between two steps of a stream
+            for row, emitted in batch.step():
+                done = row.finish_reason is not None
+                piece = row.text.take_visible(final=done) if row.text is not None else ""
+                yield StreamEvent(row.index, piece, emitted, self.result(row) if done else None)
+            if all(row.finish_reason for row in batch.rows):
+                break  # the caches keep the last rows until the next generation starts them afresh
+            batch.leave()
+
+    def decode_batch(self, mode: str, calibration: Calibration | None) -> DecodeBatch:
+        """A batch of `mode` on this Session's caches (for whoever holds them: a generation, the Scheduler)."""
         caches = [self._caches[TARGET]] + (
             [self._caches[DRAFT_AR if mode == "ar-draft" else DRAFT]] if mode != "ar" else []
         )
-        adaptive = AdaptiveDrafts(calibration.costs, calibration.acceptance, len(rows)) if calibration else None
-        for cache in caches:
-            cache.start(len(rows))
-        active = list(range(len(rows)))
-        target_new = [list(ids) for ids in prompt_ids]  # tokens each model has not consumed yet
-        draft_new = [list(ids) for ids in prompt_ids]
-        start, ttft = time.perf_counter(), None
-        while active:
-            self._check_open()  # close() may come between two steps of a stream
-            most = min(self.manifest.k, min(rows[i].budget for i in active) - 1)  # never verify drafts past a limit
-            if adaptive is None:
-                n, modelled = (0 if mode == "ar" else most), None
-            else:
-                context = max(len(prompt_ids[i]) + len(rows[i].tokens) for i in active)
-                n, modelled = _adaptive_drafts(adaptive, active, context, most, max(len(new) for new in draft_new))
-            result = self._step(caches, mode, target_new, draft_new, n, params, [rngs[i] for i in active])
-            if adaptive is not None:
-                adaptive.observe(active, n, [step.accepted for step in result.rows])
-            ttft = ttft if ttft is not None else time.perf_counter() - start
-            for pos, (i, step) in enumerate(zip(active, result.rows)):
-                row = rows[i]
-                kept = row.accept(step.emitted, self._eos)
-                row.recorder.record(
-                    step,
-                    kept,
-                    result,
-                    first=row.recorder.stats.target_forwards == 0,
-                    modelled=None if modelled is None else modelled[pos],
-                )
-                done = row.finish_reason is not None
-                piece = row.text.take_visible(final=done) if row.text is not None else ""
-                final = self._result(row, ttft, time.perf_counter() - start) if done else None
-                yield StreamEvent(i, piece, step.emitted[:kept], final)
-            keep = [pos for pos, i in enumerate(active) if rows[i].finish_reason is None]
-            if not keep:
-                break
-            for cache in caches:
-                cache.compact_if_needed(np.array(keep, dtype=np.int64))
-            target_new = [[rows[active[pos]].tokens[-1]] for pos in keep]
-            draft_new = [result.rows[pos].draft_unseen for pos in keep]
-            active = [active[pos] for pos in keep]
+        m = self.manifest
+        return DecodeBatch(caches, mode, m.k, self._eos, m.vocab_size, calibration if mode == "pard" else None)
+
+    def row(
+        self,
+        index: int,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        mode: str,
+        params: SamplingParams,
+        stop: Sequence[str] | None,
+        started: float | None = None,
+    ) -> Row:
+        """One sequence to decode; stop None: its text is not followed (decoded once at the end)."""
+        m = self.manifest
+        text = RowText(self.codec, stop) if stop is not None else None
+        room = m.max_seq_len - len(prompt_ids)
+        return Row(index, prompt_ids, max_new_tokens, room, params, StatsRecorder(mode, m.k), text, started)
+
+    def result(self, row: Row) -> GenerationResult:
+        """A finished row's tokens, text and statistics."""
+        text = row.text.text if row.text is not None else self.codec.decode(row.tokens)
+        total = time.perf_counter() - row.started
+        ttft = row.ttft_s if row.ttft_s is not None else total
+        return GenerationResult(row.tokens, text, row.recorder.finish(row.finish_reason, ttft, total))
 
     @contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        """The caches for the caller alone until the block ends, or GenerationError if another generation holds
-        them."""
+    def exclusive(self) -> Iterator[None]:
+        """The caches for the caller alone until the block ends (a generation, calibration, or a Scheduler for its
+        lifetime), or GenerationError if another holds them."""
         self._check_open()
         if not self._in_use.acquire(blocking=False):
             raise GenerationError(_IN_USE)
@@ -430,26 +440,6 @@ class Session:
     def _check_open(self) -> None:
         if self._closed:
             raise GenerationError("this Session is closed; create a new Session(engine_dir) to generate again")
-
-    def _step(self, caches, mode: str, target_new, draft_new, n: int, params, rngs) -> StepResult:
-        if n < 1:
-            return ar_step(caches[0], target_new, draft_new, params, rngs)
-        if mode in ("pard", "pard-fixed"):
-            return pard_step(caches[0], caches[1], target_new, draft_new, n, params, rngs)
-        return ar_draft_step(caches[0], caches[1], target_new, draft_new, n, params, rngs, self.manifest.vocab_size)
-
-    def _result(self, row: _Row, ttft: float, total: float) -> GenerationResult:
-        text = row.text.text if row.text is not None else self.codec.decode(row.tokens)
-        return GenerationResult(row.tokens, text, row.recorder.finish(row.finish_reason, ttft, total))
-
-
-def _adaptive_drafts(
-    adaptive: AdaptiveDrafts, active: list[int], context: int, most: int, unseen: int
-) -> tuple[int, list[tuple[float, float]]]:
-    """The drafts the next step verifies, and per row the (tokens, seconds) the cost model expects of it."""
-    n, seconds = adaptive.choose(active, context, most)
-    step_s = seconds[n] + (adaptive.costs.catch_up_seconds(unseen) if n else 0.0)
-    return n, [(adaptive.expected(i, n), step_s) for i in active]  # before the step updates the estimates
 
 
 def _token_limits(max_new_tokens: int | Sequence[int], rows: int) -> tuple[int, ...]:

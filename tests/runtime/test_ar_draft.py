@@ -15,9 +15,9 @@ def record_graph_calls(session: Session, monkeypatch) -> dict[str, list[tuple[in
     calls = {role: [] for role in session._caches}
     for role, cache in session._caches.items():
 
-        def run(feeds, skip=(), _run=cache.graph.run, _calls=calls[role]):
+        def run(feeds, skip=(), kv=None, _run=cache.graph.run, _calls=calls[role]):
             _calls.append((feeds[INPUT_IDS].shape[1], LOGITS not in skip))
-            return _run(feeds, skip)
+            return _run(feeds, skip, kv=kv)
 
         monkeypatch.setattr(cache.graph, "run", run)
     return calls

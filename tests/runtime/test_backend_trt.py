@@ -268,6 +268,31 @@ def test_trt_graph_keeps_plugin_caches_in_static_device_buffers(fake_trt_graph):
     graph.close()  # a second close does nothing
 
 
+def test_trt_graph_runs_a_joiner_on_the_buffer_rows_after_the_batch_uncaptured(fake_trt_graph):
+    """Rows that join a running batch are prefilled on the same static buffers, at the rows after the batch's (their
+    addresses offset; CUDA graphs hold addresses, so those calls are not captured); absorbing them moves nothing
+    when no row left meanwhile."""
+    spec = target_spec(2, 2, 4, 11, attention="plugin")
+    graph, engine, cuda = fake_trt_graph(spec)
+    cache = PluginCache(graph, spec, kv_heads=2, head_dim=4, capacity=40)
+    cache.start(1)
+    cache.forward(np.array([[1]]), np.ones((1, 1), dtype=bool))
+    joiner = cache.joiner(1)
+    joiner.forward(np.array([[2]]), np.ones((1, 1), dtype=bool))
+    kv = cache.kv
+    _, addresses, captured = engine.runs[-1]
+    assert not captured and all(addresses[past] == kv.pointers[past] + kv.row_bytes for past in spec.past_names)
+    copies_before = len(cuda.copies)
+    cache.absorb(joiner)
+    assert kv.batch == 2 and not [c for c in cuda.copies[copies_before:] if c[0] == "D2D"]
+    cache.forward(np.array([[3], [4]]), np.ones((2, 1), dtype=bool))
+    _, addresses, _ = engine.runs[-1]
+    assert all(addresses[past] == kv.pointers[past] for past in spec.past_names)
+    with pytest.raises(GenerationError, match="maximum batch of 2"):
+        cache.joiner(1)
+    graph.close()
+
+
 def test_trt_graph_raises_when_the_captured_enqueue_fails(fake_trt_graph):
     """execute_async_v3 under stream capture returning False is an EngineError, with the capture ended and nothing
     instantiated (the stream stays usable)."""

@@ -25,7 +25,7 @@ class TokenKVGraph:
     def __init__(self):
         self.feeds: list[dict[str, np.ndarray]] = []
 
-    def run(self, feeds, skip=()):
+    def run(self, feeds, skip=(), kv=None):
         self.feeds.append(feeds)
         ids = feeds[INPUT_IDS]  # [B, S]
         new = (100 * ids[:, None, :, None] + OFFSET).astype(self.kv_dtype)  # [B, Hkv, S, D]

@@ -94,6 +94,21 @@ def test_a_row_that_never_agrees_runs_ar_steps_with_probes_that_back_off():
     assert sum(1 for n in chosen if n == 0) > 190
 
 
+def test_a_batch_backs_off_when_few_of_its_rows_agree_in_probes():
+    """One row in 16 agreeing finds agreement in every probe, but its token does not pay for the batch's longer
+    step: the probes back off as for a row that never agrees."""
+    rows = list(range(16))
+    adaptive = AdaptiveDrafts(costs(0.3), prior=[0.05, 0.05, 0.05], rows=rows)
+    adaptive.started = True
+    chosen = []
+    for _ in range(300):
+        n, _ = adaptive.choose(rows, 100, most=3)
+        adaptive.observe(rows, n, [n] + [0] * 15)
+        chosen.append(n)
+    probes = [i for i, n in enumerate(chosen) if n]
+    assert len(probes) <= 8 and np.diff(probes)[-1] == drafting.LAST_PROBE + 1
+
+
 def test_a_row_that_agrees_again_after_a_probe_drafts_again():
     adaptive = AdaptiveDrafts(costs(0.1), prior=[0.5, 0.5, 0.5], rows=1)
     agree = False

@@ -91,9 +91,9 @@ def test_caches_are_bound_once_and_written_in_place(engines, monkeypatch):
     allocate, run = BoundKV._allocate, OrtGraph._run_bound
     monkeypatch.setattr(BoundKV, "_allocate", lambda self, *a: (allocations.append(1), allocate(self, *a))[1])
 
-    def recording_run(self, feeds, skip):
-        outputs = run(self, feeds, skip)
-        bound.append((self, tuple(id(v) for v in self._kv.values), tuple(outputs)))
+    def recording_run(self, feeds, skip, kv):
+        outputs = run(self, feeds, skip, kv)
+        bound.append((self, tuple(id(v) for v in kv.values), tuple(outputs)))
         return outputs
 
     monkeypatch.setattr(OrtGraph, "_run_bound", recording_run)

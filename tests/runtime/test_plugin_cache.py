@@ -62,12 +62,13 @@ class TokenKVGraph:
         self.kv = NumpyKV(4, (kv_heads, capacity, head_dim), len(self.spec.past_names))
         return self.kv
 
-    def run(self, feeds, skip=()):
+    def run(self, feeds, skip=(), kv=None):
         self.calls.append({name: feeds[name].tolist() for name in (INPUT_IDS, POSITION_IDS, PAST_LEN)})
         ids, past = feeds[INPUT_IDS], feeds[PAST_LEN]  # [B, S], [B]
         batch, length = ids.shape
         if self.kv_in_place:
-            caches = [buffer[:batch] for buffer in self.kv.buffers]  # views: written in place
+            store = kv or self.kv  # a joiner's rows follow the batch's: from its `first`
+            caches = [buffer[store.first : store.first + batch] for buffer in store.buffers]  # views: written in place
         else:
             caches = [feeds[name].copy() for name in self.spec.past_names]
         for cache, sign in zip(caches, (1, -1)):
@@ -200,3 +201,28 @@ def test_compact_if_needed_without_departures_changes_nothing(in_place, keep_row
     cache.compact_if_needed(keep_rows)
     assert all(a is b for a, b in zip(cache.kv.buffers, buffers)) and cache.tokens is tokens
     assert cache.lengths.tolist() == [1, 2]
+
+
+def test_rows_prefilled_apart_join_the_batch_after_rows_left_it(in_place):
+    """A joiner (fresh rows on the same graph: host buffers of its own, or the graph's buffer rows after the batch's)
+    is prefilled while the batch decodes and loses a row; absorbed, every row holds its own tokens, and a step after
+    runs all of them."""
+    cache = new_cache(TARGET_SPEC, in_place, 2)
+    run(cache, [[1, 2], [3, 4, 5]])
+    joiner = cache.joiner(2)
+    run(joiner, [[7, 8, 9], [10]])
+    run(cache, [[11], [12]])
+    cache.compact_if_needed(np.array([1]))  # row 0 finished meanwhile
+    run(joiner, [[14], [15]])
+    cache.absorb(joiner)
+    assert [cached_tokens(cache, row) for row in range(3)] == [[3, 4, 5, 12], [7, 8, 9, 14], [10, 15]]
+    run(cache, [[16], [17], [18]])
+    assert [cached_tokens(cache, row)[-1] for row in range(3)] == [16, 17, 18]
+    if in_place:
+        assert cache.kv.moves == [(1, 0), (2, 1), (3, 2)] and cache.kv.batch == 3
+
+
+def test_a_joiner_beyond_the_graphs_rows_is_refused():
+    cache = new_cache(TARGET_SPEC, True, 3)
+    with pytest.raises(GenerationError, match="maximum batch of 4"):
+        cache.joiner(2)

@@ -89,7 +89,7 @@ class InPlaceGraph:
         self.kv = NumpyKV(self.spec.past_names, (kv_heads, capacity, head_dim), self.kv_dtype, self.max_batch)
         return self.kv
 
-    def run(self, feeds, skip=()):
+    def run(self, feeds, skip=(), kv=None):
         assert not set(feeds) & set(self.spec.past_names), "the caller fed KV to an in-place graph"
         batch = len(feeds["past_len"])
         assert batch == self.kv.batch
@@ -208,7 +208,7 @@ def test_an_in_place_graph_gets_no_kv_from_plugin_cache():
             self.kv = NumpyKV(spec.past_names, (kv_heads, capacity, head_dim), np.float32, max_batch=2)
             return self.kv
 
-        def run(self, feeds, skip=()):
+        def run(self, feeds, skip=(), kv=None):
             fed.append(sorted(feeds))
             return {"logits": np.zeros((*feeds["input_ids"].shape, 10), np.float32)}
 
@@ -231,7 +231,7 @@ def test_draft_cache_refeeds_shorter_rows():
     class Graph:
         kv_dtype, kv_in_place = np.float32, False
 
-        def run(self, feeds, skip=()):
+        def run(self, feeds, skip=(), kv=None):
             calls.append({name: feeds[name].copy() for name in ("input_ids", "position_ids", "past_len")})
             return {
                 "draft_ids": np.zeros((len(feeds["past_len"]), K), np.int64),
@@ -280,9 +280,9 @@ def test_every_call_after_the_prefill_has_a_length_the_tensorrt_backend_captures
     calls = {role: [] for role in session._caches}
     for role, cache in session._caches.items():
 
-        def run(feeds, skip=(), _run=cache.graph.run, _calls=calls[role]):
+        def run(feeds, skip=(), kv=None, _run=cache.graph.run, _calls=calls[role]):
             _calls.append(feeds[INPUT_IDS].shape[1])
-            return _run(feeds, skip)
+            return _run(feeds, skip, kv=kv)
 
         monkeypatch.setattr(cache.graph, "run", run)
     # Adaptive pard is left out: after ar steps the draft reads the tokens it missed in one call of up to 9 tokens,
