@@ -73,12 +73,6 @@ class Request:
     stream: bool = False
     chat: bool = False
 
-    @property
-    def batch_key(self) -> tuple | None:
-        """Requests with the same key decode together in one batch; sampled requests decode alone. The knobs greedy
-        decoding ignores are in the key too, so each request's own values are checked."""
-        return ("greedy", self.chat, self.top_p, self.top_k) if self.temperature == 0 else None
-
     def settings(self) -> dict:
         return dict(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed, chat=self.chat)
 

@@ -1,19 +1,24 @@
-"""What the `pard` model does with a batch of requests, apart from Triton's own objects (runtime/triton's
-model.py adapts those), so it is tested without a server.
+"""What the `pard` model does with requests, apart from Triton's own objects (runtime/triton's model.py adapts those),
+so it is tested without a server.
 
-Greedy requests that arrive together decode as one batch (each row equals its batch-1 output); sampled requests
-decode alone, so a seed gives the same text whatever else is in flight. A request that fails fails alone.
+Every request goes to one Scheduler as it arrives (in-flight batching): it joins the running batch between two
+steps, greedy and sampled requests alike (each row keeps its own settings and seed), and answers through its
+responder as it decodes. A request that fails, fails alone; a request its client cancelled leaves the batch at the
+next step and frees its row.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 
 from ..errors import GenerationError
+from ..runtime import Handle, Scheduler, StreamEvent
 from .protocol import Request, outputs
 
 log = logging.getLogger(__name__)
@@ -27,44 +32,70 @@ class Responder(Protocol):
     def fail(self, message: str) -> None:  # an error response; it ends the request
         ...
 
-
-def serve(session, work: Sequence[tuple[Request, Responder]]) -> None:
-    """Generate for every request and answer each through its responder; never raises for a request's fault."""
-    groups: dict[tuple, list[tuple[Request, Responder]]] = {}
-    for request, responder in work:
-        key = request.batch_key
-        groups.setdefault(key if key is not None else ("alone", id(responder)), []).append((request, responder))
-    for group in groups.values():
-        _serve_group(session, group)
+    def cancelled(self) -> bool:  # the client gave up on the request
+        ...
 
 
-def _serve_group(session, group: list[tuple[Request, Responder]]) -> None:
-    requests = [request for request, _ in group]
+class Outbox:
+    """A thread that sends the responses, so the scheduler's loop never waits on Triton's IPC (a response per row and
+    step, and a cancellation check)."""
+
+    def __init__(self):
+        self._calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="pard-outbox", daemon=True)
+        self._thread.start()
+
+    def put(self, call: Callable[[], None]) -> None:
+        self._calls.put(call)
+
+    def close(self) -> None:
+        """Send what is queued, then stop."""
+        self._calls.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (call := self._calls.get()) is not None:
+            try:
+                call()
+            except Exception:  # a client gone mid-send: its request ends here, the others go on
+                log.exception("sending a response failed")
+
+
+def submit(scheduler: Scheduler, request: Request, responder: Responder, outbox: Outbox | None = None) -> Handle | None:
+    """Queue the request; the responder gets its responses as it decodes (through the outbox's thread, else on the
+    scheduler's). Never raises for the request's fault (a refused request gets its error response at once: None)."""
+    reply = _Reply(request, responder, outbox)
     try:
-        events = session.stream_batch(
-            [r.prompt for r in requests], max_new_tokens=[r.max_tokens for r in requests], **requests[0].settings()
+        reply.handle = scheduler.submit(
+            request.prompt, max_new_tokens=request.max_tokens, on_event=reply, **request.settings()
         )
     except GenerationError as e:
-        if len(group) > 1:  # find the request at fault: each alone
-            for item in group:
-                _serve_group(session, [item])
+        responder.fail(str(e))
+        return None
+    return reply.handle
+
+
+class _Reply:
+    """The scheduler's callback for one request: a response per step (streaming) or one at the end."""
+
+    def __init__(self, request: Request, responder: Responder, outbox: Outbox | None):
+        self.request, self.responder, self.outbox = request, responder, outbox
+        self.handle: Handle | None = None  # set once submitted; the first events may come before
+
+    def __call__(self, event: StreamEvent) -> None:
+        if self.outbox is None:
+            self.answer(event)
         else:
-            group[0][1].fail(str(e))
-        return
-    finished: set[int] = set()
-    try:
-        for event in events:
-            request, responder = group[event.row]
-            if event.result is not None:
-                text, ids = (
-                    (event.text, event.token_ids) if request.stream else (event.result.text, event.result.token_ids)
-                )
-                responder.send(outputs(text, ids, event.result), final=True)
-                finished.add(event.row)
-            elif request.stream and (event.text or event.token_ids):
-                responder.send(outputs(event.text, event.token_ids), final=False)
-    except Exception as e:  # an internal failure ends this group's requests, not the model
-        log.exception("generation failed")
-        for row, (_, responder) in enumerate(group):
-            if row not in finished:
-                responder.fail(f"internal error: {e}")
+            self.outbox.put(lambda: self.answer(event))
+
+    def answer(self, event: StreamEvent) -> None:
+        if self.handle is not None and event.result is None and self.responder.cancelled():
+            self.handle.cancel()  # its last event follows at the next step
+        if event.error is not None:
+            self.responder.fail(event.error)
+        elif event.result is not None:
+            stream = self.request.stream
+            text, ids = (event.text, event.token_ids) if stream else (event.result.text, event.result.token_ids)
+            self.responder.send(outputs(text, ids, event.result), final=True)
+        elif self.request.stream and (event.text or event.token_ids):
+            self.responder.send(outputs(event.text, event.token_ids), final=False)

@@ -35,7 +35,6 @@ def test_defaults_are_greedy_and_not_streamed():
         False,
         None,
     )
-    assert request.batch_key == ("greedy", False, 1.0, 0)
 
 
 def test_every_knob_is_read():
@@ -44,7 +43,7 @@ def test_every_knob_is_read():
     )
     assert request.prompt == [3, 4, 5]
     assert request.settings() == dict(temperature=0.5, top_p=np.float32(0.9).item(), top_k=20, seed=11, chat=True)
-    assert request.stream and request.batch_key is None  # sampled requests decode alone
+    assert request.stream
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,13 @@ example in runtime/triton: outputs equal Session.generate, streaming, 16 concurr
 from __future__ import annotations
 
 import importlib.util
+import queue
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc as grpcclient
 
 from pard_export.runtime import Session
 from pard_export.triton_repo import write_repository
@@ -84,6 +86,19 @@ def test_sixteen_concurrent_requests_all_complete_correctly(server, session):
         )
     for (prompt, max_tokens, _), reply in zip(jobs, replies):
         assert reply["token_ids"] == session.generate(prompt, max_new_tokens=max_tokens).token_ids
+
+
+def test_a_client_that_cancels_mid_stream_leaves_the_server_serving(server, session):
+    responses: queue.Queue = queue.Queue()
+    stream = grpcclient.InferenceServerClient(server.grpc_url)
+    stream.start_stream(callback=lambda result, error: responses.put((result, error)))
+    values = {"input_ids": PROMPTS[3], "max_tokens": LIMIT, "stream": True}
+    stream.async_stream_infer("pard", client.request_inputs(values), enable_empty_final_response=True)
+    responses.get(timeout=60)
+    stream.stop_stream(cancel_requests=True)
+    stream.close()
+    reply = client.generate(server.grpc_url, {"input_ids": PROMPTS[0], "max_tokens": 10})
+    assert reply["token_ids"] == session.generate(PROMPTS[0], max_new_tokens=10).token_ids
 
 
 @pytest.mark.parametrize(

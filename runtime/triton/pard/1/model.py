@@ -24,14 +24,16 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
-        from pard_export.runtime import Session
+        from pard_export.runtime import Scheduler, Session
         from pard_export.triton_repo import protocol, serving
 
         self.protocol, self.serving = protocol, serving
         engine = os.path.join(args["model_repository"], args["model_version"], parameters["engine_dir"])
         threads = int(parameters.get("threads") or 0) or None
         self.session = Session(engine, threads=threads)
-        self.session.calibration  # loaded, or measured now (once per engine and host), not during the first request
+        # calibration: loaded, or measured now (once per engine and host), not during the first request
+        self.scheduler = Scheduler(self.session, max_batch=int(config["max_batch_size"]))
+        self.outbox = serving.Outbox()
         self.max_tokens_limit = int(parameters["max_tokens_limit"])
         pb_utils.Logger.log_info(
             f"pard: serving {engine} (k={self.session.manifest.k}, "
@@ -39,19 +41,21 @@ class TritonPythonModel:
         )
 
     def execute(self, requests):
-        work = []
+        """Each request joins the scheduler's running batch; its responses go through its response sender from the
+        scheduler's thread (decoupled), so this returns at once."""
         for request in requests:
-            responder = _Responder(request.get_response_sender())
+            responder = _Responder(request)
             try:
                 parsed = self.protocol.parse_request(lambda name: _input(request, name), self.max_tokens_limit)
             except self.protocol.RequestError as e:
                 responder.fail(str(e))
                 continue
-            work.append((parsed, responder))
-        self.serving.serve(self.session, work)
-        return None  # decoupled: every response went through a response sender
+            self.serving.submit(self.scheduler, parsed, responder, self.outbox)
+        return None
 
     def finalize(self):
+        self.scheduler.close()  # requests still in flight end (cancelled)
+        self.outbox.close()
         self.session.close()
 
 
@@ -61,8 +65,8 @@ def _input(request, name):
 
 
 class _Responder:
-    def __init__(self, sender):
-        self.sender = sender
+    def __init__(self, request):
+        self.request, self.sender = request, request.get_response_sender()
 
     def send(self, tensors, final):
         response = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, a) for n, a in tensors.items()])
@@ -71,3 +75,6 @@ class _Responder:
     def fail(self, message):
         response = pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
         self.sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def cancelled(self):
+        return self.request.is_cancelled()
