@@ -194,6 +194,28 @@ def _parser() -> argparse.ArgumentParser:
     triton.add_argument("--force", action="store_true", help="replace --out if it exists")
     triton.set_defaults(run=_run_triton)
 
+    serve = commands.add_parser("serve", help="an OpenAI-compatible HTTP server (completions, chat) over the engine")
+    serve.add_argument("--engine", required=True)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model-name", help="the model id requests name (default: the engine directory's name)")
+    serve.add_argument("--max-batch", type=int, default=16, help="requests decoded together at most")
+    serve.add_argument(
+        "--max-queue", type=int, default=64, help="requests waiting for a place in the batch; more get HTTP 503"
+    )
+    serve.add_argument(
+        "--max-tokens-limit",
+        type=int,
+        help="largest max_tokens a request may ask for (default: the engine's max_seq_len)",
+    )
+    serve.add_argument(
+        "--kv-budget-mib",
+        type=int,
+        help="KV memory the running requests may reserve (each its prompt + max_tokens); default: --max-batch only",
+    )
+    serve.add_argument("--threads", type=int, help="onnxruntime threads (default: its own choice)")
+    serve.set_defaults(run=_run_serve)
+
     demo = commands.add_parser("demo", help="offline SmolLM2 demo: build if missing, then generate")
     demo.add_argument("--engines", default="engines", help="where the demo engine lives (default engines/)")
     demo.add_argument("--max-new-tokens", type=int, default=64)
@@ -411,6 +433,23 @@ def _run_triton(args) -> int:
     print(
         f"wrote {model_dir} (config.pbtxt validated); serve it with: tritonserver --model-repository={args.out}\n"
         f"or on this machine: python -m pard_export.triton_repo.server --repo {args.out}"
+    )
+    return 0
+
+
+def _run_serve(args) -> int:
+    from .serve import serve
+
+    serve(
+        args.engine,
+        host=args.host,
+        port=args.port,
+        model_name=args.model_name,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        max_tokens_limit=args.max_tokens_limit,
+        kv_budget_mib=args.kv_budget_mib,
+        threads=args.threads,
     )
     return 0
 

@@ -14,6 +14,7 @@ NOT_FROM_RUNTIME = (
     "pard_export.export",
     "pard_export.train",
     "pard_export.triton_repo",
+    "pard_export.serve",
     "pard_export.cli",
     "pard_export.bench",
     "pard_export.demo",

@@ -26,16 +26,29 @@ class TextCodec:
 
     def encode_chat(self, text: str) -> list[int]:
         """One user turn through the chat template, ending with the assistant's generation prompt."""
+        return self.encode_messages([{"role": "user", "content": text}])
+
+    def encode_messages(self, messages: list[dict]) -> list[int]:
+        """A conversation ({role, content} dicts) through the chat template, ending with the assistant's generation
+        prompt."""
         if not self.chat_template:
-            raise GenerationError("this engine's tokenizer has no chat template; drop --chat and pass the raw prompt")
-        rendered = self._template().render(
-            messages=[{"role": "user", "content": text}],
-            add_generation_prompt=True,
-            **{
-                name: _token_text(self.config.get(name))
-                for name in ("bos_token", "eos_token", "pad_token", "unk_token")
-            },
-        )
+            raise GenerationError(
+                "this engine's tokenizer has no chat template; pass the raw prompt (generate without --chat, "
+                "or /v1/completions)"
+            )
+        from jinja2 import TemplateError  # jinja2 loads with the first chat, as in _jinja_environment
+
+        try:
+            rendered = self._template().render(
+                messages=messages,
+                add_generation_prompt=True,
+                **{
+                    name: _token_text(self.config.get(name))
+                    for name in ("bos_token", "eos_token", "pad_token", "unk_token")
+                },
+            )
+        except TemplateError as e:  # e.g. a message without the keys the template reads
+            raise GenerationError(f"the chat template cannot render these messages: {e}") from e
         return self.tokenizer.encode(rendered, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
