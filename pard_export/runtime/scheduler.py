@@ -130,9 +130,7 @@ class Scheduler:
         self._last_prompt: list[int] | None = None
         self._waiting: deque[tuple[Row, Handle]] = deque()
         self._handles: dict[Row, Handle] = {}  # rows admitted (joining or running)
-        self._last_pieces: dict[
-            Row, tuple[str, list[int]]
-        ] = {}  # finished rows' last text and tokens, until they leave
+        self._last_pieces: dict[Row, tuple[str, list[int]]] = {}  # finished rows' last text and tokens
         self._changed = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="pard-scheduler", daemon=True)

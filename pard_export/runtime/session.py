@@ -284,11 +284,16 @@ class Session:
                 "float32 only: rebuild with --dtype float32 or --attention plain"
             )
 
-    def _prepare(
+    def _prepare(self, prompts: Sequence[Prompt], **settings) -> tuple[list[list[int]], DecodeRequest]:
+        """Check everything before any work, so bad input generates nothing."""
+        self._check_idle()
+        return self.check_request(prompts, **settings)
+
+    def check_request(
         self,
         prompts: Sequence[Prompt],
         *,
-        max_new_tokens: int = 128,
+        max_new_tokens: int | Sequence[int] = 128,
         mode: str = "pard",
         chat: bool = False,
         temperature: float = 0.0,
@@ -297,35 +302,6 @@ class Session:
         seed: int | None = None,
         draft_sampling: bool = False,
         stop: Sequence[str] = (),
-    ) -> tuple[list[list[int]], DecodeRequest]:
-        """Check everything before any work, so bad input generates nothing."""
-        self._check_idle()
-        return self.check_request(
-            prompts,
-            max_new_tokens=max_new_tokens,
-            mode=mode,
-            chat=chat,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            seed=seed,
-            draft_sampling=draft_sampling,
-            stop=stop,
-        )
-
-    def check_request(
-        self,
-        prompts: Sequence[Prompt],
-        *,
-        max_new_tokens: int | Sequence[int],
-        mode: str,
-        chat: bool,
-        temperature: float,
-        top_p: float,
-        top_k: int,
-        seed: int | None,
-        draft_sampling: bool,
-        stop: Sequence[str],
     ) -> tuple[list[list[int]], DecodeRequest]:
         """The prompts' token ids and the checked settings; GenerationError names what is wrong (any thread)."""
         self._check_open()
