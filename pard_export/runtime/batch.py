@@ -43,7 +43,6 @@ class Row:
     ):
         self.index = index  # its place in the caller's request (StreamEvent.row)
         self.prompt_ids = list(prompt_ids)
-        self.prompt_len = len(prompt_ids)
         self.limit = min(max_new_tokens, room)
         self.params, self.recorder, self.text = params, recorder, text
         self.rng = np.random.default_rng(None if params.seed is None else [params.seed, index])
@@ -53,6 +52,10 @@ class Row:
         self.policy: AdaptiveDrafts | None = None  # its own choice of drafts, where it does not share the batch's
         self.started = time.perf_counter() if started is None else started
         self.ttft_s: float | None = None
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_ids)
 
     @property
     def budget(self) -> int:

@@ -37,7 +37,7 @@ class BatchCache:
         self.lengths = np.zeros(batch, dtype=np.int64)  # real tokens per row = the next position
 
     def row_bytes(self, tokens: int) -> int:
-        return tokens * len(self.past_names) * self.kv_heads * self.head_dim * np.dtype(self.graph.kv_dtype).itemsize
+        return tokens * kv_bytes_per_token(self.graph, self.spec, self.kv_heads, self.head_dim)
 
     def joiner(self, batch: int) -> BatchCache:
         """`batch` empty rows on the same graph, to prefill apart from this batch and then absorb()."""
@@ -112,6 +112,11 @@ class BatchCache:
         )  # one gather per tensor -> [B', Hkv, T', D]
         self.kv = [t[index] for t in self.kv]
         self.mask, self.lengths = new_mask, self.lengths[rows]
+
+
+def kv_bytes_per_token(graph: Graph, spec: GraphSpec, kv_heads: int, head_dim: int) -> int:
+    """The KV one token takes in a graph's caches (every kv_cache / past input)."""
+    return len(spec.past_names) * kv_heads * head_dim * np.dtype(graph.kv_dtype).itemsize
 
 
 def _stacked(top: np.ndarray, bottom: np.ndarray, width: int) -> np.ndarray:

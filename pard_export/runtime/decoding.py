@@ -142,7 +142,10 @@ def ar_draft_step(
     logits = tail_logits(draft, draft_new, 1)[:, -1, :vocab]  # [B, V]
     for j in range(most):
         for b, rng in enumerate(rngs):
-            ids, q = propose(logits[b][None], logits[b].argmax()[None], params[b], rng if j < ns[b] else _UNUSED)
+            # A draft past the row's own n is never verified: its argmax takes none of the row's draws, so a row's
+            # sampled text depends on its own drafts only, not on how far other rows of the batch draft.
+            chosen = params[b] if j < ns[b] else _ARGMAX
+            ids, q = propose(logits[b][None], logits[b].argmax()[None], chosen, rng)
             drafts[b, j] = ids[0]
             qs[b].append(q)
         if j < most - 1:
@@ -167,29 +170,19 @@ def _verify(target: BatchCache, target_new, proposals, params: Sequence[Sampling
     drafts."""
     tail = max(len(d) for d, _ in proposals) + 1
     logits = tail_logits(target, [list(new) + d.tolist() for new, (d, _) in zip(target_new, proposals)], tail)
-    verdicts = [
-        verify_greedy(d, row[tail - len(d) - 1 :])
-        if p.greedy
-        else verify_sampled(d, q, row[tail - len(d) - 1 :], p, rng)
-        for (d, q), row, p, rng in zip(proposals, logits, params, rngs)
-    ]
+    verdicts = []
+    for (d, q), row, p, rng in zip(proposals, logits, params, rngs):
+        own = row[tail - len(d) - 1 :]  # the row's pending token, then its drafts (left-padded rows end aligned)
+        verdicts.append(verify_greedy(d, own) if p.greedy else verify_sampled(d, q, own, p, rng))
     target.forget_last(np.array([len(d) - a for (d, _), (a, _) in zip(proposals, verdicts)]))
     return verdicts
 
 
+_ARGMAX = SamplingParams()
+
+
 def _choose(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
     return int(logits.argmax()) if params.greedy else sample(warp(logits, params), rng)
-
-
-class _UnusedDraws:
-    """The generator of a draft no row verifies: its proposal is never read, so it takes none of the row's draws
-    (a row's sampled text then depends on its own drafts only, not on how far other rows of the batch draft)."""
-
-    def random(self):
-        return 0.0
-
-
-_UNUSED = _UnusedDraws()
 
 
 @dataclass

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..contract import DRAFT_IDS, DRAFT_LOGITS, INPUT_IDS, LOGITS, PAD_ID, PAST_LEN, POSITION_IDS, GraphSpec
 from ..errors import GenerationError
+from .cache import kv_bytes_per_token
 from .interfaces import Graph, KVStore
 
 
@@ -70,7 +71,7 @@ class PluginCache:
         return self.kv.absorb_copies
 
     def row_bytes(self, tokens: int) -> int:
-        per_token = len(self.spec.past_names) * self.kv_heads * self.head_dim * np.dtype(self.graph.kv_dtype).itemsize
+        per_token = kv_bytes_per_token(self.graph, self.spec, self.kv_heads, self.head_dim)
         return self.kv.row_tokens(min(tokens, self.capacity)) * per_token
 
     def joiner(self, batch: int) -> PluginCache:

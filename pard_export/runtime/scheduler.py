@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
 from ..errors import GenerationError, QueueFullError
@@ -136,36 +136,15 @@ class Scheduler:
         self._thread = threading.Thread(target=self._loop, name="pard-scheduler", daemon=True)
         self._thread.start()
 
-    def submit(
-        self,
-        prompt: Prompt,
-        *,
-        max_new_tokens: int = 128,
-        chat: bool = False,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        seed: int | None = None,
-        draft_sampling: bool = False,
-        stop: Sequence[str] = (),
-        on_event: EventCallback | None = None,
-    ) -> Handle:
-        """Queue one prompt (Session.generate's settings); everything is checked here, so a bad request raises
+    def submit(self, prompt: Prompt, *, on_event: EventCallback | None = None, **settings) -> Handle:
+        """Queue one prompt with Session.generate's settings (max_new_tokens, chat, temperature, top_p, top_k, seed,
+        draft_sampling, stop; the mode is the scheduler's). Everything is checked here, so a bad request raises
         GenerationError before it is queued, and a full queue raises QueueFullError. on_event(StreamEvent) is called
         on the scheduler's thread for each of the request's steps (keep it quick); without it, read handle.events()
         or handle.result()."""
-        ids, request = self.session.check_request(
-            [prompt],
-            max_new_tokens=max_new_tokens,
-            mode=self.mode,
-            chat=chat,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            seed=seed,
-            draft_sampling=draft_sampling,
-            stop=stop,
-        )
+        if "mode" in settings:
+            raise GenerationError(f"this scheduler decodes in mode {self.mode!r}; a request cannot choose its mode")
+        ids, request = self.session.check_request([prompt], mode=self.mode, **settings)
         row = self.session.row(0, ids[0], request.max_new_tokens[0], self.mode, request.params, request.stop)
         if self.kv_budget_bytes is not None and self._reserved(row) > self.kv_budget_bytes:
             raise GenerationError(

@@ -178,6 +178,8 @@ def test_bad_requests_raise_at_submit_and_the_session_is_held_until_close(tiny_p
                 scheduler.submit(PROMPTS[0], max_new_tokens=0)
             with pytest.raises(GenerationError, match="max_seq_len"):
                 scheduler.submit([5] * 200)
+            with pytest.raises(GenerationError, match="cannot choose its mode"):
+                scheduler.submit(PROMPTS[0], mode="ar")
             with pytest.raises(GenerationError, match="already generating"):
                 session.generate(PROMPTS[0], max_new_tokens=3)
             with pytest.raises(GenerationError, match="max_batch"):
