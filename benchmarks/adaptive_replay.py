@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 from benchmarks.adaptive import prompt_sets
 from pard_export.contract import DRAFT, DRAFT_IDS, DRAFT_LOGITS
 from pard_export.runtime import Session, drafting
-from pard_export.runtime.decoding import left_pad, prefill_chunks
+from pard_export.runtime.decoding import DRAFT_CHUNKED_FROM, left_pad, prefill_chunks
 
 
 def record(engine: str, out: Path, sets: list[str]) -> None:
@@ -54,7 +54,7 @@ def _agreement(session: Session, prompt: list[int], answer: list[int], k: int) -
     """For each position p of the answer: how many drafts proposed after answer[:p] agree with answer[p:]."""
     draft = session._caches[DRAFT]
     draft.start(1)
-    rows = prefill_chunks(draft, [prompt], 1, (DRAFT_IDS, DRAFT_LOGITS))
+    rows = prefill_chunks(draft, [prompt], 1, (DRAFT_IDS, DRAFT_LOGITS), DRAFT_CHUNKED_FROM)
     outputs = draft.forward(*left_pad(rows), skip=(DRAFT_LOGITS,))
     agreeing = []
     for p, token in enumerate(answer):

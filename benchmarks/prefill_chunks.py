@@ -1,5 +1,6 @@
-"""Time to first token of long prompts: the whole prompt in one call with logits at every position (as before
-decoding.prefill_chunks), in one call without logits before the last token, and in chunks without logits.
+"""Time to first token of long prompts: all but the last token in one call without logits, and in chunks without
+logits (decoding.prefill_chunks). The first table of docs/benchmarks.md also had the whole prompt in one call with
+logits at every position, as before prefill_chunks existed; the runtime no longer has that path.
 
     .venv/bin/python benchmarks/prefill_chunks.py --engine engines/smollm2-135m-k3-onnxruntime
 
@@ -19,15 +20,14 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks.long_docs` im
 from benchmarks.long_docs import document_prompt, long_documents
 from pard_export.runtime import Session, decoding
 
-SETTINGS = {  # name -> (_CHUNKED_FROM, PREFILL_CHUNK)
-    "one call, all logits": (10**9, 10**9),
-    "one call, last logits": (decoding._CHUNKED_FROM, 10**9),
-    f"chunks of {decoding.PREFILL_CHUNK}": (decoding._CHUNKED_FROM, decoding.PREFILL_CHUNK),
+SETTINGS = {  # name -> PREFILL_CHUNK
+    "one call, last logits": 10**9,
+    f"chunks of {decoding.PREFILL_CHUNK}": decoding.PREFILL_CHUNK,
 }
 
 
-def time_to_first_token(session: Session, ids: list[int], mode: str, setting: tuple[int, int], repeats: int) -> float:
-    decoding._CHUNKED_FROM, decoding.PREFILL_CHUNK = setting
+def time_to_first_token(session: Session, ids: list[int], mode: str, chunk: int, repeats: int) -> float:
+    decoding.PREFILL_CHUNK = chunk
     return min(session.generate(ids, max_new_tokens=4, mode=mode).stats.ttft_ms for _ in range(repeats)) / 1e3
 
 

@@ -22,6 +22,11 @@ Three attention flavours share every other tensor:
            The runtime binds each kv_cache.{i}.* and kv_cache_out.{i}.* to one OrtValue (IO binding), so the new
            rows land in the buffer that is read and no step copies the cache. C is the runtime's choice per
            generation (attention costs grow with C, not with max_seq_len): it grows the buffers as rows need it.
+           One more input, prefill bool []: how attention multiplies. True (prompt chunks): the query rows of a KV
+           head go through one matrix product, which is fast for many rows. False (every other call): each query
+           row is its own product, which reads the cache without copying it (faster for the few rows of a step) and
+           makes a token's logits independent of the other tokens in the call: decode, verify and batches agree
+           bit for bit. The runtime keeps a row's computation the same whatever the call (decoding.prefill_plan).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ LOGITS = "logits"  # float32 [B, S, V]
 DRAFT_IDS = "draft_ids"  # int64 [B, K]
 DRAFT_LOGITS = "draft_logits"  # float32 [B, K, V]
 PAST_LEN = "past_len"  # int32 [B]: tokens already in each row's KV cache (plugin flavour)
+PREFILL = "prefill"  # bool []: the call is a prompt chunk (inplace flavour, see above)
 ATTENTION_SYNC = "attention_sync"  # int32 [N]: TensorRT plans of the plugin flavour only (see above)
 ATTENTION_SYNC_OUT = "attention_sync_out"  # the same buffer, as the plan's output
 KV_KINDS = ("key", "value")
@@ -94,7 +100,7 @@ _CACHE_OUT_PREFIXES = ("present.", "kv_cache_out.")
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dtype: str  # "int64", "int32", "float32", or "model" (the dtype the weights were exported in)
+    dtype: str  # "int64", "int32", "bool", "float32", or "model" (the dtype the weights were exported in)
     dims: tuple[str | int, ...]
 
     def to_dict(self) -> dict:
@@ -153,7 +159,8 @@ def _common_inputs(layers: int, kv_heads: int, head_dim: int, attention: str) ->
     tokens = (TensorSpec(INPUT_IDS, "int64", (BATCH, SEQUENCE)), TensorSpec(POSITION_IDS, "int64", (BATCH, SEQUENCE)))
     if attention in BUFFERED:
         lengths = (TensorSpec(PAST_LEN, "int32", (BATCH,)),)
-        return tokens + lengths + _kv(kv_cache_name, layers, kv_heads, head_dim, CAPACITY)
+        prefill = (TensorSpec(PREFILL, "bool", ()),) if attention == INPLACE else ()
+        return tokens + lengths + prefill + _kv(kv_cache_name, layers, kv_heads, head_dim, CAPACITY)
     mask = (TensorSpec(ATTENTION_MASK, "int64", (BATCH, TOTAL)),)
     return tokens + mask + _kv(past_name, layers, kv_heads, head_dim, PAST)
 

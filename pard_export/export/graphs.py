@@ -474,6 +474,7 @@ def _value_infos(tensors: tuple[TensorSpec, ...], model_dtype: int) -> list[onnx
     elem = {
         "int64": onnx.TensorProto.INT64,
         "int32": onnx.TensorProto.INT32,
+        "bool": onnx.TensorProto.BOOL,
         "float32": onnx.TensorProto.FLOAT,
         "model": model_dtype,
     }

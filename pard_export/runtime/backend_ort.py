@@ -164,10 +164,11 @@ class BoundKV:
         self._allocate([np.zeros((batch, self.head_shape[0], 0, self.head_shape[1]), self.dtype)] * len(self.names))
 
     def reserve(self, rows: int) -> None:
-        """Room for `rows` rows per sequence: grown by at least half (and to a multiple of _GROWTH_ROWS), so a
-        generation copies its cache O(log length) times."""
+        """Room for `rows` rows per sequence, grown to a multiple of _GROWTH_ROWS and by at least 1/_GROWTH_SHARE:
+        attention reads every row, so rows held beyond the tokens cost every step (at most 1/_GROWTH_SHARE of it),
+        while growing copies the cache (every C/_GROWTH_SHARE tokens, C the rows held)."""
         if rows > self.rows:
-            grown = -(-max(rows, self.rows * 3 // 2) // _GROWTH_ROWS) * _GROWTH_ROWS
+            grown = -(-max(rows, self.rows + self.rows // _GROWTH_SHARE) // _GROWTH_ROWS) * _GROWTH_ROWS
             self._allocate(self._host_arrays(), min(self.capacity, grown))
 
     def row_tokens(self, tokens: int) -> int:
@@ -231,7 +232,9 @@ class BoundKV:
         return [v.numpy() for v in self.values]
 
 
-_GROWTH_ROWS = 256
+# SmolLM2 int4, chat prompts: 64 rows instead of 256 decode 4-6 % faster (less masked attention over unused rows)
+_GROWTH_ROWS = 64
+_GROWTH_SHARE = 8
 
 
 def _with_rows(cache: np.ndarray, rows: int) -> np.ndarray:

@@ -87,7 +87,7 @@ class SharedPrefix:
         self.caches = [cache.joiner(1) for cache in caches]
         ids, valid = left_pad([list(tokens)])
         for cache in self.caches:
-            cache.forward(ids, valid, skip=_PREFILL_SKIP)
+            cache.forward(ids, valid, skip=_PREFILL_SKIP, prefill=True)
 
     def covers(self, prompt: Sequence[int]) -> bool:
         """The prompt starts with the prefix and has a token after it (the step that follows reads one)."""
@@ -140,7 +140,7 @@ class Joiners:
     def prefill_next(self) -> None:
         tokens, valid = left_pad(self.chunks.pop(0))
         for cache in self._prefilling:
-            cache.forward(tokens, valid, skip=_PREFILL_SKIP)
+            cache.forward(tokens, valid, skip=_PREFILL_SKIP, prefill=True)
 
 
 def _rows_from(cache: KVCache, prefix: KVCache, shared: list[bool]) -> KVCache:

@@ -52,9 +52,11 @@ class BatchCache:
         self.mask = _stacked(self.mask, other.mask, width)
         self.lengths = np.concatenate([self.lengths, other.lengths])
 
-    def forward(self, tokens: np.ndarray, valid: np.ndarray, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    def forward(
+        self, tokens: np.ndarray, valid: np.ndarray, skip: tuple[str, ...] = (), prefill: bool = False
+    ) -> dict[str, np.ndarray]:
         """Run tokens [B, S] (valid [B, S] marks real ones; padding is on the left of each row); outputs named in
-        `skip` are not computed."""
+        `skip` are not computed. prefill: unused (plain graphs attend the same way in every call)."""
         positions = self.lengths[:, None] + np.maximum(np.cumsum(valid, axis=1) - 1, 0)
         mask = np.concatenate([self.mask, valid.astype(np.int64)], axis=1)
         feeds = {

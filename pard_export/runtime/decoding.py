@@ -42,43 +42,53 @@ class StepResult:
     verify_s: float
 
 
-_CHUNKED_FROM = 8  # tokens before the kept ones; fewer are not worth another call
+# The target's prompt tokens but the last go in prefill calls however few they are, the rest in step calls: the two
+# attend differently (contract.PREFILL), each row-invariantly, so every token's logits come out the same whatever the
+# mode, the batch or a shared prefix (PARD stays exact). The draft needs no such care: fewer tokens than this before
+# the ones it keeps are not worth another call.
+DRAFT_CHUNKED_FROM = 8
 PREFILL_CHUNK = 512
 
 
-def tail_logits(cache: BatchCache, rows, tail: int) -> np.ndarray:
-    """Run each row's new tokens; the logits [B, tail, V] of the last `tail` positions (left-padded rows). The tokens
-    before those go in first without logits (prefill_chunks): ONNX Runtime then skips the LM head there, whose cost
-    grows with tokens x vocabulary (SmolLM2, 5,000 tokens: ~280 GFLOP and 1 GB of float32 logits)."""
-    rows = prefill_chunks(cache, rows, tail, (LOGITS,))
-    return cache.forward(*left_pad(rows))[LOGITS][:, -tail:]
+def tail_logits(cache: BatchCache, rows, keep: int | Sequence[int], chunked_from: int = 1) -> np.ndarray:
+    """Run each row's new tokens; logits [B, S, V] with at least each row's last `keep` positions (left-padded rows,
+    so every row's own positions are last). The tokens before those go in first without logits (prefill_chunks):
+    ONNX Runtime then skips the LM head there, whose cost grows with tokens x vocabulary (SmolLM2, 5,000 tokens:
+    ~280 GFLOP and 1 GB of float32 logits)."""
+    rows = prefill_chunks(cache, rows, keep, (LOGITS,), chunked_from)
+    return cache.forward(*left_pad(rows))[LOGITS]
 
 
-def prefill_chunks(cache: BatchCache, rows, keep: int, skip: tuple[str, ...]) -> list[list[int]]:
-    """Run all but each row's last `keep` new tokens (prefill_plan's chunks), fetching none of the outputs in `skip`;
-    returns the tokens left."""
-    chunks, rest = prefill_plan(rows, keep)
+def prefill_chunks(
+    cache: BatchCache, rows, keep: int | Sequence[int], skip: tuple[str, ...], chunked_from: int = 1
+) -> list[list[int]]:
+    """Run all but each row's last `keep` new tokens (prefill_plan's chunks) as prefill calls, fetching none of the
+    outputs in `skip`; returns the tokens left."""
+    chunks, rest = prefill_plan(rows, keep, PREFILL_CHUNK, chunked_from)
     for pieces in chunks:
-        cache.forward(*left_pad(pieces), skip=skip)
+        cache.forward(*left_pad(pieces), skip=skip, prefill=True)
     return rest
 
 
-def prefill_plan(rows, keep: int, chunk: int = PREFILL_CHUNK) -> tuple[list[list[list[int]]], list[list[int]]]:
+def prefill_plan(
+    rows, keep: int | Sequence[int], chunk: int = PREFILL_CHUNK, chunked_from: int = 1
+) -> tuple[list[list[list[int]]], list[list[int]]]:
     """(the calls that run all but each row's last `keep` new tokens, each a piece per row; the tokens left), in
     chunks of about `chunk` tokens (a long prompt). Attention over a cache that grows with the chunks costs about
     half of one call's tokens x all rows, and each call's attention bias stays small (SmolLM2, 5,000 tokens: time to
-    first token 30 -> 19 s). Fewer than _CHUNKED_FROM tokens before the kept ones are not worth another call."""
+    first token 30 -> 19 s). With fewer than `chunked_from` tokens before the kept ones there is no chunk."""
     rows = [list(row) for row in rows]
-    if max(len(row) for row in rows) - keep < _CHUNKED_FROM:  # every step after the prefill
-        return [], rows
-    before = [row[:-keep] for row in rows]
+    keeps = [keep] * len(rows) if isinstance(keep, int) else list(keep)
+    before = [row[: len(row) - kept] for row, kept in zip(rows, keeps)]
     lengths = [len(row) for row in before]
+    if max(lengths) < chunked_from:  # every step after the prefill
+        return [], rows
     # Every row gets a piece of every chunk (the draft graph's calls need a token per row), in proportion to its length.
     chunks = min(-(-max(lengths) // chunk), min(lengths))
     if not chunks:
         return [], rows
     plan = [[row[n * j // chunks : n * (j + 1) // chunks] for row, n in zip(before, lengths)] for j in range(chunks)]
-    return plan, [row[-keep:] for row in rows]
+    return plan, [row[n:] for row, n in zip(rows, lengths)]
 
 
 def left_pad(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +122,8 @@ def pard_step(
     """ns[b]: the drafts row b verifies (<= K; 0 makes the row's step an ar step, its drafts unused)."""
     start = time.perf_counter()
     sampled = [p.draft_sampling and not p.greedy for p in params]
-    draft_new = prefill_chunks(draft, draft_new, 1, (DRAFT_IDS, DRAFT_LOGITS))  # the drafts follow the last token
+    # the drafts follow the last token
+    draft_new = prefill_chunks(draft, draft_new, 1, (DRAFT_IDS, DRAFT_LOGITS), DRAFT_CHUNKED_FROM)
     out = draft.forward(*left_pad(draft_new), skip=() if any(sampled) else (DRAFT_LOGITS,))  # argmax: no logits
     proposals = [
         propose(out[DRAFT_LOGITS][b, :n] if sampled[b] else None, out[DRAFT_IDS][b, :n], params[b], rngs[b])
@@ -139,7 +150,7 @@ def ar_draft_step(
     batch, most = len(draft_new), max(ns)
     drafts = np.zeros((batch, most), dtype=np.int64)
     qs = [[] for _ in range(batch)]
-    logits = tail_logits(draft, draft_new, 1)[:, -1, :vocab]  # [B, V]
+    logits = tail_logits(draft, draft_new, 1, DRAFT_CHUNKED_FROM)[:, -1, :vocab]  # [B, V]
     for j in range(most):
         for b, rng in enumerate(rngs):
             # A draft past the row's own n is never verified: its argmax takes none of the row's draws, so a row's
@@ -168,11 +179,11 @@ def ar_draft_step(
 def _verify(target: BatchCache, target_new, proposals, params: Sequence[SamplingParams], rngs) -> list[tuple[int, int]]:
     """Run [pending.., d_1..d_n] through the target (n per row); (accepted, next token) per row; forget rejected
     drafts."""
-    tail = max(len(d) for d, _ in proposals) + 1
-    logits = tail_logits(target, [list(new) + d.tolist() for new, (d, _) in zip(target_new, proposals)], tail)
+    tokens = [list(new) + d.tolist() for new, (d, _) in zip(target_new, proposals)]
+    logits = tail_logits(target, tokens, [len(d) + 1 for d, _ in proposals])
     verdicts = []
     for (d, q), row, p, rng in zip(proposals, logits, params, rngs):
-        own = row[tail - len(d) - 1 :]  # the row's pending token, then its drafts (left-padded rows end aligned)
+        own = row[-len(d) - 1 :]  # the row's pending token, then its drafts (left-padded rows end aligned)
         verdicts.append(verify_greedy(d, own) if p.greedy else verify_sampled(d, q, own, p, rng))
     target.forget_last(np.array([len(d) - a for (d, _), (a, _) in zip(proposals, verdicts)]))
     return verdicts

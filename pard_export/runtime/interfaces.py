@@ -72,9 +72,12 @@ class KVCache(Protocol):
     def start(self, batch: int) -> None:
         """B empty rows."""
 
-    def forward(self, tokens: np.ndarray, valid: np.ndarray, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    def forward(
+        self, tokens: np.ndarray, valid: np.ndarray, skip: tuple[str, ...] = (), prefill: bool = False
+    ) -> dict[str, np.ndarray]:
         """Run tokens [B, S] (valid marks real ones, padding on the left); per-position outputs come back with each
-        row's real positions last."""
+        row's real positions last. prefill: the tokens are a prompt chunk (the graph's prefill input, where it has
+        one: contract.py)."""
 
     def forget_last(self, counts: np.ndarray) -> None:
         """Drop the last counts[b] tokens of row b (rejected drafts)."""

@@ -10,7 +10,8 @@ tokens than the longest are evened out (the graphs have no attention mask):
   layout the decoding steps read.
 - re-feeding, for the draft graph (its K-1 mask slots must follow the real tokens directly, and its drafts come
   off the last K positions): a shorter row is given its last cached tokens again in front of its new ones, from
-  past_len lowered by as many. Their KV is recomputed from the same prefix, so it is rewritten with the same values.
+  past_len lowered by as many. Their KV is recomputed from the same prefix, so it is rewritten with the same values
+  (to the last bit where both calls attend alike; drafts never change the output).
 - split, when a row has too few cached tokens to re-feed (a batch's first draft call): every row's new tokens but
   the last go in right-padded (outputs dropped), then all last tokens together (S = 1).
 
@@ -32,7 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..contract import DRAFT_IDS, DRAFT_LOGITS, INPUT_IDS, LOGITS, PAD_ID, PAST_LEN, POSITION_IDS, GraphSpec
+from ..contract import DRAFT_IDS, DRAFT_LOGITS, INPUT_IDS, LOGITS, PAD_ID, PAST_LEN, POSITION_IDS, PREFILL, GraphSpec
 from ..errors import GenerationError
 from .cache import kv_bytes_per_token
 from .interfaces import Graph, KVStore
@@ -57,6 +58,7 @@ class PluginCache:
         # real tokens must end its input (no right padding).
         self.ends_aligned = any(t.name == DRAFT_IDS for t in spec.outputs)
         self.mask_slots = spec.mask_slots
+        self.takes_prefill = any(t.name == PREFILL for t in spec.inputs)  # inplace graphs built since it exists
         self.start(1)
 
     def start(self, batch: int) -> None:
@@ -89,23 +91,26 @@ class PluginCache:
         self.tokens = np.concatenate([self.tokens, other.tokens])
         self.lengths = np.concatenate([self.lengths, other.lengths])
 
-    def forward(self, tokens: np.ndarray, valid: np.ndarray, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    def forward(
+        self, tokens: np.ndarray, valid: np.ndarray, skip: tuple[str, ...] = (), prefill: bool = False
+    ) -> dict[str, np.ndarray]:
         """Run tokens [B, S] (valid [B, S] marks real ones; padding is on the left of each row); outputs named in
-        `skip` are not computed. Outputs per position come back left-padded, as BatchCache gives them."""
+        `skip` are not computed; prefill: a prompt chunk (contract.PREFILL). Outputs per position come back
+        left-padded, as BatchCache gives them."""
         rows = [row[keep] for row, keep in zip(tokens, valid.astype(bool))]
         counts = np.array([len(row) for row in rows], dtype=np.int64)
         short = counts.max() - counts  # tokens each row lacks to the longest
         if not self.ends_aligned or not short.any():
-            outputs = _left_aligned(self._run(_right_pad(rows), self.lengths, skip), short)
+            outputs = _left_aligned(self._run(_right_pad(rows), self.lengths, skip, prefill), short)
         elif (self.lengths >= short).all():
             again = [self.tokens[b, n - s : n] for b, (n, s) in enumerate(zip(self.lengths, short))]
             outputs = self._run(
-                np.stack([np.concatenate(pair) for pair in zip(again, rows)]), self.lengths - short, skip
+                np.stack([np.concatenate(pair) for pair in zip(again, rows)]), self.lengths - short, skip, prefill
             )
         else:
             if counts.max() > 1:
-                self._run(_right_pad([row[:-1] for row in rows]), self.lengths, skip=(DRAFT_LOGITS,))
-            outputs = self._run(np.stack([row[-1:] for row in rows]), self.lengths + counts - 1, skip)
+                self._run(_right_pad([row[:-1] for row in rows]), self.lengths, (DRAFT_LOGITS,), prefill)
+            outputs = self._run(np.stack([row[-1:] for row in rows]), self.lengths + counts - 1, skip, prefill)
         for b, row in enumerate(rows):
             self.tokens[b, self.lengths[b] : self.lengths[b] + len(row)] = row
         self.lengths = self.lengths + counts
@@ -121,7 +126,7 @@ class PluginCache:
             self.kv.keep(keep_rows)
             self.tokens, self.lengths = self.tokens[keep_rows], self.lengths[keep_rows]
 
-    def _run(self, ids: np.ndarray, past: np.ndarray, skip: tuple[str, ...]) -> dict[str, np.ndarray]:
+    def _run(self, ids: np.ndarray, past: np.ndarray, skip: tuple[str, ...], prefill: bool) -> dict[str, np.ndarray]:
         rows = int((past + ids.shape[1] + self.mask_slots).max())  # the cache rows this call writes up to
         if rows > self.capacity:  # the op would answer NaN, not fail
             raise AssertionError(
@@ -130,6 +135,8 @@ class PluginCache:
         self.kv.reserve(rows)
         positions = past[:, None] + np.arange(ids.shape[1])  # [B, S]
         feeds = {INPUT_IDS: ids, POSITION_IDS: positions, PAST_LEN: past.astype(np.int32)}
+        if self.takes_prefill:
+            feeds[PREFILL] = np.array(prefill)
         outputs = self.graph.run(feeds | self.kv.feeds(), skip, kv=self.kv if self.graph.kv_in_place else None)
         self.kv.update(outputs)
         return outputs

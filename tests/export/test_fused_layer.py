@@ -56,4 +56,5 @@ def test_layers_are_fused(arch, tiny_pair, engine):
     assert layers["RotaryEmbedding"] == 2 * layer_count
     assert not {"Gemm", "Pow", "ReduceMean", "Sqrt", "Neg", "Concat", "Slice"} & set(layers), layers
     per_layer = sum(layers.values()) / layer_count
-    assert per_layer <= 28 + 4 * (arch == "qwen3") + (arch == "qwen2"), layers  # the traced layers: ~70
+    # the traced layers: ~70; two of the 30 are Unsqueezes that lay each KV head out for its query rows' products
+    assert per_layer <= 30 + 4 * (arch == "qwen3") + (arch == "qwen2"), layers

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import tiny_models
-from pard_export.contract import DRAFT_IDS, DRAFT_LOGITS, LOGITS
+from pard_export.contract import DRAFT_IDS, DRAFT_LOGITS, LOGITS, TARGET
 from pard_export.runtime import Session, decoding
 
 PROMPTS = [
@@ -88,13 +88,13 @@ def test_stream_batch_events_add_up_to_each_rows_result(session, singles):
 
 @pytest.mark.parametrize("attention", ["inplace", "plain"])
 def test_prompts_prefilled_in_chunks_give_the_same_tokens(tiny_pair, engine, monkeypatch, attention):
-    """Long prompts go in chunks without logits (decoding.prefill_chunks); here chunks of 3 tokens, so rows of a batch
-    run out at different chunks (some chunks hold no token of a row)."""
+    """Long prompts go in chunks without logits (decoding.prefill_chunks); here chunks of 3 tokens against one chunk
+    each, so rows of a batch run out at different chunks (some chunks hold no token of a row), and the draft's
+    catch-up is chunked too."""
     target, draft = tiny_pair("llama")
     with Session(engine(target, draft, 4, attention=attention, with_ar_draft=True)) as s:
-        monkeypatch.setattr(decoding, "_CHUNKED_FROM", 10**6)
         whole = {mode: [s.generate(p, max_new_tokens=16, mode=mode).token_ids for p in PROMPTS] for mode in s.modes}
-        monkeypatch.setattr(decoding, "_CHUNKED_FROM", 1)
+        monkeypatch.setattr(decoding, "DRAFT_CHUNKED_FROM", 1)
         monkeypatch.setattr(decoding, "PREFILL_CHUNK", 3)
         headless = []
         for cache in s._caches.values():
@@ -108,3 +108,28 @@ def test_prompts_prefilled_in_chunks_give_the_same_tokens(tiny_pair, engine, mon
             assert [s.generate(p, max_new_tokens=16, mode=mode).token_ids for p in PROMPTS] == whole[mode], mode
             assert [r.token_ids for r in s.generate_batch(PROMPTS, max_new_tokens=16, mode=mode)] == whole[mode], mode
     assert headless.count((LOGITS,)) >= 2 * len(PROMPTS) and (DRAFT_IDS, DRAFT_LOGITS) in headless
+
+
+@pytest.mark.parametrize("mode", ["pard", "ar", "ar-draft"])
+def test_every_prompt_token_but_the_last_goes_in_prefill_calls(session, monkeypatch, mode):
+    """Prefill and step calls attend differently (contract.PREFILL), each row-invariantly; a token's logits are the
+    same whatever the mode or the batch only if its call kind is: the target reads a prompt's tokens but the last in
+    prefill calls however few they are (here 1 to 8), and the last prompt token and every later one in step calls."""
+    assert session.calibration  # measured before the recording starts
+    target, calls = session._caches[TARGET], []
+    forward = type(target).forward
+
+    def recording(cache, tokens, valid, skip=(), prefill=False):
+        if cache is target:
+            calls.append(([(int(n), int(v.sum())) for n, v in zip(cache.lengths, valid)], prefill))
+        return forward(cache, tokens, valid, skip, prefill)
+
+    monkeypatch.setattr(type(target), "forward", recording)
+    for prompts in (PROMPTS, PROMPTS[:1]):
+        calls.clear()
+        session.generate_batch(prompts, max_new_tokens=8, mode=mode)
+        for rows, prefill in calls:
+            for (first, count), prompt in zip(rows, prompts):  # the positions first .. first + count - 1 of each row
+                if count:
+                    assert (first + count < len(prompt)) if prefill else (first >= len(prompt) - 1), (rows, prefill)
+        assert any(prefill for _, prefill in calls) and not all(prefill for _, prefill in calls)

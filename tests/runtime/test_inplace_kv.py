@@ -43,9 +43,9 @@ def _rows(rng, lengths):
     return [rng.integers(4, tiny_models.VOCAB, n).tolist() for n in lengths]
 
 
-def _forward_both(caches, rows, skip=()):
+def _forward_both(caches, rows, skip=(), prefill=False):
     tokens, valid = left_pad(rows)
-    return [cache.forward(tokens, valid, skip) for cache in caches]
+    return [cache.forward(tokens, valid, skip, prefill) for cache in caches]
 
 
 def _assert_close(expected, found, name, rows):
@@ -54,14 +54,15 @@ def _assert_close(expected, found, name, rows):
         assert np.abs(found[name][b, -n:] - expected[name][b, -n:]).max() <= TOL, (name, b)
 
 
+@pytest.mark.parametrize("prefill", [True, False])  # how the prompt's call multiplies (contract.PREFILL)
 @pytest.mark.parametrize("batch", [1, 2])
-def test_target_calls_equal_the_plain_flavour(engines, batch):
+def test_target_calls_equal_the_plain_flavour(engines, batch, prefill):
     caches = _caches(engines, TARGET)
     rng = np.random.default_rng(batch)
     for cache in caches:
         cache.start(batch)
     prompts = _rows(rng, [9, 4][:batch])
-    _assert_close(*_forward_both(caches, prompts), LOGITS, prompts)  # prefill, rows of different lengths
+    _assert_close(*_forward_both(caches, prompts, prefill=prefill), LOGITS, prompts)  # rows of different lengths
     for step, rejected in enumerate(([1, 3], [0, 2], [3, 0])):
         verify = _rows(rng, [K + 1] * batch)
         _assert_close(*_forward_both(caches, verify), LOGITS, verify)
@@ -84,6 +85,24 @@ def test_draft_calls_equal_the_plain_flavour(engines, batch):
         assert (found[DRAFT_IDS] == expected[DRAFT_IDS]).all()
 
 
+def test_a_tokens_step_logits_do_not_depend_on_the_rest_of_the_call(engines):
+    """Outside prefill calls each query row is its own product: a token's logits are the same bit for bit decoded
+    alone, first of a verify call, or beside another row of a batch (what keeps PARD equal to ar at int8 activations,
+    where a low bit can flip a token)."""
+    _, found = _caches(engines, TARGET)
+    rng = np.random.default_rng(7)
+    prompt, other, token, drafts = _rows(rng, [12, 30, 1, K])
+
+    def logits_of(rows):
+        found.start(len(rows))
+        found.forward(*left_pad([prompt, other][: len(rows)]), prefill=True)
+        return found.forward(*left_pad(rows))[LOGITS]
+
+    alone = logits_of([token])[0, -1]
+    assert np.array_equal(logits_of([token + drafts])[0, 0], alone)  # verify: the token's logits come first
+    assert np.array_equal(logits_of([token, drafts[:1]])[0, -1], alone)
+
+
 def test_caches_are_bound_once_and_written_in_place(engines, monkeypatch):
     """Every call after the prefill binds the same OrtValues (one allocation per growth, not per step), fetches no
     cache, and the cache's numpy memory is what the graph wrote into."""
@@ -104,7 +123,7 @@ def test_caches_are_bound_once_and_written_in_place(engines, monkeypatch):
     calls = [(values, names) for graph, values, names in bound if graph is target.graph]
     # the prompt's first 19 tokens go in without logits (decoding.prefill_chunks), then every step's token
     assert len(calls) == result.stats.target_forwards + 1 >= 21
-    assert len({values for values, _ in calls}) == 1  # 60 rows fit the first 256: never reallocated
+    assert len({values for values, _ in calls}) == 1  # 60 rows fit the first 64: never reallocated
     assert len(allocations) == 2  # start(1), then reserve for the prompt
     assert calls[0][1] == () and all(names == (LOGITS,) for _, names in calls[1:])
     assert np.abs(target.kv._arrays[0][0, :, : 20 + 39]).sum() > 0  # rows written through the bound memory
@@ -112,16 +131,17 @@ def test_caches_are_bound_once_and_written_in_place(engines, monkeypatch):
 
 
 def test_buffers_start_small_and_grow_up_to_the_capacity(engines):
-    """Attention reads every buffer row, so a generation's buffers hold what its rows need, in steps of 256 rows,
-    never more than the engine's capacity."""
-    prompt = list(np.random.default_rng(0).integers(4, tiny_models.VOCAB, 300))
+    """Attention reads every buffer row, so a generation's buffers hold what its rows need, in steps of 64 rows and
+    by at least an eighth, never more than the engine's capacity."""
+    prompt = list(np.random.default_rng(0).integers(4, tiny_models.VOCAB, 450))
     with Session(engines[1]) as session:
         kv = session._caches[TARGET].kv
         rows_seen = []
-        for length in (100, 200, 300):
+        for length in (100, 200, 450):
             session.generate(prompt[:length], max_new_tokens=40, mode="pard")
             rows_seen.append(kv.rows)
-    assert rows_seen == [256, 256, cache_capacity(500, K)]
+    # 100: 128 for the prompt, then 144 rounded up once the rows pass 128; 200: 256 for all 243; 450: 512 > capacity
+    assert rows_seen == [192, 256, cache_capacity(500, K)]
 
 
 def test_generation_equals_the_plain_engine_alone_and_in_a_batch(engines, references):
