@@ -93,7 +93,7 @@ class LocalTritonServer:
             "--exit-on-error=true",
             "--strict-readiness=true",
         ]
-        env = {**os.environ, "LD_LIBRARY_PATH": str(self.site / "nvidia_pytriton.libs")}
+        env = server_environment(self.site, os.environ)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -136,6 +136,18 @@ class LocalTritonServer:
             time.sleep(0.25)
         self.stop()
         raise RepositoryError(f"tritonserver was not ready after {self.ready_timeout_s:.0f} s")
+
+
+def server_environment(site: Path, environ: dict[str, str]) -> dict[str, str]:
+    """The server's environment variables: the python backend's stubs find their Python through PATH, so the server
+    environment's bin goes first and an activated virtual environment's bin goes (an activated .venv gave the stubs
+    its numpy 2, and every response came back with empty tensors)."""
+    env = {name: value for name, value in environ.items() if name != "VIRTUAL_ENV"}
+    activated = Path(environ["VIRTUAL_ENV"], "bin") if "VIRTUAL_ENV" in environ else None
+    path = [p for p in environ.get("PATH", "").split(os.pathsep) if p and Path(p) != activated]
+    env["PATH"] = os.pathsep.join([str(site.parents[2] / "bin"), *path])
+    env["LD_LIBRARY_PATH"] = str(site / "nvidia_pytriton.libs")
+    return env
 
 
 def _free_ports(count: int) -> list[int]:

@@ -1,5 +1,6 @@
 """The generated repository on a real Triton server (nvidia-pytriton's, python backend, CPU), through the client
-example in runtime/triton: outputs equal Session.generate, streaming, 16 concurrent clients, malformed requests."""
+example in runtime/triton: outputs equal Session.generate, streaming, 16 concurrent clients, malformed requests; the
+server's environment variables."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import tritonclient.grpc as grpcclient
 
 from pard_export.runtime import Session
 from pard_export.triton_repo import write_repository
-from pard_export.triton_repo.server import LocalTritonServer, site_packages
+from pard_export.triton_repo.server import LocalTritonServer, server_environment, site_packages
 
 CLIENT = Path(__file__).resolve().parents[2] / "runtime" / "triton" / "client.py"
 PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16], [17, 18, 19], [20, 21, 22, 23, 24]]
@@ -126,3 +127,15 @@ def test_a_wrong_dtype_is_refused_and_the_server_keeps_serving(server, monkeypat
         client.generate(server.grpc_url, {"input_ids": [5, 6], "max_tokens": 5})
     monkeypatch.undo()
     assert len(client.generate(server.grpc_url, {"input_ids": [5, 6], "max_tokens": 5})["token_ids"]) == 5
+
+
+def test_the_server_finds_its_own_python_not_an_activated_venvs():
+    """The python backend's stubs find their Python through PATH: with the project's .venv activated they took its
+    numpy 2 and every response came back with empty tensors."""
+    site = Path("/srv/.venv-tritonserver/lib/python3.11/site-packages")
+    environ = {"VIRTUAL_ENV": "/work/.venv", "PATH": "/work/.venv/bin:/usr/local/bin:/usr/bin", "HOME": "/root"}
+    env = server_environment(site, environ)
+    assert env["PATH"].split(":") == ["/srv/.venv-tritonserver/bin", "/usr/local/bin", "/usr/bin"]
+    assert "VIRTUAL_ENV" not in env and env["HOME"] == "/root"
+    assert env["LD_LIBRARY_PATH"] == str(site / "nvidia_pytriton.libs")
+    assert server_environment(site, {"PATH": "/usr/bin"})["PATH"] == "/srv/.venv-tritonserver/bin:/usr/bin"
