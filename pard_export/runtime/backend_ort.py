@@ -168,8 +168,7 @@ class BoundKV:
         attention reads every row, so rows held beyond the tokens cost every step (at most 1/_GROWTH_SHARE of it),
         while growing copies the cache (every C/_GROWTH_SHARE tokens, C the rows held)."""
         if rows > self.rows:
-            grown = -(-max(rows, self.rows + self.rows // _GROWTH_SHARE) // _GROWTH_ROWS) * _GROWTH_ROWS
-            self._allocate(self._host_arrays(), min(self.capacity, grown))
+            self._allocate(self._host_arrays(), self.row_tokens(max(rows, self.rows + self.rows // _GROWTH_SHARE)))
 
     def row_tokens(self, tokens: int) -> int:
         return min(self.capacity, -(-tokens // _GROWTH_ROWS) * _GROWTH_ROWS)

@@ -65,6 +65,11 @@ class Row:
     def context(self) -> int:
         return self.prompt_len + len(self.tokens)
 
+    def take_text(self) -> str:
+        """The text the last step made visible (the rest of it once the row has finished); "" when the row's text
+        is not followed."""
+        return self.text.take_visible(final=self.finish_reason is not None) if self.text is not None else ""
+
     def accept(self, emitted: list[int], eos: frozenset[int]) -> int:
         """Append a step's tokens up to EOS, a stop string or the limit; returns how many were kept."""
         for count, token in enumerate(emitted, 1):

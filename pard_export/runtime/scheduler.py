@@ -146,9 +146,10 @@ class Scheduler:
             raise GenerationError(f"this scheduler decodes in mode {self.mode!r}; a request cannot choose its mode")
         ids, request = self.session.check_request([prompt], mode=self.mode, **settings)
         row = self.session.row(0, ids[0], request.max_new_tokens[0], self.mode, request.params, request.stop)
-        if self.kv_budget_bytes is not None and self._reserved(row) > self.kv_budget_bytes:
+        need = self._reserved(row)
+        if self.kv_budget_bytes is not None and need > self.kv_budget_bytes:
             raise GenerationError(
-                f"the prompt and max_new_tokens need {self._reserved(row) / 2**20:.1f} MiB of KV, more than the "
+                f"the prompt and max_new_tokens need {need / 2**20:.1f} MiB of KV, more than the "
                 f"scheduler's whole budget of {self.kv_budget_bytes / 2**20:.1f} MiB; ask for fewer tokens"
             )
         handle = Handle(self._wake, on_event)
@@ -227,15 +228,16 @@ class Scheduler:
 
     def _emit(self, row: Row, emitted: list[int]) -> None:
         """A step's event for the row; a finished row's last one waits until the row has left (_leave)."""
-        done = row.finish_reason is not None
-        piece = row.text.take_visible(final=done) if row.text is not None else ""
-        if done:
+        piece = row.take_text()
+        if row.finish_reason is not None:
             self._last_pieces[row] = (piece, emitted)
         else:
             self._handles[row]._deliver(StreamEvent(0, piece, emitted))
 
     def _admit(self) -> None:
         """The waiting requests that fit, in order, become the next joiners."""
+        if not self._waiting:  # the common case between two steps: nothing to weigh
+            return
         rows = []
         with self._changed:
             reserved = sum(self._reserved(row) for row in self._handles)

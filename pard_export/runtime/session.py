@@ -227,8 +227,12 @@ class Session:
 
     def kv_bytes(self, mode: str, tokens: int) -> int:
         """The KV memory a row of `tokens` tokens takes in `mode`'s caches."""
-        roles = [TARGET] + ([DRAFT_AR if mode == "ar-draft" else DRAFT] if mode != "ar" else [])
-        return sum(self._caches[role].row_bytes(tokens) for role in roles)
+        return sum(cache.row_bytes(tokens) for cache in self._mode_caches(mode))
+
+    def _mode_caches(self, mode: str) -> list[KVCache]:
+        """The caches `mode` decodes with: the target's, then the draft's where the mode has one."""
+        drafts = [] if mode == "ar" else [self._caches[DRAFT_AR if mode == "ar-draft" else DRAFT]]
+        return [self._caches[TARGET], *drafts]
 
     def _cache(self, role: str, threads, providers) -> KVCache:
         entry = self.manifest.models[role]
@@ -358,18 +362,15 @@ class Session:
             self._check_open()  # close() may come between two steps of a stream
             for row, emitted in batch.step():
                 done = row.finish_reason is not None
-                piece = row.text.take_visible(final=done) if row.text is not None else ""
-                yield StreamEvent(row.index, piece, emitted, self.result(row) if done else None)
+                yield StreamEvent(row.index, row.take_text(), emitted, self.result(row) if done else None)
             if all(row.finish_reason for row in batch.rows):
                 break  # the caches keep the last rows until the next generation starts them afresh
             batch.leave()
 
     def decode_batch(self, mode: str, calibration: Calibration | None) -> DecodeBatch:
         """A batch of `mode` on this Session's caches (for whoever holds them: a generation, the Scheduler)."""
-        caches = [self._caches[TARGET]] + (
-            [self._caches[DRAFT_AR if mode == "ar-draft" else DRAFT]] if mode != "ar" else []
-        )
         m = self.manifest
+        caches = self._mode_caches(mode)
         return DecodeBatch(caches, mode, m.k, self._eos, m.vocab_size, calibration if mode == "pard" else None)
 
     def row(

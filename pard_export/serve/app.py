@@ -90,7 +90,7 @@ class _Api:
         self.created = int(time.time())
 
     async def health(self):
-        if not self._scheduler_runs():
+        if not self.scheduler.alive:
             return JSONResponse(_stopped().body(), status_code=503)
         return {"status": "ok"}
 
@@ -130,7 +130,7 @@ class _Api:
     def _submit(self, request: ApiRequest, generation: _Generation) -> None:
         """Encode the prompt and hand it to the scheduler (on a worker thread: both may take a while)."""
         ids = self._prompt_ids(request)
-        if not self._scheduler_runs():  # its submit() would say so with a GenerationError, as for bad input
+        if not self.scheduler.alive:  # its submit() would say so with a GenerationError, as for bad input
             raise _stopped()
         try:
             generation.handle = self.scheduler.submit(ids, on_event=generation.on_event, **request.sampling())
@@ -139,9 +139,6 @@ class _Api:
         except GenerationError as e:
             raise ApiError(str(e), param=request.prompt_field) from e
         generation.prompt_tokens = len(ids)
-
-    def _scheduler_runs(self) -> bool:
-        return self.scheduler.alive
 
     def _prompt_ids(self, request: ApiRequest) -> list[int]:
         if request.kind == COMPLETION and not isinstance(request.prompt, str):
