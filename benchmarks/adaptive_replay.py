@@ -88,13 +88,14 @@ def _replay_row(row: dict, k: int, calibration, policy: str):
         most = min(k, len(agreeing) - position - 1)
         context = prompt + position
         if policy == "pard":
-            n, _ = adaptive.choose([0], context, most)
+            n, modelled = adaptive.choose([0], context, most, unseen)
+            cost = modelled[n]
         else:
             n = 0 if policy == "ar" else most
+            cost = calibration.costs.at(context)[n] + (calibration.costs.catch_up_seconds(unseen, context) if n else 0)
         accepted = min(agreeing[position], n)
         if policy == "pard":
             adaptive.observe([0], n, [accepted])
-        cost = calibration.costs.at(context)[n] + (calibration.costs.catch_up_seconds(unseen) if n else 0.0)
         unseen = accepted + 1 if n else unseen + 1
         if position:  # the first step (the prefill) is not counted
             tokens, seconds = tokens + accepted + 1, seconds + cost

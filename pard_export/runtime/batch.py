@@ -246,20 +246,17 @@ class DecodeBatch:
         shared = [i for i, row in enumerate(self.rows) if row.policy is None]
         if shared:
             context = max(self.rows[i].context for i in shared)
-            n, seconds = self.policy.choose([self.rows[i] for i in shared], context, max(most[i] for i in shared))
             unseen = max(len(self.rows[i].draft_new) for i in shared)
+            rows = [self.rows[i] for i in shared]
+            n, seconds = self.policy.choose(rows, context, max(most[i] for i in shared), unseen)
             for i in shared:
                 ns[i] = min(n, most[i])
-                modelled[i] = self._modelled(self.policy, self.rows[i], ns[i], seconds, unseen)
+                modelled[i] = self.policy.expected(self.rows[i], ns[i]), seconds[ns[i]]
         for i, row in enumerate(self.rows):
             if row.policy is not None:
-                ns[i], seconds = row.policy.choose([row], row.context, most[i])
-                modelled[i] = self._modelled(row.policy, row, ns[i], seconds, len(row.draft_new))
-        return ns, modelled
-
-    def _modelled(self, policy: AdaptiveDrafts, row: Row, n: int, seconds, unseen: int) -> tuple[float, float]:
-        step_s = seconds[n] + (policy.costs.catch_up_seconds(unseen) if n else 0.0)
-        return policy.expected(row, n), step_s  # before the step updates the estimates
+                ns[i], seconds = row.policy.choose([row], row.context, most[i], len(row.draft_new))
+                modelled[i] = row.policy.expected(row, ns[i]), seconds[ns[i]]
+        return ns, modelled  # expected before the step updates the estimates
 
     def _run(self, ns: list[int]) -> StepResult:
         target_new = [row.target_new for row in self.rows]

@@ -5,6 +5,7 @@ engine, host or runtime is measured again, never used."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,11 +27,11 @@ from .drafting import CATCH_UP_FROM, StepCosts, expected_tokens
 from .interfaces import KVCache
 from .sampling import SamplingParams
 
-FORMAT = 1
+FORMAT = 2  # 2: the catch-up cost per calibrated context
 CONTEXTS = (32, 512, 2048)  # context lengths the step costs are measured at (those that fit the engine)
 COST_BATCH = 4  # the larger batch measured, at the first context
 REPEATS = 5  # timed rounds over n = 0..K at each point (the median is kept); one more warms up
-CATCH_UP_TOKENS = 16  # extra unseen draft tokens timed for StepCosts.catch_up
+CATCH_UP_TOKENS = 16  # extra unseen draft tokens timed for StepCosts.catch_up (at each context)
 log = logging.getLogger(__name__)
 
 
@@ -146,31 +147,32 @@ def measure_costs(target: KVCache, draft: KVCache, k: int, max_seq_len: int, voc
     rng = _Tokens(vocab, seed)
     room = max_seq_len - 4 * (k + 2)  # a step's tokens on top of the context
     contexts = [c for c in CONTEXTS if c <= room] or [max(1, room)]
-    seconds = []
+    seconds, catch_up = [], []
     _start(target, draft, 1)
     filled = 0
     for context in contexts:
         _fill(target, draft, rng, context - filled)
         filled = context
         seconds.append(_time_steps(target, draft, k, rng, batch=1))
-        if context == contexts[0]:
-            catch_up = _catch_up(target, draft, rng, seconds[0][1], min(CATCH_UP_TOKENS, room - context))
+        catch_up.append(_catch_up(target, draft, rng, seconds[-1], min(CATCH_UP_TOKENS, room - context)))
+    single = StepCosts(tuple(contexts), tuple(tuple(s) for s in seconds), 1, (), tuple(catch_up))
     try:
         _start(target, draft, COST_BATCH)
     except GenerationError:  # an engine built for smaller batches (tensorrt --max-batch): batch-1 costs scale
-        return StepCosts(tuple(contexts), tuple(tuple(s) for s in seconds), 1, (), catch_up)
+        return single
     _fill(target, draft, rng, contexts[0], batch=COST_BATCH)
     batch_seconds = tuple(_time_steps(target, draft, k, rng, batch=COST_BATCH))
-    return StepCosts(tuple(contexts), tuple(tuple(s) for s in seconds), COST_BATCH, batch_seconds, catch_up)
+    return dataclasses.replace(single, batch=COST_BATCH, batch_seconds=batch_seconds)
 
 
-def _catch_up(target: KVCache, draft: KVCache, rng, one_draft_s: float, extra: int) -> float:
+def _catch_up(target: KVCache, draft: KVCache, rng, usual: list[float], extra: int) -> float:
     """Seconds per token the draft reads beyond the usual CATCH_UP_FROM (extra more: a short max_seq_len leaves
-    less room; none: 0)."""
+    less room; none: 0). Both timings are taken against an ar step of their own round (usual: [ar, one draft]), so
+    the machine's pace changing between them cancels."""
     if extra <= 0:
         return 0.0
-    late = _time_steps(target, draft, 1, rng, batch=1, unseen=CATCH_UP_FROM + extra)[1]
-    return max(0.0, late - one_draft_s) / extra
+    late = _time_steps(target, draft, 1, rng, batch=1, unseen=CATCH_UP_FROM + extra)
+    return max(0.0, (late[1] - late[0]) - (usual[1] - usual[0])) / extra
 
 
 def _start(target: KVCache, draft: KVCache, batch: int) -> None:
@@ -222,7 +224,7 @@ class _Tokens:
 def modelled_speeds(calibration: Calibration, graph_k: int, candidates) -> dict[int, float]:
     """Tokens per second adaptive pard is modelled to reach with a draft graph of k mask slots, for each candidate
     k, from the calibration of a graph of graph_k slots, averaged over the calibrated contexts (batch 1). A k-slot
-    draft forward reads graph_k - k fewer tokens (costs.catch_up each); the acceptance of positions 1..k does not
+    draft forward reads graph_k - k fewer tokens (the catch-up cost each); the acceptance of positions 1..k does not
     depend on the slots after them (a mask attends only to what precedes it). Each step picks its best n <= k."""
     tokens = expected_tokens(np.asarray(calibration.acceptance))  # [graph_k + 1]
     speeds = {}
@@ -230,7 +232,8 @@ def modelled_speeds(calibration: Calibration, graph_k: int, candidates) -> dict[
         rates = []
         for context in calibration.costs.contexts:
             seconds = calibration.costs.at(context)[: k + 1]
-            seconds[1:] = np.maximum(seconds[1:] - (graph_k - k) * calibration.costs.catch_up, seconds[0])
+            fewer = calibration.costs.catch_up_seconds(CATCH_UP_FROM + graph_k - k, context)
+            seconds[1:] = np.maximum(seconds[1:] - fewer, seconds[0])
             rates.append(float(np.max(tokens[: k + 1] / seconds)))
         speeds[k] = float(np.mean(rates))
     return speeds

@@ -37,10 +37,17 @@ class StepCosts:
     seconds: tuple[tuple[float, ...], ...]  # [contexts][K + 1]
     batch: int = 1  # the larger batch measured (1: none)
     batch_seconds: tuple[float, ...] = ()  # [K + 1] at contexts[0]
-    catch_up: float = 0.0  # seconds per token the draft has not seen beyond CATCH_UP_FROM (after ar steps)
+    # [contexts] seconds per token the draft has not seen beyond CATCH_UP_FROM (after ar steps); () where not measured
+    catch_up: tuple[float, ...] = ()
 
     def __post_init__(self):
-        object.__setattr__(self, "_table", np.asarray(self.seconds, dtype=np.float64))  # [C, K+1]
+        # [C, K+2]: the catch-up cost rides along as the last column, interpolated in the context like the steps
+        table = np.column_stack([self.seconds, self.catch_up or [0.0] * len(self.contexts)]).astype(np.float64)
+        object.__setattr__(self, "_table", table)
+        object.__setattr__(self, "_floor", table.min(axis=0))
+        object.__setattr__(self, "_slopes", np.diff(table, axis=0) / np.diff(self.contexts)[:, None])  # [C-1, K+2]
+        per_row = (np.asarray(self.batch_seconds) / table[0, :-1] - 1) / (self.batch - 1) if self.batch > 1 else None
+        object.__setattr__(self, "_per_row", per_row)
 
     @property
     def k(self) -> int:
@@ -49,25 +56,24 @@ class StepCosts:
     def at(self, context: int, batch: int = 1) -> np.ndarray:
         """Seconds per step for n = 0..K at this context length and batch: piecewise linear in the context (and
         beyond the ends along the nearest segment), linear in the batch."""
-        table = self._table
-        if len(self.contexts) == 1:
-            seconds = table[0]
-        else:
-            i = int(np.clip(np.searchsorted(self.contexts, context) - 1, 0, len(self.contexts) - 2))
-            (c0, c1), (t0, t1) = self.contexts[i : i + 2], table[i : i + 2]
-            seconds = t0 + (t1 - t0) * (context - c0) / (c1 - c0)
-        seconds = np.maximum(seconds, table.min(axis=0))  # never below what was measured
+        seconds = self._at(context)[:-1]
         seconds[1:] = np.maximum.accumulate(seconds[1:])  # verifying more drafts never costs less (timing noise)
-        if batch > 1 and self.batch > 1:
-            per_row = (np.asarray(self.batch_seconds) / table[0] - 1) / (self.batch - 1)
-            seconds = seconds * (1 + per_row * (batch - 1))
+        if batch > 1 and self._per_row is not None:
+            seconds *= 1 + self._per_row * (batch - 1)
         return seconds
 
-    def catch_up_seconds(self, unseen: int) -> float:
-        """What a drafting step costs beyond seconds[n] when the draft has `unseen` tokens to read first: after ar
-        steps, every one of them. Paid once, and worth it over the drafting steps that follow, so it does not enter
-        the choice of n (after ar steps only a probe drafts again)."""
-        return max(0, unseen - CATCH_UP_FROM) * self.catch_up
+    def catch_up_seconds(self, unseen: int, context: int) -> float:
+        """What a drafting step costs beyond seconds[n] when the draft has `unseen` tokens to read first (after ar
+        steps, every one of them) at this context length."""
+        return max(0, unseen - CATCH_UP_FROM) * float(self._at(context)[-1])
+
+    def _at(self, context: int) -> np.ndarray:
+        """The table's row at this context (called before every step: plain Python for the segment)."""
+        contexts, i = self.contexts, 0
+        while i < len(contexts) - 2 and context > contexts[i + 1]:
+            i += 1
+        row = self._table[i] if len(contexts) == 1 else self._table[i] + self._slopes[i] * (context - contexts[i])
+        return np.maximum(row, self._floor)  # never below what was measured
 
     def to_dict(self) -> dict:
         return {
@@ -75,7 +81,7 @@ class StepCosts:
             "seconds": [list(row) for row in self.seconds],
             "batch": self.batch,
             "batch_seconds": list(self.batch_seconds),
-            "catch_up": self.catch_up,
+            "catch_up": list(self.catch_up),
         }
 
     @classmethod
@@ -85,7 +91,7 @@ class StepCosts:
             tuple(tuple(float(s) for s in row) for row in data["seconds"]),
             int(data["batch"]),
             tuple(float(s) for s in data["batch_seconds"]),
-            float(data["catch_up"]),
+            tuple(float(s) for s in data["catch_up"]),
         )
 
 
@@ -98,14 +104,24 @@ def expected_tokens(rates: np.ndarray) -> np.ndarray:
 
 def step_speeds(step_seconds: Sequence[float], rows_rates: Sequence[np.ndarray]) -> np.ndarray:
     """Expected tokens per second over all rows of a step verifying n = 0..len(step_seconds)-1 drafts."""
-    tokens = expected_tokens(np.asarray(rows_rates, dtype=np.float64)).sum(axis=0)[: len(step_seconds)]
-    return tokens / np.asarray(step_seconds)
+    return _speeds(step_seconds, expected_tokens(np.asarray(rows_rates, dtype=np.float64)))
+
+
+def _speeds(step_seconds: Sequence[float], rows_tokens: Sequence[np.ndarray]) -> np.ndarray:
+    """step_speeds from each row's expected_tokens."""
+    tokens = rows_tokens[0] if len(rows_tokens) == 1 else np.sum(rows_tokens, axis=0)
+    return tokens[: len(step_seconds)] / step_seconds
 
 
 def choose_drafts(step_seconds: Sequence[float], rows_rates: Sequence[np.ndarray]) -> int:
     """The n in 0..len(step_seconds)-1 with the most expected tokens per second over all rows, one n for the batch
     (ties: the fewer drafts)."""
-    return int(np.argmax(step_speeds(step_seconds, rows_rates)))
+    return best_drafts(step_speeds(step_seconds, rows_rates))
+
+
+def best_drafts(speeds: np.ndarray) -> int:
+    """The n with the most expected tokens per second (ties: the fewer drafts)."""
+    return int(np.argmax(speeds))
 
 
 class Acceptance:
@@ -116,15 +132,17 @@ class Acceptance:
         self.prior = np.asarray(prior, dtype=np.float64)
         self.hits = np.zeros_like(self.prior)
         self.tries = np.zeros_like(self.prior)
+        self._estimate()
 
-    @property
-    def rates(self) -> np.ndarray:
+    def _estimate(self) -> None:
+        """rates, and tokens (expected_tokens of them): kept between observations, as a step reads them every time."""
         first = (self.hits[0] + PRIOR_WEIGHT * self.prior[0]) / (self.tries[0] + PRIOR_WEIGHT)
         # Deeper positions are verified less often: their prior is the calibrated profile, scaled by how this row's
         # first draft fares against the calibration's.
         prior = np.clip(self.prior * (first / max(self.prior[0], 1e-3)), 0.0, 1.0)
         prior[0] = self.prior[0]
-        return (self.hits + PRIOR_WEIGHT * prior) / (self.tries + PRIOR_WEIGHT)
+        self.rates = (self.hits + PRIOR_WEIGHT * prior) / (self.tries + PRIOR_WEIGHT)
+        self.tokens = expected_tokens(self.rates)
 
     def observe(self, drafted: int, accepted: int) -> None:
         """A step verified `drafted` drafts and accepted the first `accepted`: positions 1..accepted were accepted,
@@ -136,6 +154,7 @@ class Acceptance:
         self.tries[:decided] += 1
         self.hits[decided:] *= DRIFT
         self.tries[decided:] *= DRIFT
+        self._estimate()
 
 
 class AdaptiveDrafts:
@@ -168,25 +187,29 @@ class AdaptiveDrafts:
     def remove(self, key: Hashable) -> None:
         del self.rows[key]
 
-    def choose(self, rows: Sequence[Hashable], context: int, most: int) -> tuple[int, np.ndarray]:
+    def choose(
+        self, rows: Sequence[Hashable], context: int, most: int, unseen: int = CATCH_UP_FROM
+    ) -> tuple[int, np.ndarray]:
         """(n <= most, the modelled seconds of each n) for the next step of `rows` (indices into the request) at
-        this context length."""
-        seconds = self.costs.at(context, len(rows))[: most + 1]
-        rates = [self.rows[r].rates for r in rows]
-        n = choose_drafts(seconds, rates)
+        this context length, where the draft has `unseen` tokens to read before it drafts (the most of any row).
+        After ar steps that catch-up is part of what drafting costs: resuming pays it, a probe pays it."""
+        plain = self.costs.at(context, len(rows))[: most + 1]
+        seconds = plain.copy()
+        seconds[1:] += self.costs.catch_up_seconds(unseen, context)
+        speeds = _speeds(seconds, [self.rows[r].tokens for r in rows])
+        n = best_drafts(speeds)
         self.probing = False
         if most >= 1:
-            speeds = step_speeds(seconds, rates)
             if not self.started:
-                self.started, self.trying = True, self._worth_trying(seconds, len(rows))
-                n = max(n, 1) if self.trying else n
+                self.started, self.trying = True, self._worth_trying(plain, len(rows))
+                n = max(n, 1 + int(np.argmax(speeds[1:]))) if self.trying else n
             elif n == 0 and self.drafting and speeds[1:].max() >= (1 - HYSTERESIS) * speeds[0]:
                 n = 1 + int(np.argmax(speeds[1:]))
             if n:
                 self.ar_steps, self.probe_after = 0, FIRST_PROBE
             elif self.trying:
                 n = self._probe_due(speeds)
-                self.probe_seconds = seconds
+                self.probe_seconds = plain
         self.drafting = n > 0
         return n, seconds
 
@@ -218,10 +241,11 @@ class AdaptiveDrafts:
             self.ar_steps = self.probe_after = FIRST_PROBE
 
     def _probe_paid(self, accepted: Sequence[int]) -> bool:
-        """Whether the probe's tokens came at least as fast as an ar step's would have: for one row, any accepted
-        draft; for a batch, enough of them (one row in 16 agreeing does not pay for a batch's longer step)."""
+        """Whether the probe's tokens came at least as fast as an ar step's would have, its catch-up aside (paid
+        already): for one row, any accepted draft; for a batch, enough of them (one row in 16 agreeing does not pay
+        for a batch's longer step)."""
         seconds = self.probe_seconds
         return (len(accepted) + sum(accepted)) * seconds[0] >= len(accepted) * seconds[1]
 
     def expected(self, row: Hashable, n: int) -> float:
-        return float(expected_tokens(self.rows[row].rates)[n])
+        return float(self.rows[row].tokens[n])

@@ -42,7 +42,8 @@ def test_first_use_measures_and_keeps_it_beside_the_engine(engine_copy, monkeypa
     costs = measured.costs
     assert measured.k == K == costs.k
     assert all(0.0 <= a <= 1.0 for a in measured.acceptance)
-    assert all(s > 0 for row in costs.seconds for s in row) and costs.batch > 1 and costs.catch_up >= 0
+    assert all(s > 0 for row in costs.seconds for s in row) and costs.batch > 1
+    assert len(costs.catch_up) == len(costs.contexts) and min(costs.catch_up) >= 0
     verify_hashes(engine_copy, read_manifest(engine_copy))  # the engine's files are untouched
     _no_measuring(monkeypatch)
     with Session(engine_copy) as session:
@@ -115,7 +116,7 @@ def test_conditional_acceptance_divides_by_the_steps_that_reached_a_position():
 
 
 def test_modelled_speeds_prefer_more_slots_when_drafts_agree_and_fewer_when_they_cost():
-    costs = StepCosts((32,), ((1.0, 1.1, 1.2, 1.3, 1.4),), catch_up=0.01)
+    costs = StepCosts((32,), ((1.0, 1.1, 1.2, 1.3, 1.4),), catch_up=(0.01,))
     agreeing = modelled_speeds(Calibration(costs, (0.9, 0.9, 0.9, 0.9)), 4, range(1, 5))
     assert max(agreeing, key=agreeing.get) == 4
     poor = modelled_speeds(Calibration(costs, (0.3, 0.0, 0.0, 0.0)), 4, range(1, 5))

@@ -64,7 +64,7 @@ def test_costs_grow_with_the_batch_as_measured_and_never_fall_with_n():
 
 
 def test_costs_round_trip_through_a_dict():
-    c = StepCosts((32, 512), ((1.0, 1.2), (2.0, 2.5)), 4, (1.5, 2.0), 0.01)
+    c = StepCosts((32, 512), ((1.0, 1.2), (2.0, 2.5)), 4, (1.5, 2.0), (0.01, 0.02))
     assert StepCosts.from_dict(c.to_dict()) == c
 
 
@@ -135,6 +135,25 @@ def test_a_probe_comes_sooner_where_drafting_is_only_a_little_slower():
     # 1.05 expected tokens for 1.06 s: 1 % slower than an ar step; for 1.5 s: 30 % slower
     assert ar_steps_before_the_first_probe(0.06) == drafting.SOONEST_PROBE
     assert ar_steps_before_the_first_probe(0.5) == drafting.FIRST_PROBE
+
+
+def test_resuming_after_ar_steps_pays_for_what_the_draft_has_not_read():
+    # one draft costs 0.2 s more than an ar step and is accepted 30 % of the time: worth 1.3 tokens in 1.2 s; with
+    # 30 tokens to read first (0.01 s each beyond the usual 2) the step costs 1.48 s
+    c = StepCosts((32,), ((1.0, 1.2),), catch_up=(0.01,))
+    adaptive = AdaptiveDrafts(c, prior=[0.3], rows=1)
+    adaptive.started = True
+    n, seconds = adaptive.choose([0], 100, most=1, unseen=2)
+    assert n == 1 and seconds.tolist() == pytest.approx([1.0, 1.2])
+    n, seconds = adaptive.choose([0], 100, most=1, unseen=30)
+    assert n == 0 and seconds.tolist() == pytest.approx([1.0, 1.48])
+
+
+def test_catch_up_costs_follow_the_context_like_the_steps():
+    c = StepCosts((100, 200), ((1.0, 1.2), (2.0, 2.2)), catch_up=(0.01, 0.03))
+    assert c.catch_up_seconds(12, 150) == pytest.approx(10 * 0.02)
+    assert c.catch_up_seconds(2, 150) == 0.0
+    assert c.catch_up_seconds(12, 300) == pytest.approx(10 * 0.05)  # along the last segment
 
 
 def test_no_room_for_drafts_is_an_ar_step_and_not_a_wait():

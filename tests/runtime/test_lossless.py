@@ -55,7 +55,7 @@ def test_drafts_per_step_changing_every_step_stay_lossless(tiny_pair, engine, re
     """Whatever n the choice makes, 0 included, the output is the target's own."""
     target, draft = tiny_pair("llama")
     choices = np.random.default_rng(k)
-    monkeypatch.setattr(drafting, "choose_drafts", lambda seconds, rates: int(choices.integers(len(seconds))))
+    monkeypatch.setattr(drafting, "best_drafts", lambda speeds: int(choices.integers(len(speeds))))
     cases = references("llama")[:batch]
     with Session(engine(target, draft, k), calibration=tiny_models.cpu_like_calibration(k)) as session:
         results = session.generate_batch([ids for ids, _ in cases], max_new_tokens=NEW_TOKENS)
