@@ -130,9 +130,11 @@ def _read(path: Path, engine: str, warn: bool) -> dict | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         data, problem = None, "is not a calibration file (unreadable JSON)"
     else:
-        valid = isinstance(data, dict) and isinstance(data.get("entries"), dict) and data.get("format") == FORMAT
+        valid = isinstance(data, dict) and isinstance(data.get("entries"), dict) and isinstance(data.get("format"), int)
         problem = None if valid else "is not a calibration file"
-        if valid and data.get("engine") != engine:
+        if valid and data.get("format") != FORMAT:
+            problem = f"holds calibration format {data.get('format')}, this version keeps format {FORMAT}"
+        elif valid and data.get("engine") != engine:
             problem = "was measured for another engine"
     if problem is None:
         return data

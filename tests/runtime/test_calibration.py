@@ -70,6 +70,17 @@ def test_a_file_from_another_engine_is_measured_again(engine_copy, tiny_pair, en
     assert json.loads((engine_copy / CALIBRATION_FILE).read_text())["engine"] == calibration.engine_id(engine_copy)
 
 
+def test_a_file_of_an_older_format_is_measured_again(engine_copy, caplog):
+    with Session(engine_copy) as session:
+        session.calibration
+    kept = json.loads((engine_copy / CALIBRATION_FILE).read_text())
+    (engine_copy / CALIBRATION_FILE).write_text(json.dumps(kept | {"format": calibration.FORMAT - 1}))
+    with caplog.at_level(logging.WARNING), Session(engine_copy) as session:
+        assert session.calibration.k == K
+    assert f"holds calibration format {calibration.FORMAT - 1}, this version keeps format" in caplog.text
+    assert json.loads((engine_copy / CALIBRATION_FILE).read_text())["format"] == calibration.FORMAT
+
+
 @pytest.mark.parametrize("content", ["{not json", "[]", '{"entries": {"x": {"costs": 1}}, "engine": "?"}'])
 def test_an_unreadable_file_is_measured_again(engine_copy, caplog, content):
     (engine_copy / CALIBRATION_FILE).write_text(content)
