@@ -22,6 +22,7 @@ FIRST_PROBE = 16  # ar steps before one step verifies a single draft again (a pr
 LAST_PROBE = 64  # the wait doubles after each probe whose accepted drafts did not pay for it, up to this
 PROBE_SCALE = 150.0  # where drafting is modelled only a little slower, a probe comes after 150 x the shortfall ar steps
 SOONEST_PROBE = 4  # but not before this many
+PROBE_SHARE = 0.03  # and a probe's modelled loss, catch-up included, within 3 % of the ar steps' time before it
 WORTH_TRYING = 0.95  # below this speed of ar steps at the calibrated rates, a request does not try drafting
 HYSTERESIS = 0.05  # a row that drafts keeps drafting until that is modelled 5 % slower than ar steps (estimate noise)
 CATCH_UP_FROM = 2  # tokens the draft reads in a step that follows a step with one accepted draft
@@ -143,6 +144,8 @@ class Acceptance:
         prior[0] = self.prior[0]
         self.rates = (self.hits + PRIOR_WEIGHT * prior) / (self.tries + PRIOR_WEIGHT)
         self.tokens = expected_tokens(self.rates)
+        # the first rate's standard error, relative to the tokens a one-draft step expects: the modelled speed's noise
+        self.noise = float(np.sqrt(first * (1 - first) / (self.tries[0] + PRIOR_WEIGHT)) / (1 + first))
 
     def observe(self, drafted: int, accepted: int) -> None:
         """A step verified `drafted` drafts and accepted the first `accepted`: positions 1..accepted were accepted,
@@ -203,15 +206,20 @@ class AdaptiveDrafts:
             if not self.started:
                 self.started, self.trying = True, self._worth_trying(plain, len(rows))
                 n = max(n, 1 + int(np.argmax(speeds[1:]))) if self.trying else n
-            elif n == 0 and self.drafting and speeds[1:].max() >= (1 - HYSTERESIS) * speeds[0]:
+            elif n == 0 and self.drafting and speeds[1:].max() >= (1 - self._band(rows)) * speeds[0]:
                 n = 1 + int(np.argmax(speeds[1:]))
             if n:
                 self.ar_steps, self.probe_after = 0, FIRST_PROBE
             elif self.trying:
-                n = self._probe_due(speeds)
+                n = self._probe_due(speeds, seconds)
                 self.probe_seconds = plain
         self.drafting = n > 0
         return n, seconds
+
+    def _band(self, rows: Sequence[Hashable]) -> float:
+        """How much slower drafting may be modelled and a drafting step still go on: HYSTERESIS, or less where the
+        rows' first-draft estimates are surer than that (a draft that always agrees: none)."""
+        return min(HYSTERESIS, float(np.mean([self.rows[r].noise for r in rows])))
 
     def _worth_trying(self, seconds: np.ndarray, rows: int) -> bool:
         """Whether drafting at the calibrated rates is at least WORTH_TRYING x as fast as ar steps here; where it
@@ -219,11 +227,16 @@ class AdaptiveDrafts:
         speeds = step_speeds(seconds, [self.prior] * rows)
         return bool(speeds[1:].max() >= WORTH_TRYING * speeds[0])
 
-    def _probe_due(self, speeds: np.ndarray) -> int:
-        """1 where this ar step should verify a draft after all (a probe), else 0."""
+    def _probe_due(self, speeds: np.ndarray, seconds: np.ndarray) -> int:
+        """1 where this ar step should verify a draft after all (a probe), else 0. Besides the wait, a probe's
+        modelled loss against ar steps (its catch-up included) must fit PROBE_SHARE of the ar steps' time since the
+        last drafting step: where the draft costs much (as large as the target), probes stay rare or stop."""
         self.ar_steps += 1
         soon = PROBE_SCALE * (1.0 - speeds[1:].max() / speeds[0])
         if self.ar_steps <= (max(soon, SOONEST_PROBE) if soon < FIRST_PROBE else self.probe_after):
+            return 0
+        loss = seconds[1] * (1.0 - speeds[1] / speeds[0])
+        if loss > PROBE_SHARE * self.ar_steps * seconds[0]:
             return 0
         self.ar_steps, self.probing = 0, True
         self.probe_after = min(2 * self.probe_after, LAST_PROBE)  # kept only if nothing is accepted

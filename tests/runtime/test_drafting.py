@@ -156,6 +156,36 @@ def test_catch_up_costs_follow_the_context_like_the_steps():
     assert c.catch_up_seconds(12, 300) == pytest.approx(10 * 0.05)  # along the last segment
 
 
+def test_a_draft_whose_catch_up_costs_more_than_the_probe_budget_is_not_probed():
+    # ar steps 1 s; one draft 1.1 s; the draft reads each missed token for 0.05 s: a probe after m ar steps loses
+    # about 0.05 m s, more than PROBE_SHARE (3 %) of the m s before it
+    def probes(catch_up: float) -> int:
+        adaptive = AdaptiveDrafts(StepCosts((32,), ((1.0, 1.1),), catch_up=(catch_up,)), prior=[0.05], rows=1)
+        adaptive.started = True
+        count, unseen = 0, 2
+        for _ in range(300):
+            n, _ = adaptive.choose([0], 100, most=1, unseen=unseen)
+            adaptive.observe([0], n, [0])
+            count, unseen = count + n, 1 if n else unseen + 1
+        return count
+
+    assert probes(0.0) >= 4
+    assert probes(0.05) == 0
+
+
+def test_a_draft_that_is_surely_slower_stops_drafting_at_once():
+    """The hysteresis band is for estimate noise: a first draft that always agrees, at a step that makes its two
+    tokens 2 % slower than two ar steps, is known well enough to stop (a copy of the target as draft)."""
+    adaptive = AdaptiveDrafts(costs(1.04, k=1), prior=[1.0], rows=1)
+    chosen = []
+    for _ in range(40):
+        n, _ = adaptive.choose([0], 100, most=1)
+        adaptive.observe([0], n, [n])
+        chosen.append(n)
+    assert chosen[:2] == [1, 0]  # the first step drafts; the next, knowing the rate, does not
+    assert not any(a and b for a, b in zip(chosen[1:], chosen[2:]))  # then single probes, no runs of drafting
+
+
 def test_no_room_for_drafts_is_an_ar_step_and_not_a_wait():
     adaptive = AdaptiveDrafts(costs(0.0), prior=[0.9, 0.9, 0.9], rows=1)
     assert adaptive.choose([0], 10, most=0)[0] == 0
