@@ -66,7 +66,9 @@ class StepCosts:
     def catch_up_seconds(self, unseen: int, context: int) -> float:
         """What a drafting step costs beyond seconds[n] when the draft has `unseen` tokens to read first (after ar
         steps, every one of them) at this context length."""
-        return max(0, unseen - CATCH_UP_FROM) * float(self._at(context)[-1])
+        if unseen <= CATCH_UP_FROM:  # every drafting step after a drafting step: no second lookup
+            return 0.0
+        return (unseen - CATCH_UP_FROM) * float(self._at(context)[-1])
 
     def _at(self, context: int) -> np.ndarray:
         """The table's row at this context (called before every step: plain Python for the segment)."""
@@ -165,11 +167,13 @@ class AdaptiveDrafts:
     estimate, with three amendments:
     - the first step always drafts, so the draft reads the prompt with the target's prefill, not in a later probe;
     - a step after a drafting step keeps drafting unless that is modelled HYSTERESIS slower than an ar step (a few
-      rejections pull an estimate under the line more often than the text changes);
+      rejections pull an estimate under the line more often than the text changes), or less where the estimate is
+      surer (_band);
     - after FIRST_PROBE ar steps in a row one step verifies a single draft (a probe), so a change of text (code
       after prose) is noticed. Each probe whose accepted drafts did not pay for its longer step (one row: nothing
       accepted) doubles the wait, up to LAST_PROBE; one that paid probes again at once; where drafting is modelled
-      only a little slower, the probe comes after PROBE_SCALE x the shortfall ar steps (at least SOONEST_PROBE)."""
+      only a little slower, the probe comes after PROBE_SCALE x the shortfall ar steps (at least SOONEST_PROBE); and
+      a probe whose modelled loss exceeds PROBE_SHARE of the ar time before it waits longer."""
 
     def __init__(self, costs: StepCosts, prior: Sequence[float], rows: int | Iterable[Hashable] = 1):
         """rows: the keys of the rows (or a count: keys 0 .. rows-1); rows that join later are add()ed."""
@@ -203,11 +207,12 @@ class AdaptiveDrafts:
         n = best_drafts(speeds)
         self.probing = False
         if most >= 1:
+            drafting_best = 1 + int(np.argmax(speeds[1:]))
             if not self.started:
                 self.started, self.trying = True, self._worth_trying(plain, len(rows))
-                n = max(n, 1 + int(np.argmax(speeds[1:]))) if self.trying else n
-            elif n == 0 and self.drafting and speeds[1:].max() >= (1 - self._band(rows)) * speeds[0]:
-                n = 1 + int(np.argmax(speeds[1:]))
+                n = max(n, drafting_best) if self.trying else n
+            elif n == 0 and self.drafting and speeds[drafting_best] >= (1 - self._band(rows)) * speeds[0]:
+                n = drafting_best
             if n:
                 self.ar_steps, self.probe_after = 0, FIRST_PROBE
             elif self.trying:
