@@ -8,10 +8,15 @@ STAMP := $(VENV)/.installed
 # The Triton server for the serving tests (nvidia-pytriton's) needs numpy<2: its own environment, which also holds
 # pard-export's runtime (no torch) for the `pard` model that the server's python backend runs.
 SERVER_VENV ?= .venv-tritonserver
+# ONNX Runtime's C/C++ API headers, which its wheels lack, for the native attention kernel that `pard-export build`
+# compiles (plugins/cached_attention): Debian's libonnxruntime-dev, unpacked into the venv's include/. A library
+# built against them asks ONNX Runtime for their API version, which newer ONNX Runtimes still serve.
+ORT_HEADERS_DEB ?= http://deb.debian.org/debian/pool/main/o/onnxruntime/libonnxruntime-dev_1.21.0+dfsg-1_amd64.deb
+ORT_HEADERS := $(VENV)/include/onnxruntime/onnxruntime_cxx_api.h
 
-.PHONY: install demo lint test clean
+.PHONY: install demo lint test clean ort-headers
 
-install: $(STAMP)
+install: $(STAMP) $(ORT_HEADERS)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +29,14 @@ $(STAMP): pyproject.toml
 	test -x $(SERVER_VENV)/bin/python || $(PYTHON) -m venv $(SERVER_VENV)
 	$(SERVER_VENV)/bin/python -m pip install -q nvidia-pytriton 'numpy<2' -e .
 	touch $(STAMP)
+
+ort-headers: $(ORT_HEADERS)
+
+$(ORT_HEADERS):
+	mkdir -p $(VENV)/include
+	cd $(VENV) && curl -fsSL -o ort-dev.deb $(ORT_HEADERS_DEB) && ar x ort-dev.deb data.tar.xz \
+		&& tar -xJf data.tar.xz --strip-components=3 -C include ./usr/include/onnxruntime \
+		&& rm ort-dev.deb data.tar.xz
 
 demo: install
 	$(BIN)/pard-export demo

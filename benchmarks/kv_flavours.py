@@ -7,7 +7,9 @@
 
 For each document length (Python's reference prose, benchmarks/long_docs.py, chat template and a request to
 summarize), every engine generates `--new-tokens` greedy `ar` tokens, engines interleaved, `--repeats` times;
-it prints the median ms per token after the prefill and each engine's ratio to the first.
+it prints the median ms per token after the prefill, the median time to the first token, and each engine's ratios
+to the first engine's. Engines of the two attention kernels compare the same way (--engine onnx=DIR_BUILT_WITH
+--attention-kernel onnx --engine native=DIR).
 """
 
 from __future__ import annotations
@@ -29,17 +31,21 @@ def main() -> None:
     sessions = {label: Session(path, threads=args.threads) for label, path in args.engine}
     codec = next(iter(sessions.values())).codec
     documents = long_documents(args.lengths, 1, lambda text: len(codec.encode(text)))
-    print(f"{'tokens':>7} " + " ".join(f"{label:>18}" for label in sessions))
+    print(f"{'tokens':>7} " + " ".join(f"{label + ': decode, first token':>34}" for label in sessions))
     for document in documents:
         prompt = codec.encode_chat(document_prompt(document))
         times = {label: [] for label in sessions}
+        firsts = {label: [] for label in sessions}
         for _ in range(args.repeats):  # engines interleaved, so machine noise hits them alike
             for label, session in sessions.items():
                 result = session.generate(prompt, max_new_tokens=args.new_tokens, mode="ar")
                 times[label].append(1e3 / result.stats.tokens_per_second)
+                firsts[label].append(result.stats.ttft_ms / 1e3)
         ms = {label: statistics.median(values) for label, values in times.items()}
-        first = next(iter(ms.values()))
-        print(f"{len(prompt):>7} " + " ".join(f"{v:8.1f} ms ({v / first:4.2f}x)" for v in ms.values()), flush=True)
+        ttft = {label: statistics.median(values) for label, values in firsts.items()}
+        base, base_ttft = next(iter(ms.values())), next(iter(ttft.values()))
+        cells = [f"{ms[x]:6.1f} ms ({ms[x] / base:4.2f}x) {ttft[x]:5.1f} s ({ttft[x] / base_ttft:4.2f}x)" for x in ms]
+        print(f"{len(prompt):>7} " + " ".join(cells), flush=True)
 
 
 def _arguments():

@@ -10,7 +10,7 @@ import json
 import sys
 import time
 
-from .contract import ATTENTIONS, BACKENDS, DTYPES, MODES, NO_QUANTIZATION, QUANTIZE_SCHEMES
+from .contract import ATTENTION_KERNELS, ATTENTIONS, BACKENDS, DTYPES, MODES, NO_QUANTIZATION, QUANTIZE_SCHEMES
 from .errors import PardExportError
 
 EXIT_BAD_INPUT = 2
@@ -67,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
         help="inplace (onnxruntime default: KV buffers bound in place, TensorScatter), plain "
         "(concatenated KV) or plugin (PardAttention nodes over preallocated KV buffers; the "
         "tensorrt default and only choice)",
+    )
+    build.add_argument(
+        "--attention-kernel",
+        choices=("auto", *ATTENTION_KERNELS),
+        help="inplace graphs: native (one compiled CPU op per layer, plugins/cached_attention; needs g++ and "
+        "ONNX Runtime's headers, which make install fetches), onnx (standard ops) or auto (default: native where "
+        "it compiles, float32 only)",
     )
     build.add_argument("--max-batch", type=int, help="tensorrt: largest batch the plans serve (default 8)")
     build.add_argument(
@@ -254,6 +261,7 @@ def _run_build(args) -> int:
         force=args.force,
         with_ar_draft=args.with_ar_draft,
         attention=args.attention,
+        attention_kernel=args.attention_kernel,
         **_tensorrt_flags(args),
         calibration=args.calibration,
         quantize=args.quantize,

@@ -27,6 +27,13 @@ Three attention flavours share every other tensor:
            row is its own product, which reads the cache without copying it (faster for the few rows of a step) and
            makes a token's logits independent of the other tokens in the call: decode, verify and batches agree
            bit for bit. The runtime keeps a row's computation the same whatever the call (decoding.prefill_plan).
+
+The inplace flavour's attention kernel (the manifest's attention_kernel), the same IO either way:
+- onnx  : the block of standard ops above (export/inplace_attention.py), about 20 nodes per layer.
+- native: one pard.cpu::CachedAttention node per layer (plugins/cached_attention), compiled at build time into the
+          engine directory as NATIVE_KERNEL_LIBRARY, which the runtime registers with ONNX Runtime. Like the block,
+          it computes prompt chunks (prefill) in blocks and every other call row by row, a token's numbers then
+          independent of the rest of the call. float32, CPU execution provider.
 """
 
 from __future__ import annotations
@@ -50,6 +57,9 @@ BATCH, SEQUENCE, PAST, TOTAL = "batch", "sequence", "past_sequence", "total_sequ
 CAPACITY = "cache_capacity"  # C (plugin flavour)
 
 PLAIN, PLUGIN, INPLACE = "plain", "plugin", "inplace"
+ONNX_KERNEL, NATIVE_KERNEL = "onnx", "native"
+ATTENTION_KERNELS = (ONNX_KERNEL, NATIVE_KERNEL)
+NATIVE_KERNEL_LIBRARY = "cached_attention.so"  # in the engine directory of a native-kernel engine
 ATTENTIONS = (PLAIN, PLUGIN, INPLACE)
 BUFFERED = (PLUGIN, INPLACE)  # the flavours whose caches are preallocated buffers (past_len, kv_cache.*)
 

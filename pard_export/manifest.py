@@ -7,7 +7,17 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .contract import ATTENTIONS, PLAIN, ROLES, GraphSpec, graph_spec_from_dict
+from .contract import (
+    ATTENTION_KERNELS,
+    ATTENTIONS,
+    NATIVE_KERNEL,
+    NATIVE_KERNEL_LIBRARY,
+    ONNX_KERNEL,
+    PLAIN,
+    ROLES,
+    GraphSpec,
+    graph_spec_from_dict,
+)
 from .errors import EngineError
 
 FORMAT = "pard-export/1"
@@ -60,6 +70,7 @@ class Manifest:
     quantization: dict[str, dict] = field(default_factory=dict)
     # build --k auto: {"prompts", "acceptance", "k_sweep": {k: modelled tokens/s}, "k"}; empty for a given k
     k_selection: dict = field(default_factory=dict)
+    attention_kernel: str = ONNX_KERNEL  # inplace graphs: onnx ops or the native op (contract.py); absent before it
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -141,11 +152,21 @@ def _check_files(root: Path, manifest: Manifest) -> None:
     for role, model in manifest.models.items():
         if model.file not in manifest.files:
             raise EngineError(f"manifest's {role} graph {model.file!r} is not among its files; {_REBUILD}")
+    if manifest.attention_kernel == NATIVE_KERNEL and NATIVE_KERNEL_LIBRARY not in manifest.files:
+        raise EngineError(
+            f"manifest's native attention kernel {NATIVE_KERNEL_LIBRARY} is not among its files; {_REBUILD}"
+        )
 
 
 def _attention(value) -> str:
     if value not in ATTENTIONS:
         raise ValueError(f"attention {value!r} (expected {', '.join(ATTENTIONS)})")
+    return value
+
+
+def _attention_kernel(value) -> str:
+    if value not in ATTENTION_KERNELS:
+        raise ValueError(f"attention_kernel {value!r} (expected {', '.join(ATTENTION_KERNELS)})")
     return value
 
 
@@ -186,4 +207,5 @@ def _from_dict(data: dict) -> Manifest:
         tools=dict(data.get("tools", {})),
         quantization=_quantization(data.get("quantization", {}), models),
         k_selection=dict(data.get("k_selection", {})),
+        attention_kernel=_attention_kernel(data.get("attention_kernel", ONNX_KERNEL)),
     )

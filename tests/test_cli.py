@@ -13,6 +13,7 @@ import pytest
 
 import tiny_models
 from pard_export.cli import main
+from plugins.cached_attention import build as native_build
 
 
 def _fails_cleanly(capsys, argv, match, out: Path | None = None):
@@ -102,6 +103,9 @@ def test_k_out_of_range(capsys, tmp_path, pair, k):
         (["--attention", "bogus"], "argument --attention: invalid choice: 'bogus'"),
         (["--attention", "plugin", "--dtype", "float16"], "float32 only"),
         (["--attention", "plain", "--backend", "tensorrt", "--dtype", "float16"], "plugin-attention graphs only"),
+        (["--attention-kernel", "fast"], "argument --attention-kernel: invalid choice: 'fast'"),
+        (["--attention-kernel", "native", "--attention", "plain"], "runs float32 inplace graphs on ONNX Runtime's CPU"),
+        (["--attention-kernel", "native", "--dtype", "float16"], "use --attention inplace --dtype float32"),
     ],
 )
 def test_bad_attention(capsys, tmp_path, pair, flags, match):
@@ -109,6 +113,13 @@ def test_bad_attention(capsys, tmp_path, pair, flags, match):
     _fails_cleanly(
         capsys, ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out), *flags], match, out
     )
+
+
+def test_native_kernel_without_the_headers(capsys, tmp_path, pair, monkeypatch):
+    monkeypatch.setattr(native_build, "find_headers", lambda: None)
+    out = tmp_path / "o"
+    argv = ["build", "--target", str(pair[0]), "--draft", str(pair[1]), "--out", str(out)]
+    _fails_cleanly(capsys, [*argv, "--attention-kernel", "native"], "C++ API headers (onnxruntime_cxx_api.h)", out)
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from plugins.cached_attention import build as native_build
+
 from .. import __version__
-from ..contract import ATTENTIONS, BACKENDS, DRAFT, DRAFT_AR, DTYPES, INPLACE, PLAIN, PLUGIN, TARGET, GraphSpec
+from ..contract import (
+    ATTENTION_KERNELS,
+    ATTENTIONS,
+    BACKENDS,
+    DRAFT,
+    DRAFT_AR,
+    DTYPES,
+    INPLACE,
+    NATIVE_KERNEL,
+    NATIVE_KERNEL_LIBRARY,
+    ONNX_KERNEL,
+    PLAIN,
+    PLUGIN,
+    TARGET,
+    GraphSpec,
+)
 from ..errors import PardExportError
 from ..files import staging_dir
 from ..manifest import CALIBRATION_FILE, TOKENIZER_DIR, Manifest, ModelEntry, graph_file, hash_files, write_manifest
@@ -30,6 +47,7 @@ DEFAULT_MAX_SEQ_LEN = 8192
 _TOOLS = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "onnxruntime-extensions", "tensorrt", "triton")
 _STAGES = ("check", "load", "export target", "export draft", "quantize", "compile", "manifest", "calibrate")
 AUTO_K = "auto"
+AUTO_KERNEL = "auto"  # --attention-kernel auto: native where it applies and compiles
 AUTO_MAX_K = 16  # --k auto: candidates 1..AUTO_MAX_K
 
 
@@ -46,6 +64,7 @@ def build(
     force: bool = False,
     with_ar_draft: bool = False,
     attention: str | None = None,
+    attention_kernel: str | None = None,
     max_batch: int = 8,
     opt_batch: int = 1,
     prefill_chunk: int = 512,
@@ -63,6 +82,9 @@ def build(
     exports the PardAttention flavour (preallocated KV buffers, contract.py) instead of the plain graphs;
     attention="inplace" (the onnxruntime default) exports graphs that write their new KV rows into buffers the
     runtime binds in place and attend over them (TensorScatter); tensorrt runs only the plugin flavour.
+    attention_kernel (inplace only): "native" compiles plugins/cached_attention into the engine and gives each layer
+    one node of it, "onnx" keeps the block of standard ops; None or "auto": native where this host can compile it
+    (a C++ compiler and ONNX Runtime's headers) and the engine is float32 onnxruntime, else onnx.
     backend="tensorrt" exports that flavour and builds draft.plan / target.plan for batches up to max_batch and calls
     of up to prefill_chunk tokens, its kernels and plugin tactics tuned for batch opt_batch, reusing the TensorRT
     timing cache file `timing_cache` if given.
@@ -79,6 +101,7 @@ def build(
     _check_choice("backend", backend, BACKENDS)
     _check_choice("dtype", dtype, DTYPES)
     attention = _attention_for(backend, attention)
+    kernel = _kernel_for(backend, attention, dtype, attention_kernel)
     schemes = _quant_schemes(
         backend, attention, quantize, draft_quantize, keep_head_float, quant_block_size, quant_accuracy_level
     )
@@ -108,7 +131,9 @@ def build(
         pair = _checked_pair(target, draft, k, mask_token_id, max_seq_len)
         with staging_dir(out) as staging:
             plans: dict[str, str] = {}  # role -> plan file (tensorrt)
-            specs = _export_pair(pair, staging, stage, k, dtype, with_ar_draft, attention)
+            if kernel == NATIVE_KERNEL:
+                _compile_native_kernel(staging)
+            specs = _export_pair(pair, staging, stage, k, dtype, with_ar_draft, attention, kernel)
             _quantize_graphs(staging, stage, schemes, specs)
             if backend == "onnxruntime":  # tensorrt plans hold their own weights
                 _share_draft_weights(staging, specs)
@@ -126,11 +151,11 @@ def build(
                 )
             manifest = _manifest(pair, specs, staging, k, dtype, backend, attention, plans)
             quantized = {role: scheme.to_dict() for role, scheme in schemes.items() if role in specs}
-            manifest = replace(manifest, quantization=quantized)
+            manifest = replace(manifest, quantization=quantized, attention_kernel=kernel)
             write_manifest(staging, manifest)
             if auto:
                 stage("calibrate")
-                _choose_k(pair, staging, manifest, specs, schemes, dtype, attention, calibration)
+                _choose_k(pair, staging, manifest, specs, schemes, dtype, calibration)
     return out
 
 
@@ -157,7 +182,6 @@ def _choose_k(
     specs: dict[str, GraphSpec],
     schemes: dict[str, QuantScheme],
     dtype: str,
-    attention: str,
     calibration,
 ) -> None:
     """Calibrate the AUTO_MAX_K engine in `staging`, keep the k with the best modelled speed (the draft exported
@@ -170,7 +194,7 @@ def _choose_k(
     speeds = modelled_speeds(measured, manifest.k, range(1, manifest.k + 1))
     best = max(speeds, key=lambda k: (round(speeds[k], 6), -k))
     if best != manifest.k:
-        specs = _export_draft_again(pair, staging, best, dtype, attention, schemes, specs)
+        specs = _export_draft_again(pair, staging, best, dtype, manifest, schemes, specs)
     selection = {
         "prompts": Path(calibration).name if calibration else "bundled",
         "acceptance": list(measured.acceptance),
@@ -178,8 +202,11 @@ def _choose_k(
         "k": best,
     }
     (staging / CALIBRATION_FILE).unlink(missing_ok=True)  # measured with the AUTO_MAX_K draft
-    final = _manifest(pair, specs, staging, best, dtype, manifest.backend, attention, {})
-    write_manifest(staging, replace(final, quantization=manifest.quantization, k_selection=selection))
+    final = _manifest(pair, specs, staging, best, dtype, manifest.backend, manifest.attention, {})
+    settings = dict(
+        quantization=manifest.quantization, k_selection=selection, attention_kernel=manifest.attention_kernel
+    )
+    write_manifest(staging, replace(final, **settings))
     with Session(staging) as session:
         session.calibrate(force=True, prompts=calibration)
 
@@ -189,7 +216,7 @@ def _export_draft_again(
     staging: Path,
     k: int,
     dtype: str,
-    attention: str,
+    manifest: Manifest,
     schemes: dict[str, QuantScheme],
     specs: dict[str, GraphSpec],
 ) -> dict[str, GraphSpec]:
@@ -202,7 +229,7 @@ def _export_draft_again(
         own_weight_file(staging / graph_file(DRAFT_AR), staging / graph_file(DRAFT))
     for stale in (staging / graph_file(DRAFT), data_file(staging / graph_file(DRAFT))):
         stale.unlink(missing_ok=True)
-    spec = _export_draft_graph(pair, staging, k, attention, model, weights)
+    spec = _export_draft_graph(pair, staging, k, manifest.attention, manifest.attention_kernel, model, weights)
     if DRAFT in schemes:
         quantize_graph(staging / graph_file(DRAFT), schemes[DRAFT])
     specs = {**specs, DRAFT: spec}
@@ -260,7 +287,7 @@ def _checked_pair(target: str, draft: str | None, k: int, mask_override: int | N
 
 
 def _export_pair(
-    pair: _Pair, staging: Path, stage, k: int, dtype: str, with_ar_draft: bool, attention: str
+    pair: _Pair, staging: Path, stage, k: int, dtype: str, with_ar_draft: bool, attention: str, kernel: str
 ) -> dict[str, GraphSpec]:
     import torch
 
@@ -276,21 +303,25 @@ def _export_pair(
         pair.target_arch,
         staging / graph_file(TARGET),
         attention=attention,
+        kernel=kernel,
         weights=target_weights,
         progress=_weight_progress(stage, "export target", pair.target_arch.layers),
     )
     del target_model, target_weights  # a model loaded whole is freed before the draft's export
     stage("export draft")
     specs = {TARGET: target_io}
-    specs[DRAFT] = _export_draft_graph(pair, staging, k, attention, *draft, stage=stage)
+    specs[DRAFT] = _export_draft_graph(pair, staging, k, attention, kernel, *draft, stage=stage)
     if with_ar_draft:
+        path = staging / graph_file(DRAFT_AR)
         specs[DRAFT_AR] = export_target(
-            draft[0], pair.draft_arch, staging / graph_file(DRAFT_AR), DRAFT_AR, attention, weights=draft[1]
+            draft[0], pair.draft_arch, path, DRAFT_AR, attention, kernel=kernel, weights=draft[1]
         )
     return specs
 
 
-def _export_draft_graph(pair: _Pair, staging: Path, k: int, attention: str, model, weights, stage=None) -> GraphSpec:
+def _export_draft_graph(
+    pair: _Pair, staging: Path, k: int, attention: str, kernel: str, model, weights, stage=None
+) -> GraphSpec:
     from .graphs import export_draft
 
     progress = _weight_progress(stage, "export draft", pair.draft_arch.layers) if stage else None
@@ -302,6 +333,7 @@ def _export_draft_graph(pair: _Pair, staging: Path, k: int, attention: str, mode
         vocab=pair.vocab,
         mask_id=pair.mask_id,
         attention=attention,
+        kernel=kernel,
         weights=weights,
         progress=progress,
     )
@@ -371,12 +403,14 @@ def _compile_onnxruntime(staging: Path, specs: dict[str, GraphSpec]) -> None:
 
     from ..runtime.backend_ort import inference_session
 
+    library = staging / NATIVE_KERNEL_LIBRARY  # compiled first where the graphs hold the native kernel's nodes
     for role, spec in specs.items():
         file = graph_file(role)
         options = ort.SessionOptions()  # one per graph: a plugin graph registers the custom op library into it
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         try:
-            inference_session(staging / file, spec, options, ["CPUExecutionProvider"])
+            native = library if library.is_file() else None
+            inference_session(staging / file, spec, options, ["CPUExecutionProvider"], native)
         except ImportError as e:
             raise PardExportError(
                 f"plugin-attention graphs need onnxruntime-extensions to load on ONNX Runtime ({e}); "
@@ -488,6 +522,32 @@ def _attention_for(backend: str, attention: str | None) -> str:
             "the tensorrt backend builds plugin-attention graphs only; pass --attention plugin or leave it out"
         )
     return attention
+
+
+def _kernel_for(backend: str, attention: str, dtype: str, kernel: str | None) -> str:
+    """The inplace flavour's attention kernel (contract.py): native where it applies and this host can compile it
+    (auto, the default), else onnx; an explicit native that cannot be had is an error."""
+    applies = backend == "onnxruntime" and attention == INPLACE and dtype == "float32"
+    if kernel in (None, AUTO_KERNEL):
+        if applies and native_build.missing() is not None:
+            print(f"note: the onnx attention kernel, not the native one: {native_build.missing()}", file=sys.stderr)
+        return NATIVE_KERNEL if applies and native_build.missing() is None else ONNX_KERNEL
+    _check_choice("attention-kernel", kernel, (AUTO_KERNEL, *ATTENTION_KERNELS))
+    if kernel == NATIVE_KERNEL and not applies:
+        raise PardExportError(
+            "--attention-kernel native runs float32 inplace graphs on ONNX Runtime's CPU provider only; "
+            "use --attention inplace --dtype float32 (onnxruntime backend), or --attention-kernel onnx"
+        )
+    if kernel == NATIVE_KERNEL and native_build.missing():
+        raise PardExportError(f"--attention-kernel native cannot be compiled here: {native_build.missing()}")
+    return kernel
+
+
+def _compile_native_kernel(staging: Path) -> None:
+    try:
+        native_build.compile_library(staging / NATIVE_KERNEL_LIBRARY)
+    except native_build.CompileError as e:
+        raise PardExportError(f"{e}; or build with --attention-kernel onnx") from e
 
 
 def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:

@@ -2,7 +2,8 @@
 
 Traced layers cost ~70 ONNX Runtime nodes each (RMSNorm as Pow/ReduceMean/Sqrt/Div, rotary as Slice/Neg/Concat/Mul,
 a Reshape pair around every Gemm); at one token per call the per-node cost outweighs the int4 matmuls. These blocks
-compute the same function in 15 nodes (19 with Qwen3's qk-norm), the attention block adds 9:
+compute the same function in 15 nodes (19 with Qwen3's qk-norm), the attention block adds 9 (the native kernel,
+contract.py: the blocks stop at the q/k/v MatMul and start at the Wo MatMul, the node between does the rest):
 
     before attention: SkipSimplifiedLayerNormalization (com.microsoft: the previous layer's residual add + RMSNorm;
                       the first layer has a plain RMSNormalization) -> MatMul over [Wq; Wk; Wv]^T (+ bias) -> Reshape
@@ -52,9 +53,11 @@ _FUSED_FROM = {
 _QKV_BIASES = ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias")
 
 
-def before_weights(arch: ArchSpec, has_bias: bool) -> tuple[str, ...]:
-    """The before-attention block's weight inputs (layer-relative names), in order."""
-    return (INPUT_NORM, QKV, *([QKV_BIAS] if has_bias else ()), *((Q_NORM, K_NORM) if arch.qk_norm else ()))
+def before_weights(arch: ArchSpec, has_bias: bool, split_heads: bool = True) -> tuple[str, ...]:
+    """The before-attention block's weight inputs (layer-relative names), in order. Without split_heads the q/k
+    norms are the native attention node's (native_attention.py)."""
+    norms = (Q_NORM, K_NORM) if arch.qk_norm and split_heads else ()
+    return (INPUT_NORM, QKV, *([QKV_BIAS] if has_bias else ()), *norms)
 
 
 def has_qkv_bias(layer_params: tuple[str, ...]) -> bool:
@@ -84,9 +87,13 @@ def _concatenated(weights: Mapping[str, torch.Tensor], names: list[str], transpo
     return make
 
 
-def before_attention_block(arch: ArchSpec, dtype: int, has_bias: bool, first: bool) -> onnx.ModelProto:
+def before_attention_block(
+    arch: ArchSpec, dtype: int, has_bias: bool, first: bool, split_heads: bool = True
+) -> onnx.ModelProto:
     """In: hidden [B, S, Hd] (first layer) or residual and delta (the previous layer's outputs), cos and sin
-    [B, S, D/2]. Out: q [B, Hq, S, D], k and v [B, Hkv, S, D], stream (the residual stream entering the layer)."""
+    [B, S, D/2]. Out: q [B, Hq, S, D], k and v [B, Hkv, S, D], stream (the residual stream entering the layer).
+    Without split_heads (the native attention node does the rest): in, no cos and sin; out, qkv [B, S, (Hq+2Hkv)*D]
+    and stream."""
     a = arch
     if first:
         inputs = ["hidden"]
@@ -97,9 +104,20 @@ def before_attention_block(arch: ArchSpec, dtype: int, has_bias: bool, first: bo
     else:
         inputs = ["residual", "delta"]
         nodes = [_skip_rms_norm("io.delta", "io.residual", "io." + INPUT_NORM, "normed", "io.stream", a.rms_eps)]
+    qkv = "qkv" if split_heads else "io.qkv"
     nodes += [
-        h.make_node("MatMul", ["normed", "io." + QKV], ["qkv_raw" if has_bias else "qkv"]),
-        *([h.make_node("Add", ["qkv_raw", "io." + QKV_BIAS], ["qkv"])] if has_bias else []),
+        h.make_node("MatMul", ["normed", "io." + QKV], ["qkv_raw" if has_bias else qkv]),
+        *([h.make_node("Add", ["qkv_raw", "io." + QKV_BIAS], [qkv])] if has_bias else []),
+    ]
+    if not split_heads:
+        graph = h.make_graph(
+            nodes,
+            "before_attention",
+            [_value(n, dtype) for n in (*inputs, *before_weights(a, has_bias, split_heads))],
+            [_value(n, dtype) for n in ("qkv", "stream")],
+        )
+        return block_model(graph, [h.make_opsetid("", OPSET), h.make_opsetid(MS_DOMAIN, 1)])
+    nodes += [
         h.make_node("Reshape", ["qkv", "per_head"], ["qkv_heads"]),  # [B, S, Hq + 2 Hkv, D]
         *(_split_normed(a) if a.qk_norm else _split(a)),
         h.make_node("RotaryEmbedding", ["q_unrotated", "io.cos", "io.sin"], ["io.q"]),
@@ -120,13 +138,14 @@ def before_attention_block(arch: ArchSpec, dtype: int, has_bias: bool, first: bo
     return block_model(graph, [h.make_opsetid("", OPSET), h.make_opsetid(MS_DOMAIN, 1)])
 
 
-def after_attention_block(arch: ArchSpec, dtype: int, last: bool) -> onnx.ModelProto:
-    """In: stream [B, S, Hd] (before_attention's), attended [B, S, Hq, D]. Out: hidden_out (last layer) or
-    residual_out and delta_out."""
+def after_attention_block(arch: ArchSpec, dtype: int, last: bool, flat: bool = False) -> onnx.ModelProto:
+    """In: stream [B, S, Hd] (before_attention's), attended [B, S, Hq, D] ([B, S, Hq * D] when flat). Out:
+    hidden_out (last layer) or residual_out and delta_out."""
     a = arch
+    attended = "io.attended" if flat else "attended_flat"
     nodes = [
-        h.make_node("Reshape", ["io.attended", "flat_shape"], ["attended_flat"]),
-        h.make_node("MatMul", ["attended_flat", "io." + O_PROJ], ["projected"]),
+        *([] if flat else [h.make_node("Reshape", ["io.attended", "flat_shape"], ["attended_flat"])]),
+        h.make_node("MatMul", [attended, "io." + O_PROJ], ["projected"]),
         _skip_rms_norm(
             "projected", "io.stream", "io." + POST_NORM, "normed", "residual" if last else "io.residual_out", a.rms_eps
         ),
@@ -138,7 +157,7 @@ def after_attention_block(arch: ArchSpec, dtype: int, last: bool) -> onnx.ModelP
         h.make_node("MatMul", ["mlp_in", "io." + DOWN], ["mlp_out" if last else "io.delta_out"]),
         *([h.make_node("Add", ["residual", "mlp_out"], ["io.hidden_out"])] if last else []),
     ]
-    constants = [h.make_tensor("flat_shape", T.INT64, [3], [0, 0, a.q_heads * a.head_dim])]
+    constants = [] if flat else [h.make_tensor("flat_shape", T.INT64, [3], [0, 0, a.q_heads * a.head_dim])]
     outputs = ["hidden_out"] if last else ["residual_out", "delta_out"]
     graph = h.make_graph(
         nodes,

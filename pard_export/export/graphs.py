@@ -31,10 +31,13 @@ from ..contract import (
     INPLACE,
     INPUT_IDS,
     LOGITS,
+    NATIVE_KERNEL,
+    ONNX_KERNEL,
     PAST_LEN,
     PLAIN,
     PLUGIN,
     POSITION_IDS,
+    PREFILL,
     TARGET,
     GraphSpec,
     TensorSpec,
@@ -46,7 +49,7 @@ from ..contract import (
     target_spec,
 )
 from ..errors import CompatibilityError
-from . import fused_layer, inplace_attention
+from . import fused_layer, inplace_attention, native_attention
 from .arch import ArchSpec
 from .blocks import (
     DecoderLayer,
@@ -76,17 +79,26 @@ class _Flavour:
     mask_id: int
     head: nn.Module
     head_outputs: tuple[str, ...]
+    kernel: str = ONNX_KERNEL  # the inplace flavour's attention kernel (contract.py)
 
 
 def export_target(
-    model, arch: ArchSpec, path: Path, role: str = TARGET, attention: str = PLAIN, *, weights=None, progress=None
+    model,
+    arch: ArchSpec,
+    path: Path,
+    role: str = TARGET,
+    attention: str = PLAIN,
+    *,
+    kernel: str = ONNX_KERNEL,
+    weights=None,
+    progress=None,
 ) -> GraphSpec:
     """The AR graph (prefill / decode / verify); also the draft's AR graph with role=DRAFT_AR.
 
-    weights: name -> tensor, read as they are written (checkpoint.CheckpointWeights); None: the model's own.
-    progress(name) is called before each weight is written."""
+    kernel: the inplace flavour's attention kernel (contract.py). weights: name -> tensor, read as they are written
+    (checkpoint.CheckpointWeights); None: the model's own. progress(name) is called before each weight is written."""
     spec = target_spec(arch.layers, arch.kv_heads, arch.head_dim, arch.vocab_rows, role, attention)
-    flavour = _Flavour(spec, 0, 0, TargetHead(arch.rms_eps, arch.vocab_rows), (LOGITS,))
+    flavour = _Flavour(spec, 0, 0, TargetHead(arch.rms_eps, arch.vocab_rows), (LOGITS,), kernel)
     return _export(model, arch, path, flavour, weights, progress)
 
 
@@ -99,10 +111,11 @@ def export_draft(
     vocab: int,
     mask_id: int,
     attention: str = PLAIN,
+    kernel: str = ONNX_KERNEL,
     weights=None,
     progress=None,
 ) -> GraphSpec:
-    """The PARD draft graph: k - 1 mask slots; weights and progress as export_target's."""
+    """The PARD draft graph: k - 1 mask slots; kernel, weights and progress as export_target's."""
     head_rows = draft_to_target(model)
     if head_rows is not None and not (0 <= int(head_rows.min()) and int(head_rows.max()) < vocab):
         raise CompatibilityError(
@@ -110,7 +123,7 @@ def export_draft(
         )
     spec = draft_spec(arch.layers, arch.kv_heads, arch.head_dim, vocab, k, attention)
     head = DraftHead(arch.rms_eps, k, vocab)
-    flavour = _Flavour(spec, k - 1, mask_id, head, (DRAFT_IDS, DRAFT_LOGITS))
+    flavour = _Flavour(spec, k - 1, mask_id, head, (DRAFT_IDS, DRAFT_LOGITS), kernel)
     return _export(model, arch, path, flavour, weights, progress)
 
 
@@ -214,6 +227,8 @@ def _fused_layers(model, arch: ArchSpec, flavour: _Flavour, examples: _Examples,
     (fused_layer.py), attention over the layer's buffers (inplace_attention.py), the block after it."""
     dtype = ONNX_DTYPES[model.dtype]
     has_bias = fused_layer.has_qkv_bias(_layer_param_names(model))
+    if flavour.kernel == NATIVE_KERNEL:
+        return _native_layers(arch, dtype, has_bias)
     before, after, attend = {}, {}, inplace_attention.layer_block(arch, dtype)
     placements = [
         Placement(
@@ -243,6 +258,42 @@ def _fused_layers(model, arch: ArchSpec, flavour: _Flavour, examples: _Examples,
                 after[last],
                 f"layers.{j}.after_attention",
                 _interface(after_wiring | _layer_weights(j, fused_layer.AFTER_WEIGHTS)),
+            ),
+        ]
+    return placements
+
+
+def _native_layers(arch: ArchSpec, dtype: int, has_bias: bool) -> list[Placement]:
+    """The inplace flavour with the native kernel: per layer the fused block up to the q/k/v MatMul, one
+    CachedAttention node (native_attention.py), the fused block from the Wo MatMul on."""
+    attend, before, after, placements = native_attention.layer_block(arch), {}, {}, []
+    before_names = fused_layer.before_weights(arch, has_bias, split_heads=False)
+    norms = native_attention.NORMS if arch.qk_norm else ()
+    for j in range(arch.layers):
+        first, last = j == 0, j == arch.layers - 1
+        before.setdefault(first, fused_layer.before_attention_block(arch, dtype, has_bias, first, split_heads=False))
+        after.setdefault(last, fused_layer.after_attention_block(arch, dtype, last, flat=True))
+        into, out = fused_layer.stream_wiring(j, arch.layers)
+        attention, stream = _attention_wiring(j), f"layers.{j}.stream"
+        qkv = f"layers.{j}.attention.qkv"
+        attention_wiring = {n: attention[n] for n in ("k_cache", "v_cache", "past_len", "out")} | {"prefill": PREFILL}
+        attention_wiring |= {n: attention[n] for n in ("k_cache_out", "v_cache_out")}
+        attention_wiring |= {"qkv": qkv, "cos": _SHARED_BY_LAYERS["cos"], "sin": _SHARED_BY_LAYERS["sin"]}
+        placements += [
+            Placement(
+                before[first],
+                f"layers.{j}.before_attention",
+                _interface(into | {"qkv": qkv, "stream": stream} | _layer_weights(j, before_names)),
+            ),
+            Placement(attend, f"layers.{j}.attention", _interface(attention_wiring | _layer_weights(j, norms))),
+            Placement(
+                after[last],
+                f"layers.{j}.after_attention",
+                _interface(
+                    out
+                    | {"stream": stream, "attended": attention["out"]}
+                    | _layer_weights(j, fused_layer.AFTER_WEIGHTS)
+                ),
             ),
         ]
     return placements

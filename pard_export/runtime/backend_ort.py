@@ -5,6 +5,7 @@ An inplace-flavour graph (contract.py) owns its caches (BoundKV): one OrtValue [
 output, so TensorScatter writes the new rows into the buffer that attention reads. A call binds only input_ids,
 position_ids and past_len and fetches only the other outputs: no KV is copied or allocated per step. Attention
 reads all C rows, so C starts small and grows (one copy each time, geometrically: amortised) as the rows need.
+Graphs of the native attention kernel (contract.py) register the compiled library beside them and run on the CPU.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..contract import INPLACE, PLUGIN, GraphSpec
+from ..contract import INPLACE, NATIVE_KERNEL_LIBRARY, PLUGIN, GraphSpec
 from ..errors import EngineError
 from .plugin_cache import row_moves
 
 _NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 _PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+CPU_ONLY = ("CPUExecutionProvider",)
 
 
 def default_providers() -> list[str]:
@@ -33,6 +35,14 @@ class OrtGraph:
     def __init__(
         self, path: Path, spec: GraphSpec, *, threads: int | None = None, providers: Sequence[str] | None = None
     ):
+        library = path.parent / NATIVE_KERNEL_LIBRARY  # an engine of the native attention kernel has it (CPU only)
+        native_kernel = library if library.is_file() else None
+        providers = list(providers or (CPU_ONLY if native_kernel else default_providers()))
+        if native_kernel and providers[0] != CPU_ONLY[0]:
+            raise EngineError(
+                f"{path.parent} runs its attention in a CPU kernel (attention_kernel native), not on {providers[0]}; "
+                "rebuild it with --attention-kernel onnx to run it there"
+            )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Draft and target alternate: a session's threads must stop spinning when its run returns, or they fight
@@ -41,7 +51,7 @@ class OrtGraph:
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = inference_session(path, spec, options, list(providers or default_providers()))
+            self.session = inference_session(path, spec, options, providers, native_kernel)
         except ImportError as e:
             raise EngineError(
                 f"{path} holds PardAttention nodes, which ONNX Runtime runs through onnxruntime-extensions ({e}); "
@@ -125,9 +135,13 @@ class OrtGraph:
         return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
 
 
-def inference_session(path: Path, spec: GraphSpec, options: ort.SessionOptions, providers: list[str]):
-    """The ONNX Runtime session of one graph, the PardAttention op registered where the graph has it (the one
-    factory: the build's load check uses it too)."""
+def inference_session(
+    path: Path, spec: GraphSpec, options: ort.SessionOptions, providers: list[str], native_kernel: Path | None = None
+):
+    """The ONNX Runtime session of one graph, the PardAttention op registered where the graph has it, and the
+    native attention kernel's library where given (the one factory: the build's load check uses it too)."""
+    if native_kernel is not None:
+        options.register_custom_ops_library(str(native_kernel))
     if spec.attention == PLUGIN:  # the op and the graph pass need onnx and onnxruntime-extensions: plugin engines only
         from plugins.pard_attention.onnxruntime_op import inference_session
 

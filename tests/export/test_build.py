@@ -15,11 +15,20 @@ import onnxruntime as ort
 import pytest
 
 import tiny_models
-from pard_export.contract import DRAFT, TARGET, draft_spec, target_spec
-from pard_export.errors import PardExportError
+from pard_export.contract import (
+    DRAFT,
+    NATIVE_KERNEL,
+    NATIVE_KERNEL_LIBRARY,
+    ONNX_KERNEL,
+    TARGET,
+    draft_spec,
+    target_spec,
+)
+from pard_export.errors import EngineError, PardExportError
 from pard_export.export import build
 from pard_export.manifest import read_manifest, verify_hashes
 from pard_export.runtime import Session
+from pard_export.runtime.backend_ort import OrtGraph
 
 build_module = importlib.import_module("pard_export.export.build")  # the package re-exports the function
 
@@ -96,6 +105,22 @@ def test_float16_engine(tiny_pair, engine):
     ids = [5, 17, 40, 99]
     with Session(root) as half, Session(fp32) as full:
         assert half.generate(ids, max_new_tokens=8).token_ids == full.generate(ids, max_new_tokens=8).token_ids
+
+
+def test_the_native_kernel_by_default_where_it_compiles(tiny_pair, engine, tmp_path, monkeypatch, capsys):
+    target, draft = tiny_pair("llama")
+    root = engine(target, draft, 4)
+    native = read_manifest(root)
+    assert native.attention_kernel == NATIVE_KERNEL and NATIVE_KERNEL_LIBRARY in native.files
+    with pytest.raises(EngineError, match="runs its attention in a CPU kernel"):  # its op is registered for the CPU
+        OrtGraph(root / native.models[TARGET].file, native.models[TARGET].io, providers=["CUDAExecutionProvider"])
+    monkeypatch.setattr(build_module.native_build, "find_headers", lambda: None)
+    fallback = build(str(target), 4, draft=str(draft), out=tmp_path / "o", progress=False)
+    assert read_manifest(fallback).attention_kernel == ONNX_KERNEL
+    assert not (fallback / NATIVE_KERNEL_LIBRARY).exists()
+    assert (
+        "note: the onnx attention kernel, not the native one: ONNX Runtime's C++ API headers" in capsys.readouterr().err
+    )
 
 
 def test_bfloat16_needs_tensorrt(tiny_pair, tmp_path):

@@ -44,13 +44,17 @@ def test_fused_weights_transpose_and_concatenate():
     assert torch.equal(fused["model.embed_tokens.weight"], weights["model.embed_tokens.weight"])
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
-def test_layers_are_fused(arch, tiny_pair, engine):
+def _layer_ops(tiny_pair, engine, arch: str, kernel: str) -> tuple[Counter, int]:
     target, draft = tiny_pair(arch)
-    root = engine(target, draft, 3)
+    root = engine(target, draft, 3, attention_kernel=kernel)
     model = onnx.load(str(root / read_manifest(root).models["target"].file), load_external_data=False)
     layers = Counter(n.op_type for n in model.graph.node if n.name.startswith("layers."))
-    layer_count = read_manifest(root).models["target"].layers
+    return layers, read_manifest(root).models["target"].layers
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_layers_are_fused(arch, tiny_pair, engine):
+    layers, layer_count = _layer_ops(tiny_pair, engine, arch, "onnx")
     assert layers["MatMul"] == 5 * layer_count + 2 * layer_count  # qkv, o, gate, up, down; two for attention
     assert layers["SkipSimplifiedLayerNormalization"] == 2 * layer_count - 1  # the first layer's input norm is plain
     assert layers["RotaryEmbedding"] == 2 * layer_count
@@ -58,3 +62,14 @@ def test_layers_are_fused(arch, tiny_pair, engine):
     per_layer = sum(layers.values()) / layer_count
     # the traced layers: ~70; two of the 30 are Unsqueezes that lay each KV head out for its query rows' products
     assert per_layer <= 30 + 4 * (arch == "qwen3") + (arch == "qwen2"), layers
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_the_native_kernel_leaves_one_attention_node_per_layer(arch, tiny_pair, engine):
+    layers, layer_count = _layer_ops(tiny_pair, engine, arch, "native")
+    assert layers["CachedAttention"] == layer_count
+    assert layers["MatMul"] == 5 * layer_count  # qkv, o, gate, up, down
+    assert not {"RotaryEmbedding", "Reshape", "Transpose", "Split", "TensorScatter", "Softmax"} & set(layers), layers
+    # two SkipSimplifiedLayerNormalizations, 5 MatMuls, the node, SiLU as Sigmoid and Mul, one more Mul, the q/k/v
+    # bias Add (qwen2); the first layer's RMSNormalization and Identity, the last layer's residual Add
+    assert sum(layers.values()) == (11 + (arch == "qwen2")) * layer_count + 2, layers

@@ -1,6 +1,7 @@
-"""The inplace flavour (TensorScatter into KV buffers bound in place with IO binding) against the plain flavour:
-the same logits and drafts (fp32, 1e-4) for prefill, decode, verify and draft calls, alone and in a batch whose rows
-accept differently; its caches are bound once per buffer, not allocated per step; its output is lossless."""
+"""The inplace flavour (KV buffers bound in place with IO binding; TensorScatter or the native kernel) against the
+plain flavour: the same logits and drafts (fp32, 1e-4) for prefill, decode, verify and draft calls, alone and in a
+batch whose rows accept differently; its caches are bound once per buffer, not allocated per step; its output is
+lossless."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 import tiny_models
-from pard_export.contract import DRAFT, DRAFT_IDS, DRAFT_LOGITS, LOGITS, TARGET, cache_capacity
+from pard_export.contract import ATTENTION_KERNELS, DRAFT, DRAFT_IDS, DRAFT_LOGITS, LOGITS, TARGET, cache_capacity
 from pard_export.manifest import read_manifest
 from pard_export.runtime import Session
 from pard_export.runtime.backend_ort import BoundKV, OrtGraph
@@ -20,11 +21,13 @@ K = 3
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def engines(tiny_pair, engine):
-    """(plain engine, inplace engine) of the same qwen3 pair (qk-norm and grouped heads)."""
+@pytest.fixture(scope="module", params=ATTENTION_KERNELS)
+def engines(tiny_pair, engine, request):
+    """(plain engine, inplace engine) of the same qwen3 pair (qk-norm and grouped heads), for each attention kernel
+    of the inplace flavour (its ONNX-op block, the native CachedAttention node)."""
     target, draft = tiny_pair("qwen3")
-    return engine(target, draft, K, attention="plain"), engine(target, draft, K, attention="inplace", max_seq_len=500)
+    inplace = engine(target, draft, K, attention="inplace", max_seq_len=500, attention_kernel=request.param)
+    return engine(target, draft, K, attention="plain"), inplace
 
 
 def _caches(engines, role):
