@@ -26,8 +26,13 @@ namespace {
 
 enum Input { kQkv, kCos, kSin, kKeyCache, kValueCache, kPastLen, kQueryNorm, kKeyNorm, kPrefill, kInputs };
 enum Output { kOut, kKeyCacheOut, kValueCacheOut, kOutputs };
-constexpr int kLanes = 16;  // independent partial sums: loops vectorize without reordering a sum
-constexpr int64_t kBlock = 16;  // prompt chunks: tokens per task, and keys per transposed block
+constexpr int kLanes = 16;       // floats per Vec
+constexpr int64_t kMaxDim = 512;  // head sizes up to this, in multiples of kLanes
+constexpr int64_t kChunkTokens = 32;  // prompt chunks: tokens per task (all heads of a KV head's group)
+
+// 16 floats, loaded and stored unaligned; GCC lowers it to one zmm, two ymm or four xmm per clone.
+typedef float Vec __attribute__((vector_size(64), aligned(4), may_alias));
+typedef int32_t Ints __attribute__((vector_size(64), aligned(4), may_alias));
 
 struct Layout {
   int64_t batch, tokens, q_heads, kv_heads, dim, capacity;
@@ -43,50 +48,60 @@ struct Call {
   float scale, epsilon;
 };
 
+PARD_INLINE Vec load(const float* p) { return *reinterpret_cast<const Vec*>(p); }
+PARD_INLINE void store(float* p, Vec v) { *reinterpret_cast<Vec*>(p) = v; }
+PARD_INLINE Vec splat(float x) { return Vec{} + x; }
+
 PARD_INLINE float folded(float* lanes) {
   for (int width = kLanes / 2; width > 0; width /= 2)
     for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
   return lanes[0];
 }
 
-PARD_INLINE float dot(const float* a, const float* b, int64_t n) {
-  float lanes[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) lanes[l] += a[i + l] * b[i + l];
-  for (int l = 0; i < n; ++i, ++l) lanes[l] += a[i] * b[i];
+PARD_INLINE float total_of(Vec v) {  // the lanes summed in a fixed order
+  float lanes[kLanes];
+  std::memcpy(lanes, &v, sizeof v);
   return folded(lanes);
 }
 
+PARD_INLINE float max_of(Vec v) {
+  float lanes[kLanes];
+  std::memcpy(lanes, &v, sizeof v);
+  float top = lanes[0];
+  for (int l = 1; l < kLanes; ++l) top = std::max(top, lanes[l]);
+  return top;
+}
+
 // e^x for x <= 0 (a softmax after subtracting the max), ~2 ulp: Cody-Waite reduction and a degree-6 polynomial,
-// written so that the loop over scores vectorizes.
-PARD_INLINE float exp_nonpositive(float x) {
-  x = std::max(x, -87.0f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  float r = x - n * 0.693359375f;
-  r -= n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
+// 16 lanes at a time. Lanes below -87 give e^-87 (callers zero what they mask).
+PARD_INLINE Vec exp_nonpositive(Vec x) {
+  const Vec low = splat(-87.0f);
+  x = x < low ? low : x;
+  const Vec y = x * 1.44269504088896341f + 0.5f;
+  Vec n = __builtin_convertvector(__builtin_convertvector(y, Ints), Vec);  // toward zero ...
+  n = n > y ? n - 1.0f : n;                                                 // ... then down: floor(y)
+  Vec r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  Vec p = splat(1.9875691500e-4f);
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float two_to_n;
-  std::memcpy(&two_to_n, &bits, sizeof two_to_n);
-  return y * two_to_n;
+  const Vec e = p * r * r + r + 1.0f;
+  const Ints bits = (__builtin_convertvector(n, Ints) + 127) << 23;
+  return e * reinterpret_cast<const Vec&>(bits);
 }
 
-// RMSNorm over one head (Qwen3's q/k norm), then the half rotation of RotaryEmbedding (non-interleaved).
+// RMSNorm over one head (Qwen3's q/k norm), then the half rotation of RotaryEmbedding (non-interleaved), times scale.
 PARD_INLINE void prepare_head(const float* raw, const float* norm, float epsilon, const float* cos, const float* sin,
                               int64_t dim, float scale, float* out) {
-  float normed[512];
+  float normed[kMaxDim];
   const float* x = raw;
   if (norm) {
-    float lanes[kLanes] = {};
-    for (int64_t i = 0; i < dim; ++i) lanes[i % kLanes] += raw[i] * raw[i];
-    const float inverse = 1.0f / std::sqrt(folded(lanes) / static_cast<float>(dim) + epsilon);
+    Vec squares{};
+    for (int64_t i = 0; i < dim; i += kLanes) squares += load(raw + i) * load(raw + i);
+    const float inverse = 1.0f / std::sqrt(total_of(squares) / static_cast<float>(dim) + epsilon);
     for (int64_t i = 0; i < dim; ++i) normed[i] = raw[i] * inverse * norm[i];
     x = normed;
   }
@@ -97,34 +112,65 @@ PARD_INLINE void prepare_head(const float* raw, const float* norm, float epsilon
   }
 }
 
-// Row `row` of the flattened (batch row, token, query head): its softmax over the visible keys times the values.
+// Step calls: row `row` of the flattened (batch row, token, query head) alone. Each key's score is its own sum over
+// the head in a fixed order (keys go four at a time only to overlap their sums), so a row's numbers cannot depend on
+// the rest of the call.
 PARD_CLONES void attend(const Call& call, int64_t row, std::vector<float>& scratch) {
   const Layout& s = call.shape;
   const int64_t head = row % s.q_heads, token = (row / s.q_heads) % s.tokens, b = row / (s.q_heads * s.tokens);
-  const int64_t dim = s.dim, at = b * s.tokens + token, visible = call.past_len[b] + token + 1;
-  scratch.resize(2 * dim + visible);
-  float *query = scratch.data(), *acc = query + dim, *weights = acc + dim;
+  const int64_t dim = s.dim, vectors = dim / kLanes, at = b * s.tokens + token;
+  const int64_t visible = call.past_len[b] + token + 1;
+  scratch.resize(visible + kLanes);
+  float* weights = scratch.data();
+  alignas(64) float query[kMaxDim];
   prepare_head(call.qkv + at * s.width() + head * dim, call.query_norm, call.epsilon, call.cos + at * dim / 2,
                call.sin + at * dim / 2, dim, call.scale, query);
   const int64_t cache = (b * s.kv_heads + head / s.group()) * s.capacity * dim;
   const float *keys = call.keys + cache, *values = call.values + cache;
-  float top = -INFINITY;
-  for (int64_t r = 0; r < visible; ++r) {
-    weights[r] = dot(query, keys + r * dim, dim);
-    top = std::max(top, weights[r]);
-  }
-  for (int64_t r = 0; r < visible; ++r) weights[r] = exp_nonpositive(weights[r] - top);
-  float lanes[kLanes] = {};
   int64_t r = 0;
-  for (; r + kLanes <= visible; r += kLanes)
-    for (int l = 0; l < kLanes; ++l) lanes[l] += weights[r + l];
-  for (int l = 0; r < visible; ++r, ++l) lanes[l] += weights[r];
-  const float total = folded(lanes);
-  std::fill(acc, acc + dim, 0.0f);
-  for (r = 0; r < visible; ++r)
-    for (int64_t i = 0; i < dim; ++i) acc[i] += weights[r] * values[r * dim + i];
+  for (; r + 4 <= visible; r += 4) {
+    Vec a0{}, a1{}, a2{}, a3{};
+    const float* k = keys + r * dim;
+    for (int64_t v = 0; v < vectors; ++v) {
+      const Vec q = load(query + v * kLanes);
+      a0 += q * load(k + v * kLanes);
+      a1 += q * load(k + dim + v * kLanes);
+      a2 += q * load(k + 2 * dim + v * kLanes);
+      a3 += q * load(k + 3 * dim + v * kLanes);
+    }
+    weights[r] = total_of(a0), weights[r + 1] = total_of(a1), weights[r + 2] = total_of(a2);
+    weights[r + 3] = total_of(a3);
+  }
+  for (; r < visible; ++r) {
+    Vec a{};
+    for (int64_t v = 0; v < vectors; ++v) a += load(query + v * kLanes) * load(keys + r * dim + v * kLanes);
+    weights[r] = total_of(a);
+  }
+  float top = weights[0];
+  for (r = 1; r < visible; ++r) top = std::max(top, weights[r]);
+  for (r = visible; r < visible + kLanes; ++r) weights[r] = top;  // a full last Vec; e^0 lanes dropped below
+  Vec sums{};
+  for (r = 0; r < visible; r += kLanes) {
+    Vec e = exp_nonpositive(load(weights + r) - top);
+    store(weights + r, e);
+  }
+  for (r = 0; r + kLanes <= visible; r += kLanes) sums += load(weights + r);
+  float total = total_of(sums);
+  for (; r < visible; ++r) total += weights[r];
+  Vec even[kMaxDim / kLanes], odd[kMaxDim / kLanes];
+  for (int64_t v = 0; v < vectors; ++v) even[v] = odd[v] = Vec{};
+  for (r = 0; r + 2 <= visible; r += 2) {
+    const Vec w0 = splat(weights[r]), w1 = splat(weights[r + 1]);
+    const float* value = values + r * dim;
+    for (int64_t v = 0; v < vectors; ++v) {
+      even[v] += w0 * load(value + v * kLanes);
+      odd[v] += w1 * load(value + dim + v * kLanes);
+    }
+  }
+  if (r < visible)
+    for (int64_t v = 0; v < vectors; ++v) even[v] += splat(weights[r]) * load(values + r * dim + v * kLanes);
   float* out = call.out + at * s.q_heads * dim + head * dim;
-  for (int64_t i = 0; i < dim; ++i) out[i] = acc[i] / total;
+  for (int64_t v = 0; v < vectors; ++v) store(out + v * kLanes, (even[v] + odd[v]) / total);
 }
 
 void attend_task(void* call, size_t row) {
@@ -132,58 +178,108 @@ void attend_task(void* call, size_t row) {
   attend(*static_cast<const Call*>(call), static_cast<int64_t>(row), scratch);
 }
 
-// Prompt chunks: kBlock tokens of one head per task. Each block of kBlock keys is transposed once and serves all the
-// task's tokens, whose scores then come 16 at a time without horizontal sums; the values are read once per key for
-// all of them. (Another summation order than attend's: prompt tokens only ever go through prefill calls.)
+// Prompt chunks: up to kChunkTokens tokens of every head of one KV head per task, online softmax over blocks of 16
+// keys. Each block is transposed once and scored against all the task's rows 16 keys at a time (no horizontal sums);
+// its values are read once for all of them. (Another summation order than attend's: a prompt's tokens go through
+// prefill calls whatever the mode.)
+// a0 += sum over keys l of p0[l] * values[l], a1 likewise with p1 (V Vecs of each; a1 may be a0: then p1 == p0
+// and the second sum is what is stored, the same numbers).
+template <int V>
+PARD_INLINE void add_weighted(const float* values, int64_t dim, int64_t count, const float* p0, const float* p1,
+                              float* a0, float* a1) {
+  Vec sum0[V], sum1[V];
+  for (int u = 0; u < V; ++u) sum0[u] = load(a0 + u * kLanes), sum1[u] = load(a1 + u * kLanes);
+  for (int64_t l = 0; l < count; ++l) {
+    const Vec w0 = splat(p0[l]), w1 = splat(p1[l]);
+    for (int u = 0; u < V; ++u) {
+      const Vec x = load(values + l * dim + u * kLanes);
+      sum0[u] += w0 * x;
+      sum1[u] += w1 * x;
+    }
+  }
+  for (int u = 0; u < V; ++u) store(a0 + u * kLanes, sum0[u]);
+  for (int u = 0; u < V; ++u) store(a1 + u * kLanes, sum1[u]);
+}
+
+struct RowState {
+  float top, total, limit;  // running max, running sum, the row's last visible key
+};
+
 PARD_CLONES void attend_chunk(const Call& call, int64_t task, std::vector<float>& scratch) {
   const Layout& s = call.shape;
-  const int64_t blocks = (s.tokens + kBlock - 1) / kBlock, dim = s.dim;
-  const int64_t block = task % blocks, head = (task / blocks) % s.q_heads, b = task / (blocks * s.q_heads);
-  const int64_t first = block * kBlock, rows = std::min(kBlock, s.tokens - first);
-  const int64_t past = call.past_len[b], keys_seen = past + first + rows;
-  scratch.resize(rows * dim * 2 + dim * kBlock + rows * keys_seen);
+  const int64_t blocks = (s.tokens + kChunkTokens - 1) / kChunkTokens, dim = s.dim, vectors = dim / kLanes;
+  const int64_t block = task % blocks, kv = (task / blocks) % s.kv_heads, b = task / (blocks * s.kv_heads);
+  const int64_t first = block * kChunkTokens, tokens = std::min(kChunkTokens, s.tokens - first);
+  const int64_t group = s.group(), rows = tokens * group, past = call.past_len[b];
+  scratch.resize(rows * dim * 2 + dim * kLanes + rows * kLanes);
   float *queries = scratch.data(), *acc = queries + rows * dim, *block_t = acc + rows * dim;
-  float* weights = block_t + dim * kBlock;
-  for (int64_t i = 0; i < rows; ++i) {
-    const int64_t at = b * s.tokens + first + i;
+  float* probabilities = block_t + dim * kLanes;
+  std::vector<RowState> state(rows);
+  for (int64_t i = 0; i < rows; ++i) {  // row i: token i / group, head kv * group + i % group
+    const int64_t at = b * s.tokens + first + i / group, head = kv * group + i % group;
     prepare_head(call.qkv + at * s.width() + head * dim, call.query_norm, call.epsilon, call.cos + at * dim / 2,
                  call.sin + at * dim / 2, dim, call.scale, queries + i * dim);
-  }
-  const int64_t cache = (b * s.kv_heads + head / s.group()) * s.capacity * dim;
-  const float *keys = call.keys + cache, *values = call.values + cache;
-  for (int64_t start = 0; start < keys_seen; start += kBlock) {
-    const int64_t count = std::min(kBlock, keys_seen - start);
-    for (int64_t d = 0; d < dim; ++d)
-      for (int64_t l = 0; l < kBlock; ++l) block_t[d * kBlock + l] = l < count ? keys[(start + l) * dim + d] : 0.0f;
-    for (int64_t i = 0; i < rows; ++i) {
-      float lanes[kBlock] = {};
-      const float* query = queries + i * dim;
-      for (int64_t d = 0; d < dim; ++d)
-        for (int64_t l = 0; l < kBlock; ++l) lanes[l] += query[d] * block_t[d * kBlock + l];
-      std::memcpy(weights + i * keys_seen + start, lanes, count * sizeof(float));
-    }
-  }
-  std::vector<float> totals(rows);
-  for (int64_t i = 0; i < rows; ++i) {
-    float* row = weights + i * keys_seen;
-    const int64_t visible = past + first + i + 1;
-    float top = -INFINITY;
-    for (int64_t r = 0; r < visible; ++r) top = std::max(top, row[r]);
-    for (int64_t r = 0; r < visible; ++r) row[r] = exp_nonpositive(row[r] - top);
-    for (int64_t r = visible; r < keys_seen; ++r) row[r] = 0.0f;
-    float lanes[kLanes] = {};
-    for (int64_t r = 0; r < visible; ++r) lanes[r % kLanes] += row[r];
-    totals[i] = folded(lanes);
+    state[i] = {-INFINITY, 0.0f, static_cast<float>(past + first + i / group)};
   }
   std::fill(acc, acc + rows * dim, 0.0f);
-  for (int64_t r = 0; r < keys_seen; ++r)
-    for (int64_t i = 0; i < rows; ++i) {
-      const float weight = weights[i * keys_seen + r];
-      for (int64_t d = 0; d < dim; ++d) acc[i * dim + d] += weight * values[r * dim + d];
+  const int64_t cache = (b * s.kv_heads + kv) * s.capacity * dim, keys_seen = past + first + tokens;
+  const float *keys = call.keys + cache, *values = call.values + cache;
+  Vec key_index{};
+  for (int l = 0; l < kLanes; ++l) key_index[l] = static_cast<float>(l);
+  for (int64_t start = 0; start < keys_seen; start += kLanes) {
+    const int64_t count = std::min<int64_t>(kLanes, keys_seen - start);
+    if (count < kLanes) std::fill(block_t, block_t + dim * kLanes, 0.0f);
+    for (int64_t l = 0; l < count; ++l) {
+      const float* key = keys + (start + l) * dim;
+      for (int64_t d = 0; d < dim; ++d) block_t[d * kLanes + l] = key[d];
     }
+    const Vec index = key_index + static_cast<float>(start);
+    for (int64_t i = 0; i < rows; i += 4) {
+      const float* q[4];
+      for (int j = 0; j < 4; ++j) q[j] = queries + std::min(i + j, rows - 1) * dim;
+      Vec a0{}, a1{}, a2{}, a3{};
+      for (int64_t d = 0; d < dim; ++d) {
+        const Vec column = load(block_t + d * kLanes);
+        a0 += q[0][d] * column, a1 += q[1][d] * column, a2 += q[2][d] * column, a3 += q[3][d] * column;
+      }
+      const Vec scores[4] = {a0, a1, a2, a3};
+      for (int j = 0; j < 4 && i + j < rows; ++j) {
+        RowState& row = state[i + j];
+        if (start > row.limit) continue;
+        const Vec visible = index <= row.limit ? splat(1.0f) : Vec{};
+        const Vec masked = visible > 0.0f ? scores[j] : splat(-INFINITY);
+        const float top = max_of(masked);
+        if (top > row.top) {  // a new maximum: what the row summed so far shrinks by e^(old - new)
+          const float rescale = row.top == -INFINITY ? 0.0f : std::exp(row.top - top);
+          row.total *= rescale;
+          float* a = acc + (i + j) * dim;
+          for (int64_t v = 0; v < vectors; ++v) store(a + v * kLanes, load(a + v * kLanes) * rescale);
+          row.top = top;
+        }
+        const Vec p = exp_nonpositive(masked - row.top) * visible;
+        row.total += total_of(p);
+        store(probabilities + (i + j) * kLanes, p);
+      }
+    }
+    // rows two at a time, their accumulators in registers over the block's keys; masked keys have weight 0
+    for (int64_t i = 0; i < rows; i += 2) {
+      const int64_t other = std::min(i + 1, rows - 1);
+      if (start > state[i].limit && start > state[other].limit) continue;
+      const float *p0 = probabilities + i * kLanes, *p1 = probabilities + other * kLanes;
+      const float* value = values + start * dim;
+      float *a0 = acc + i * dim, *a1 = acc + other * dim;
+      switch (vectors) {  // head sizes 64 and 128 with their sums in registers
+        case 4: add_weighted<4>(value, dim, count, p0, p1, a0, a1); break;
+        case 8: add_weighted<8>(value, dim, count, p0, p1, a0, a1); break;
+        default:
+          for (int64_t v = 0; v < vectors; ++v) add_weighted<1>(value + v * kLanes, dim, count, p0, p1, a0 + v * kLanes, a1 + v * kLanes);
+      }
+    }
+  }
   for (int64_t i = 0; i < rows; ++i) {
-    float* out = call.out + (b * s.tokens + first + i) * s.q_heads * dim + head * dim;
-    for (int64_t d = 0; d < dim; ++d) out[d] = acc[i * dim + d] / totals[i];
+    const int64_t at = b * s.tokens + first + i / group, head = kv * group + i % group;
+    float* out = call.out + at * s.q_heads * dim + head * dim;
+    for (int64_t v = 0; v < vectors; ++v) store(out + v * kLanes, load(acc + i * dim + v * kLanes) / state[i].total);
   }
 }
 
@@ -221,7 +317,8 @@ struct Kernel {
     dim = node.GetAttribute<int64_t>("head_size");
     scale = node.GetAttribute<float>("scale");
     epsilon = node.GetAttribute<float>("epsilon");
-    if (kv_heads <= 0 || q_heads % kv_heads || dim % 2 || dim > 512) fail("bad head attributes");
+    if (kv_heads <= 0 || q_heads % kv_heads || dim % kLanes || dim > kMaxDim)
+      fail("num_q_heads must be a multiple of num_kv_heads, head_size a multiple of 16 up to 512");
   }
 
   void Compute(OrtKernelContext* raw_context) {
@@ -246,11 +343,11 @@ struct Kernel {
     call.keys = updated_cache(context, kKeyCacheOut, key_cache, cache_shape);
     call.values = updated_cache(context, kValueCacheOut, value_cache, cache_shape);
     write_new_rows(call);
-    const int64_t rows = call.shape.batch * q_heads;
+    const int64_t blocks = (call.shape.tokens + kChunkTokens - 1) / kChunkTokens;
     if (is_prefill(context))
-      context.ParallelFor(attend_chunk_task, rows * ((call.shape.tokens + kBlock - 1) / kBlock), 0, &call);
+      context.ParallelFor(attend_chunk_task, call.shape.batch * kv_heads * blocks, 0, &call);
     else
-      context.ParallelFor(attend_task, rows * call.shape.tokens, 0, &call);
+      context.ParallelFor(attend_task, call.shape.batch * call.shape.tokens * q_heads, 0, &call);
   }
 
   void check(const Layout& s, const std::vector<int64_t>& tokens, const std::vector<int64_t>& cache,
