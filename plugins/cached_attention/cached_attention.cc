@@ -245,7 +245,10 @@ PARD_CLONES void attend_chunk(const Call& call, int64_t task, std::vector<float>
       const Vec scores[4] = {a0, a1, a2, a3};
       for (int j = 0; j < 4 && i + j < rows; ++j) {
         RowState& row = state[i + j];
-        if (start > row.limit) continue;
+        if (start > row.limit) {  // the whole block lies past this row: weight 0 (the value loop may pair it)
+          store(probabilities + (i + j) * kLanes, Vec{});
+          continue;
+        }
         const Vec visible = index <= row.limit ? splat(1.0f) : Vec{};
         const Vec masked = visible > 0.0f ? scores[j] : splat(-INFINITY);
         const float top = max_of(masked);

@@ -15,7 +15,7 @@ from plugins.cached_attention import DOMAIN, INPUTS, OP_TYPE, OPSET_VERSION, OUT
 from plugins.cached_attention.build import compile_library
 from plugins.pard_attention.reference import pard_attention
 
-Q_HEADS, KV_HEADS, DIM, CAPACITY, EPS = 4, 2, 16, 64, 1e-6
+Q_HEADS, KV_HEADS, DIM, CAPACITY, EPS = 6, 2, 16, 64, 1e-6  # groups of 3: rows of two tokens meet
 
 
 @pytest.fixture(scope="module")
