@@ -276,9 +276,9 @@ def _native_layers(arch: ArchSpec, dtype: int, has_bias: bool) -> list[Placement
         into, out = fused_layer.stream_wiring(j, arch.layers)
         attention, stream = _attention_wiring(j), f"layers.{j}.stream"
         qkv = f"layers.{j}.attention.qkv"
-        attention_wiring = {n: attention[n] for n in ("k_cache", "v_cache", "past_len", "out")} | {"prefill": PREFILL}
-        attention_wiring |= {n: attention[n] for n in ("k_cache_out", "v_cache_out")}
-        attention_wiring |= {"qkv": qkv, "cos": _SHARED_BY_LAYERS["cos"], "sin": _SHARED_BY_LAYERS["sin"]}
+        attention_wiring = {n: attention[n] for n in ("k_cache", "v_cache", "k_cache_out", "v_cache_out", "out")}
+        attention_wiring |= {"qkv": qkv, "past_len": PAST_LEN, "prefill": PREFILL}
+        attention_wiring |= {"cos": _SHARED_BY_LAYERS["cos"], "sin": _SHARED_BY_LAYERS["sin"]}
         placements += [
             Placement(
                 before[first],

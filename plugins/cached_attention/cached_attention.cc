@@ -64,6 +64,25 @@ PARD_INLINE float total_of(Vec v) {  // the lanes summed in a fixed order
   return folded(lanes);
 }
 
+// total_of for 16 Vecs at once: lane i of the result is the total of a[kTotalsOrder[i]], summed by the same tree
+// (lanes 8 apart, then 4, 2, 1), so a key's score is the same whichever way it was summed.
+constexpr int kTotalsOrder[kLanes] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+
+PARD_INLINE Vec totals_of(const Vec* a) {
+  Vec b[8], c[4], d[2];
+  for (int j = 0; j < 8; ++j)
+    b[j] = __builtin_shufflevector(a[j], a[j + 8], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+           __builtin_shufflevector(a[j], a[j + 8], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  for (int j = 0; j < 4; ++j)
+    c[j] = __builtin_shufflevector(b[j], b[j + 4], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+           __builtin_shufflevector(b[j], b[j + 4], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  for (int j = 0; j < 2; ++j)
+    d[j] = __builtin_shufflevector(c[j], c[j + 2], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+           __builtin_shufflevector(c[j], c[j + 2], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+  return __builtin_shufflevector(d[0], d[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+         __builtin_shufflevector(d[0], d[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
 PARD_INLINE float max_of(Vec v) {
   float lanes[kLanes];
   std::memcpy(lanes, &v, sizeof v);
@@ -113,8 +132,8 @@ PARD_INLINE void prepare_head(const float* raw, const float* norm, float epsilon
 }
 
 // Step calls: row `row` of the flattened (batch row, token, query head) alone. Each key's score is its own sum over
-// the head in a fixed order (keys go four at a time only to overlap their sums), so a row's numbers cannot depend on
-// the rest of the call.
+// the head in a fixed order (keys go 16 at a time only to share the last additions' shuffles), so a row's numbers
+// cannot depend on the rest of the call.
 PARD_CLONES void attend(const Call& call, int64_t row, std::vector<float>& scratch) {
   const Layout& s = call.shape;
   const int64_t head = row % s.q_heads, token = (row / s.q_heads) % s.tokens, b = row / (s.q_heads * s.tokens);
@@ -128,18 +147,15 @@ PARD_CLONES void attend(const Call& call, int64_t row, std::vector<float>& scrat
   const int64_t cache = (b * s.kv_heads + head / s.group()) * s.capacity * dim;
   const float *keys = call.keys + cache, *values = call.values + cache;
   int64_t r = 0;
-  for (; r + 4 <= visible; r += 4) {
-    Vec a0{}, a1{}, a2{}, a3{};
+  for (; r + kLanes <= visible; r += kLanes) {  // 16 keys: their lane sums, then all their totals at once
+    Vec a[kLanes] = {};
     const float* k = keys + r * dim;
     for (int64_t v = 0; v < vectors; ++v) {
       const Vec q = load(query + v * kLanes);
-      a0 += q * load(k + v * kLanes);
-      a1 += q * load(k + dim + v * kLanes);
-      a2 += q * load(k + 2 * dim + v * kLanes);
-      a3 += q * load(k + 3 * dim + v * kLanes);
+      for (int j = 0; j < kLanes; ++j) a[j] += q * load(k + j * dim + v * kLanes);
     }
-    weights[r] = total_of(a0), weights[r + 1] = total_of(a1), weights[r + 2] = total_of(a2);
-    weights[r + 3] = total_of(a3);
+    const Vec totals = totals_of(a);
+    for (int i = 0; i < kLanes; ++i) weights[r + kTotalsOrder[i]] = totals[i];
   }
   for (; r < visible; ++r) {
     Vec a{};
