@@ -403,14 +403,12 @@ def _compile_onnxruntime(staging: Path, specs: dict[str, GraphSpec]) -> None:
 
     from ..runtime.backend_ort import inference_session
 
-    library = staging / NATIVE_KERNEL_LIBRARY  # compiled first where the graphs hold the native kernel's nodes
     for role, spec in specs.items():
         file = graph_file(role)
         options = ort.SessionOptions()  # one per graph: a plugin graph registers the custom op library into it
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         try:
-            native = library if library.is_file() else None
-            inference_session(staging / file, spec, options, ["CPUExecutionProvider"], native)
+            inference_session(staging / file, spec, options, ["CPUExecutionProvider"])
         except ImportError as e:
             raise PardExportError(
                 f"plugin-attention graphs need onnxruntime-extensions to load on ONNX Runtime ({e}); "
@@ -528,19 +526,22 @@ def _kernel_for(backend: str, attention: str, dtype: str, kernel: str | None) ->
     """The inplace flavour's attention kernel (contract.py): native where it applies and this host can compile it
     (auto, the default), else onnx; an explicit native that cannot be had is an error."""
     applies = backend == "onnxruntime" and attention == INPLACE and dtype == "float32"
-    if kernel in (None, AUTO_KERNEL):
-        if applies and native_build.missing() is not None:
-            print(f"note: the onnx attention kernel, not the native one: {native_build.missing()}", file=sys.stderr)
-        return NATIVE_KERNEL if applies and native_build.missing() is None else ONNX_KERNEL
-    _check_choice("attention-kernel", kernel, (AUTO_KERNEL, *ATTENTION_KERNELS))
-    if kernel == NATIVE_KERNEL and not applies:
+    if kernel not in (None, AUTO_KERNEL):
+        _check_choice("attention-kernel", kernel, (AUTO_KERNEL, *ATTENTION_KERNELS))
+    if kernel == ONNX_KERNEL or (kernel != NATIVE_KERNEL and not applies):
+        return ONNX_KERNEL
+    if not applies:
         raise PardExportError(
             "--attention-kernel native runs float32 inplace graphs on ONNX Runtime's CPU provider only; "
             "use --attention inplace --dtype float32 (onnxruntime backend), or --attention-kernel onnx"
         )
-    if kernel == NATIVE_KERNEL and native_build.missing():
-        raise PardExportError(f"--attention-kernel native cannot be compiled here: {native_build.missing()}")
-    return kernel
+    missing = native_build.missing()
+    if missing and kernel == NATIVE_KERNEL:
+        raise PardExportError(f"--attention-kernel native cannot be compiled here: {missing}")
+    if missing:
+        print(f"note: the onnx attention kernel, not the native one: {missing}", file=sys.stderr)
+        return ONNX_KERNEL
+    return NATIVE_KERNEL
 
 
 def _compile_native_kernel(staging: Path) -> None:

@@ -35,10 +35,9 @@ class OrtGraph:
     def __init__(
         self, path: Path, spec: GraphSpec, *, threads: int | None = None, providers: Sequence[str] | None = None
     ):
-        library = path.parent / NATIVE_KERNEL_LIBRARY  # an engine of the native attention kernel has it (CPU only)
-        native_kernel = library if library.is_file() else None
-        providers = list(providers or (CPU_ONLY if native_kernel else default_providers()))
-        if native_kernel and providers[0] != CPU_ONLY[0]:
+        native = native_kernel(path) is not None  # its op runs on the CPU provider only
+        providers = list(providers or (CPU_ONLY if native else default_providers()))
+        if native and providers[0] != CPU_ONLY[0]:
             raise EngineError(
                 f"{path.parent} runs its attention in a CPU kernel (attention_kernel native), not on {providers[0]}; "
                 "rebuild it with --attention-kernel onnx to run it there"
@@ -51,7 +50,7 @@ class OrtGraph:
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = inference_session(path, spec, options, providers, native_kernel)
+            self.session = inference_session(path, spec, options, providers)
         except ImportError as e:
             raise EngineError(
                 f"{path} holds PardAttention nodes, which ONNX Runtime runs through onnxruntime-extensions ({e}); "
@@ -135,13 +134,18 @@ class OrtGraph:
         return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
 
 
-def inference_session(
-    path: Path, spec: GraphSpec, options: ort.SessionOptions, providers: list[str], native_kernel: Path | None = None
-):
-    """The ONNX Runtime session of one graph, the PardAttention op registered where the graph has it, and the
-    native attention kernel's library where given (the one factory: the build's load check uses it too)."""
-    if native_kernel is not None:
-        options.register_custom_ops_library(str(native_kernel))
+def native_kernel(path: Path) -> Path | None:
+    """The compiled CachedAttention library beside a graph: engines of the native attention kernel have one."""
+    library = path.parent / NATIVE_KERNEL_LIBRARY
+    return library if library.is_file() else None
+
+
+def inference_session(path: Path, spec: GraphSpec, options: ort.SessionOptions, providers: list[str]):
+    """The ONNX Runtime session of one graph, the PardAttention op registered where the graph has it and the native
+    attention kernel where its library lies beside it (the one factory: the build's load check uses it too)."""
+    library = native_kernel(path)
+    if library is not None:
+        options.register_custom_ops_library(str(library))
     if spec.attention == PLUGIN:  # the op and the graph pass need onnx and onnxruntime-extensions: plugin engines only
         from plugins.pard_attention.onnxruntime_op import inference_session
 

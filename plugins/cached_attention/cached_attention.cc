@@ -194,10 +194,6 @@ void attend_task(void* call, size_t row) {
   attend(*static_cast<const Call*>(call), static_cast<int64_t>(row), scratch);
 }
 
-// Prompt chunks: up to kChunkTokens tokens of every head of one KV head per task, online softmax over blocks of 16
-// keys. Each block is transposed once and scored against all the task's rows 16 keys at a time (no horizontal sums);
-// its values are read once for all of them. (Another summation order than attend's: a prompt's tokens go through
-// prefill calls whatever the mode.)
 // a0 += sum over keys l of p0[l] * values[l], a1 likewise with p1 (V Vecs of each; a1 may be a0: then p1 == p0
 // and the second sum is what is stored, the same numbers).
 template <int V>
@@ -221,6 +217,10 @@ struct RowState {
   float top, total, limit;  // running max, running sum, the row's last visible key
 };
 
+// Prompt chunks: up to kChunkTokens tokens of every head of one KV head per task, online softmax over blocks of 16
+// keys. Each block is transposed once and scored against all the task's rows 16 keys at a time (no horizontal sums);
+// its values are read once for all of them. (Another summation order than attend's: a prompt's tokens go through
+// prefill calls whatever the mode.)
 PARD_CLONES void attend_chunk(const Call& call, int64_t task, std::vector<float>& scratch) {
   const Layout& s = call.shape;
   const int64_t blocks = (s.tokens + kChunkTokens - 1) / kChunkTokens, dim = s.dim, vectors = dim / kLanes;
@@ -428,12 +428,11 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
 RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   Ort::InitApi(api_base->GetApi(ORT_API_VERSION));
   static CachedAttention op;
-  static Ort::CustomOpDomain domain{"pard.cpu"};
-  static bool added = false;
-  if (!added) {
-    domain.Add(&op);
-    added = true;
-  }
+  static Ort::CustomOpDomain domain = [] {  // made once per process, added to every session's options
+    Ort::CustomOpDomain made{"pard.cpu"};
+    made.Add(&op);
+    return made;
+  }();
   try {
     Ort::UnownedSessionOptions(options).Add(domain);
   } catch (const Ort::Exception& e) {
